@@ -1,0 +1,5 @@
+import sys
+
+from seqwarm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""The `seqwarm` command line: prepare, train, plan, demo.
+
+Errors a user can fix (`SeqwarmError`) print as one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from seqwarm.errors import ConfigError, SeqwarmError
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config(name: str) -> Path:
+    """A config file path, or the name of a config shipped with seqwarm (`seqwarm/configs/`)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    for candidate in (PACKAGED_CONFIGS / name, PACKAGED_CONFIGS / f"{name}.yaml"):
+        if candidate.exists():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such config file (shipped configs: {shipped})")
+
+
+def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """`CONFIG key=value ...` -> (CONFIG or None, overrides)."""
+    if items and "=" not in items[0]:
+        return str(resolve_config(items[0])), items[1:]
+    return None, items
+
+
+def cmd_prepare(args) -> None:
+    from seqwarm.data.prepare import builtin_data_dir, prepare
+
+    inputs = args.inputs or ["builtin"]
+    if inputs != ["builtin"] and args.out is None:
+        raise SeqwarmError("prepare: --out DIR is required for your own text files")
+    out = Path(args.out) if args.out else builtin_data_dir()
+    if inputs == ["builtin"] and (out / "meta.json").exists() and not args.force:
+        print(f"builtin corpus already prepared in {out}")
+        return
+    path = prepare(
+        inputs, out, val_fraction=args.val_fraction, test_fraction=args.test_fraction, force=args.force, progress=True
+    )
+    import json
+
+    meta = json.loads((path / "meta.json").read_text())
+    counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
+    print(f"prepared {path}: tokens {counts}")
+
+
+def cmd_train(args) -> None:
+    from seqwarm.train import main_train
+
+    config, overrides = split_config_args(args.items)
+    if config is None and args.resume is None:
+        raise ConfigError("train: give a CONFIG file (or --resume RUN_DIR)")
+    summary = main_train(config, overrides, resume=args.resume, force=args.force)
+    ppl = summary["final_val_ppl"]
+    print(
+        f"done: {summary['steps']:,} steps, {summary['tokens']:,} tokens, {summary['wall_s']:.0f} s"
+        + (f", val ppl {ppl:.2f}" if ppl is not None else "")
+        + f" -> {summary['run_dir']}"
+    )
+
+
+def cmd_plan(args) -> None:
+    from seqwarm.config import load_config
+    from seqwarm.plan import print_plan
+
+    config, overrides = split_config_args(args.items)
+    print_plan(load_config(config, overrides), every=args.every, jsonl=args.jsonl)
+
+
+def cmd_demo(args) -> None:
+    from seqwarm.demo import run_demo
+
+    run_demo(Path(args.out), force=args.force, overrides=args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="seqwarm", description="GPT pre-training with Sequence Length Warmup.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="tokenize a corpus into memory-mapped train/val/test splits")
+    s.add_argument("inputs", nargs="*", help="text/JSONL files or directories (default: the builtin corpus)")
+    s.add_argument("--corpus", choices=["builtin"], help="the embedded English corpus (default when no inputs)")
+    s.add_argument("--out", help="output directory (default for builtin: the seqwarm cache)")
+    s.add_argument("--val-fraction", type=float, default=0.01)
+    s.add_argument("--test-fraction", type=float, default=0.01)
+    s.add_argument("--force", action="store_true", help="replace an existing output directory")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("train", help="train a model: seqwarm train CONFIG [section.key=value ...]")
+    s.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    s.add_argument("--force", action="store_true", help="replace an existing run directory")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("plan", help="print the SLW/LR/token schedule of a config without training")
+    s.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]")
+    s.add_argument("--every", type=int, help="print every k-th step (default: about 40 rows; 1 with --jsonl)")
+    s.add_argument("--jsonl", action="store_true", help="one JSON object per step, then a summary object")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("demo", help="train a tiny baseline and a tiny SLW model on the builtin corpus and compare")
+    s.add_argument("--out", default="runs/demo", help="directory for the two runs (default: runs/demo)")
+    s.add_argument("--force", action="store_true", help="replace earlier demo runs in --out")
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to both runs, e.g. train.max_tokens=200000")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SeqwarmError as e:
+        print(f"seqwarm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("seqwarm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

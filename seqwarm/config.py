@@ -1,0 +1,429 @@
+"""Run configuration: one dataclass per concern, YAML files and dotted command-line overrides.
+
+Every field has a docstring below it. Each section checks its own fields in `__post_init__`, and
+`Config` checks the fields that depend on each other, so a bad value fails before any training
+starts, with a `ConfigError` whose message names the field (`seqwarm` prints it and exits 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from seqwarm.errors import ConfigError
+from seqwarm.model import PRESETS, GPTConfig
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/run"
+    """Run directory: config.yaml, metrics.jsonl, checkpoints/ and the summary go here."""
+    seed: int = 1234
+    """Seeds the weights, the data order and dropout."""
+
+
+@dataclass
+class DataConfig:
+    path: str = "builtin"
+    """Directory written by `seqwarm prepare`, or `builtin` for the embedded corpus (prepared on first use)."""
+    verify: Literal["full", "size"] = "full"
+    """Check token files against meta.json: `full` recomputes the sha256, `size` only the length (huge corpora)."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str | None = "tiny"
+    """A size from `seqwarm.model.PRESETS`; the fields below override it."""
+    n_layer: int | None = None
+    """Transformer blocks."""
+    n_head: int | None = None
+    """Attention heads per block."""
+    d_model: int | None = None
+    """Hidden size."""
+    max_seqlen: int | None = None
+    """Longest input the model accepts (its learned position table)."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention and residual branches."""
+
+    def __post_init__(self):
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {self.preset!r} (choose from {', '.join(PRESETS)})")
+        for name in ("n_layer", "n_head", "d_model", "max_seqlen"):
+            value = getattr(self, name)
+            if value is None and self.preset is None:
+                raise ConfigError(f"model.{name}: required when model.preset is null")
+            if value is not None and value <= 0:
+                raise ConfigError(f"model.{name}: must be positive, got {value}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        if self.gpt().d_model % self.gpt().n_head:
+            raise ConfigError(f"model.d_model ({self.gpt().d_model}) must be divisible by model.n_head ({self.gpt().n_head})")
+
+    def gpt(self) -> GPTConfig:
+        n_layer, d_model, n_head, max_seqlen = PRESETS[self.preset] if self.preset else (None,) * 4
+        return GPTConfig(
+            n_layer=self.n_layer or n_layer,
+            n_head=self.n_head or n_head,
+            d_model=self.d_model or d_model,
+            max_seqlen=self.max_seqlen or max_seqlen,
+            dropout=self.dropout,
+        )
+
+
+@dataclass
+class TrainConfig:
+    global_batch_size: int = 32
+    """Sequences per optimizer step, over all processes and micro-batches."""
+    micro_batch_size: int | None = None
+    """Sequences per forward/backward pass; gradients accumulate over global/micro of them. Default: global."""
+    lr: float = 6e-4
+    """Peak learning rate."""
+    min_lr: float = 6e-5
+    """Learning rate at the end of the decay."""
+    warmup_steps: int = 0
+    """Linear LR warmup, in optimizer steps (the paper: 3K steps). Exclusive with warmup_tokens."""
+    warmup_tokens: int = 0
+    """Linear LR warmup, in trained tokens (GPT-3: 375M). Exclusive with warmup_steps."""
+    lr_decay_style: Literal["cosine", "linear", "constant"] = "cosine"
+    """Shape of the decay from lr to min_lr after warmup (the paper: single-cycle cosine)."""
+    lr_decay_unit: Literal["tokens", "steps"] = "tokens"
+    """Decay over trained tokens (the paper's fair comparison, Appendix A.2) or over steps."""
+    lr_decay_tokens: int | None = None
+    """Tokens at which the decay reaches min_lr, counted from 0. Default: max_tokens."""
+    lr_decay_steps: int | None = None
+    """Step at which a step-wise decay reaches min_lr. Default: max_steps."""
+    max_tokens: int | None = None
+    """Stop once this many tokens have been trained on (the paper compares runs at equal tokens)."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (whichever of max_tokens/max_steps comes first)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient l2 norm to this value; 0 disables clipping."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, applied to matrices only."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2 (the paper: 0.999)."""
+    adam_eps: float = 1e-8
+    """Adam epsilon."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` picks cuda when available."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling (CUDA only)."""
+    compile: bool = False
+    """torch.compile the model, with a dynamic sequence dimension so SLW does not recompile per length."""
+    num_threads: int | None = None
+    """CPU threads for torch (default: torch's choice)."""
+
+    def __post_init__(self):
+        for name in ("global_batch_size", "micro_batch_size", "max_tokens", "max_steps", "lr_decay_tokens", "lr_decay_steps"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"train.{name}: must be positive, got {value}")
+        if self.micro_batch_size is None:
+            self.micro_batch_size = self.global_batch_size
+        if self.global_batch_size % self.micro_batch_size:
+            raise ConfigError(
+                f"train.micro_batch_size ({self.micro_batch_size}) must divide train.global_batch_size ({self.global_batch_size})"
+            )
+        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
+            raise ConfigError(f"train.min_lr/train.lr: need 0 <= min_lr <= lr and lr > 0, got min_lr={self.min_lr}, lr={self.lr}")
+        if self.warmup_steps < 0 or self.warmup_tokens < 0:
+            raise ConfigError("train.warmup_steps/train.warmup_tokens: must be >= 0")
+        if self.warmup_steps and self.warmup_tokens:
+            raise ConfigError("train.warmup_steps and train.warmup_tokens: set only one of them")
+        if self.max_tokens is None and self.max_steps is None:
+            raise ConfigError("train.max_tokens: set train.max_tokens or train.max_steps, or training never stops")
+        if self.lr_decay_unit == "tokens" and (self.lr_decay_tokens or self.max_tokens) is None:
+            raise ConfigError("train.lr_decay_tokens: required for token-wise decay when train.max_tokens is unset")
+        if self.lr_decay_unit == "steps" and (self.lr_decay_steps or self.max_steps) is None:
+            raise ConfigError("train.lr_decay_steps: required for step-wise decay when train.max_steps is unset")
+        if self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip: must be >= 0, got {self.grad_clip}")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1) or self.adam_eps <= 0:
+            raise ConfigError("train.adam_beta1/adam_beta2 must be in [0, 1) and train.adam_eps > 0")
+        if self.num_threads is not None and self.num_threads <= 0:
+            raise ConfigError(f"train.num_threads: must be positive, got {self.num_threads}")
+
+    @property
+    def decay_tokens(self) -> int | None:
+        return self.lr_decay_tokens or self.max_tokens
+
+    @property
+    def decay_steps(self) -> int | None:
+        return self.lr_decay_steps or self.max_steps
+
+
+@dataclass
+class CurriculumConfig:
+    kind: Literal["none", "slw"] = "none"
+    """`none`: every step at full length (the baseline). `slw`: Sequence Length Warmup (Section 4)."""
+    pacing: Literal["linear", "root", "discrete"] = "linear"
+    """How the length grows: `linear` (the paper's), `root` (DeepSpeed's fixed_root), `discrete` stages."""
+    seqlen_start: int = 8
+    """seqlen_s: length at step 0 (the paper: 8 for GPT-2 117M, 64 for 1.5B, 72 for GPT-3 125M)."""
+    seqlen_end: int | None = None
+    """seqlen_e: the full length the data is indexed at and the length after warmup. Default: model.max_seqlen."""
+    duration: int | None = None
+    """T: steps over which the length grows from seqlen_start to seqlen_end (linear and root pacing)."""
+    root_degree: float = 2.0
+    """r for root pacing: seqlen_s + (seqlen_e - seqlen_s) * min(t/T, 1) ** (1/r)."""
+    stages: list[list[int]] | None = None
+    """Discrete pacing: [[until_step, seqlen], ...]; steps < until_step use seqlen; after the last, seqlen_end."""
+    multiple_of: int = 8
+    """Round the length down to a multiple of this (Section 5.1: 8, for tensor cores)."""
+    drop_tail: bool = True
+    """True: drop the truncated part of each sequence (the paper). False: serve it in later steps."""
+
+    def __post_init__(self):
+        if self.multiple_of <= 0:
+            raise ConfigError(f"curriculum.multiple_of: must be a positive integer, got {self.multiple_of}")
+        if self.kind == "none":
+            return
+        if self.seqlen_start <= 0:
+            raise ConfigError(f"curriculum.seqlen_start: must be positive, got {self.seqlen_start}")
+        if self.multiple_of > self.seqlen_start:
+            raise ConfigError(
+                f"curriculum.multiple_of ({self.multiple_of}) must not exceed curriculum.seqlen_start ({self.seqlen_start})"
+            )
+        if self.seqlen_end is not None and self.seqlen_start > self.seqlen_end:
+            raise ConfigError(
+                f"curriculum.seqlen_start ({self.seqlen_start}) must be <= curriculum.seqlen_end ({self.seqlen_end})"
+            )
+        if self.pacing == "discrete":
+            if not self.stages:
+                raise ConfigError("curriculum.stages: required for discrete pacing, e.g. [[20000, 128]]")
+            if any(len(s) != 2 or s[0] <= 0 or s[1] <= 0 for s in self.stages):
+                raise ConfigError("curriculum.stages: each stage is [until_step > 0, seqlen > 0]")
+            if any(a[0] >= b[0] for a, b in zip(self.stages, self.stages[1:])):
+                raise ConfigError("curriculum.stages: until_step values must increase")
+        else:
+            if self.duration is None or self.duration <= 0:
+                raise ConfigError(f"curriculum.duration: T must be a positive number of steps, got {self.duration}")
+            if self.pacing == "root" and self.root_degree <= 0:
+                raise ConfigError(f"curriculum.root_degree: must be positive, got {self.root_degree}")
+
+
+@dataclass
+class EvalConfig:
+    every_tokens: int | None = None
+    """Validate every this many trained tokens (and always at the end)."""
+    max_sequences: int = 64
+    """Full-length validation sequences used per evaluation (a fixed set, the first ones of the split)."""
+    batch_size: int | None = None
+    """Sequences per evaluation forward pass. Default: train.micro_batch_size."""
+
+    def __post_init__(self):
+        if self.every_tokens is not None and self.every_tokens <= 0:
+            raise ConfigError(f"eval.every_tokens: must be positive, got {self.every_tokens}")
+        if self.max_sequences <= 0:
+            raise ConfigError(f"eval.max_sequences: must be positive, got {self.max_sequences}")
+        if self.batch_size is not None and self.batch_size <= 0:
+            raise ConfigError(f"eval.batch_size: must be positive, got {self.batch_size}")
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int | None = None
+    """Save a checkpoint every this many steps (and always at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk; older ones are deleted after a newer one is complete."""
+
+    def __post_init__(self):
+        if self.every_steps is not None and self.every_steps <= 0:
+            raise ConfigError(f"checkpoint.every_steps: must be positive, got {self.every_steps}")
+        if self.keep_last < 1:
+            raise ConfigError(f"checkpoint.keep_last: must be >= 1, got {self.keep_last}")
+
+
+@dataclass
+class LogConfig:
+    progress: bool = True
+    """Show a progress bar (step, tokens, seqlen, loss, lr, tokens/s, ETA)."""
+    every_steps: int = 1
+    """Refresh the progress bar's numbers every this many steps (metrics.jsonl gets every step)."""
+
+    def __post_init__(self):
+        if self.every_steps <= 0:
+            raise ConfigError(f"log.every_steps: must be positive, got {self.every_steps}")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self):
+        max_seqlen = self.model.gpt().max_seqlen
+        if self.curriculum.seqlen_end is None:
+            self.curriculum.seqlen_end = max_seqlen
+        cur = self.curriculum
+        if cur.seqlen_end > max_seqlen:
+            raise ConfigError(f"curriculum.seqlen_end ({cur.seqlen_end}) exceeds model.max_seqlen ({max_seqlen})")
+        if cur.kind != "none" and cur.seqlen_start > cur.seqlen_end:
+            raise ConfigError(f"curriculum.seqlen_start ({cur.seqlen_start}) must be <= curriculum.seqlen_end ({cur.seqlen_end})")
+        if cur.kind != "none" and cur.pacing == "discrete" and any(s[1] > cur.seqlen_end for s in cur.stages):
+            raise ConfigError(f"curriculum.stages: a stage length exceeds curriculum.seqlen_end ({cur.seqlen_end})")
+        if self.train.device == "cpu" and self.train.precision == "fp16":
+            raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
+        if self.eval.batch_size is None:
+            self.eval.batch_size = self.train.micro_batch_size
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# --- loading, overrides and type checks --------------------------------------------------------
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or start from defaults when path is None) and apply `a.b=value` overrides."""
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from e
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}: not valid YAML{where}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a config is a mapping of sections (run, data, model, train, ...)")
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r}: expected section.field=value")
+        section, _, name = key.strip().partition(".")
+        _check_key(section, name)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ConfigError(f"{section}: must be a mapping")
+        raw[section][name] = yaml.safe_load(value) if value.strip() else None
+    return config_from_dict(raw)
+
+
+def config_from_dict(raw: dict) -> Config:
+    sections = {}
+    hints = typing.get_type_hints(Config)
+    for section, values in raw.items():
+        if section not in hints:
+            _check_key(section, "")
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section}: must be a mapping of fields")
+        cls = hints[section]
+        field_types = typing.get_type_hints(cls)
+        kwargs = {}
+        for name, value in values.items():
+            _check_key(section, name)
+            kwargs[name] = _coerce(value, field_types[name], f"{section}.{name}")
+        sections[section] = cls(**kwargs)
+    return Config(**sections)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def field_docs() -> dict[str, str]:
+    """`section.field` -> its docstring, read from this module's source (for `--help`-style listings)."""
+    import ast
+    import inspect
+
+    docs = {}
+    tree = ast.parse(inspect.getsource(inspect.getmodule(Config)))
+    names = {f.name: f.type for f in dataclasses.fields(Config)}
+    cls_to_section = {typing.get_type_hints(Config)[s].__name__: s for s in names}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name in cls_to_section:
+            body = node.body
+            for a, b in zip(body, body[1:]):
+                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                    docs[f"{cls_to_section[node.name]}.{a.target.id}"] = b.value.value
+    return docs
+
+
+def _all_keys() -> list[str]:
+    keys = []
+    for f in dataclasses.fields(Config):
+        keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(typing.get_type_hints(Config)[f.name])]
+    return keys
+
+
+def _check_key(section: str, name: str) -> None:
+    key = f"{section}.{name}" if name else section
+    keys = _all_keys()
+    sections = {k.split(".")[0] for k in keys}
+    if (name and key in keys) or (not name and section in sections):
+        return
+    pool = keys if name else sorted(sections)
+    close = difflib.get_close_matches(key, pool, n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise ConfigError(f"{key}: unknown config key{hint}")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where it is lossless."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        # YAML reads 1.5e9 or "157e9" as float/str; accept them when they are whole numbers.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 6e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config type {tp} for {where}")

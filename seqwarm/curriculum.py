@@ -1,0 +1,119 @@
+"""Sequence Length Warmup as pure functions (paper, Section 4).
+
+`seqlen = schedule(step)` is a function of the optimizer step alone, so a resumed run needs no
+curriculum state, and `seqwarm plan` can print the whole schedule without training.
+
+A batch is drawn as full-length sequences of `seqlen_end + 1` tokens, indexed once, and truncated
+to the step's length (the paper's lightweight truncation: no re-indexing per length). A *segment*
+`(start, n)` names the corpus span a row trains on: inputs `tokens[start : start + n]`, targets
+`tokens[start + 1 : start + n + 1]`. Truncating a segment to `seqlen` leaves a *tail* segment,
+which `drop_tail: false` serves in later steps, so that no token of the corpus is skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from seqwarm.config import CurriculumConfig
+
+
+def linear_pacing(step: int, seqlen_start: int, seqlen_end: int, duration: int) -> float:
+    """seqlen_t = seqlen_s + (seqlen_e - seqlen_s) * min(t / T, 1)   (Section 4)."""
+    return seqlen_start + (seqlen_end - seqlen_start) * min(step / duration, 1.0)
+
+
+def root_pacing(step: int, seqlen_start: int, seqlen_end: int, duration: int, root_degree: float) -> float:
+    """seqlen_t = seqlen_s + (seqlen_e - seqlen_s) * min(t / T, 1) ** (1 / r).
+
+    The paper's text writes the exponent as r but calls r the root degree (Section 4); we follow
+    the root reading, as DeepSpeed's `fixed_root` does: r = 2 grows fast early, then slows.
+    """
+    return seqlen_start + (seqlen_end - seqlen_start) * min(step / duration, 1.0) ** (1.0 / root_degree)
+
+
+def discrete_pacing(step: int, stages: list[list[int]], seqlen_end: int) -> float:
+    """Stages `[[until_step, seqlen], ...]`: steps before `until_step` use `seqlen`; then full length.
+
+    Shortformer's 2-stage training (Press et al., 2021; paper Section 5.1) is `[[T, 128]]`.
+    """
+    for until_step, seqlen in stages:
+        if step < until_step:
+            return seqlen
+    return seqlen_end
+
+
+def round_seqlen(raw: float, multiple_of: int, seqlen_start: int, seqlen_end: int) -> int:
+    """Round down to a multiple of `multiple_of` (Section 5.1: seqlen_t - seqlen_t mod 8), then clamp.
+
+    The clamp comes after the rounding, so the length never falls below seqlen_start (DeepSpeed's
+    rounding can), and once the pacing reaches seqlen_end the full length is used even if it is not
+    itself a multiple.
+    """
+    if raw >= seqlen_end:
+        return seqlen_end
+    seqlen = int(raw) - int(raw) % multiple_of
+    return max(seqlen_start, min(seqlen, seqlen_end))
+
+
+@dataclass(frozen=True)
+class SeqlenSchedule:
+    """The training length at each step: `schedule(step) -> int`. Pure; no state to save."""
+
+    cfg: CurriculumConfig
+
+    def __call__(self, step: int) -> int:
+        c = self.cfg
+        if c.kind == "none":
+            return c.seqlen_end
+        if c.pacing == "linear":
+            raw = linear_pacing(step, c.seqlen_start, c.seqlen_end, c.duration)
+        elif c.pacing == "root":
+            raw = root_pacing(step, c.seqlen_start, c.seqlen_end, c.duration, c.root_degree)
+        else:
+            raw = discrete_pacing(step, c.stages, c.seqlen_end)
+        return round_seqlen(raw, c.multiple_of, c.seqlen_start, c.seqlen_end)
+
+    @property
+    def full_length_step(self) -> int:
+        """First step at full length (0 for the baseline)."""
+        c = self.cfg
+        if c.kind == "none":
+            return 0
+        if c.pacing == "discrete":
+            return c.stages[-1][0]
+        # Before T the raw length is below seqlen_end and rounding only lowers it.
+        return c.duration
+
+
+def truncate(batch: torch.Tensor, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-length rows (B, seqlen_e + 1) -> inputs and targets (B, seqlen), shifted by one.
+
+    Both come from the same prefix, so the target of input position i is always token i + 1 of
+    the row, whatever the length.
+    """
+    return batch[:, :seqlen], batch[:, 1 : seqlen + 1]
+
+
+def split_segments(starts: np.ndarray, lengths: np.ndarray, seqlen: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Serve at most `seqlen` targets of each segment (start, n): return (served, tail_starts, tail_lengths).
+
+    A tail starts where the served part stops, so its first input token is the last served target
+    and every target token is served exactly once. Segments that fit entirely leave no tail.
+    """
+    served = np.minimum(lengths, seqlen)
+    rest = lengths > served
+    return served, (starts + served)[rest], (lengths - served)[rest]
+
+
+__all__ = [
+    "SeqlenSchedule",
+    "discrete_pacing",
+    "linear_pacing",
+    "root_pacing",
+    "round_seqlen",
+    "split_segments",
+    "truncate",
+]

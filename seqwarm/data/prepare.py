@@ -1,0 +1,204 @@
+"""`seqwarm prepare`: text -> GPT-2 tokens -> one memory-mapped file per split, plus meta.json.
+
+Documents are joined with `<|endoftext|>` (each document is followed by one), as GPT-2 was trained.
+The val/test splits are chosen by hashing fixed-size chunks of the documents, so the split of a
+corpus does not depend on the order its files are listed in, and a re-run gives identical files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from seqwarm import __version__
+from seqwarm.data.builtin import Document, load_builtin
+from seqwarm.errors import DataError
+from seqwarm.tokenizer import EOT_ID, TOKENIZER_NAME, VOCAB_SIZE, gpt2_encoding
+
+TOKEN_DTYPE = np.uint16  # the GPT-2 vocabulary (50257) fits
+SPLITS = ("train", "val", "test")
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
+JSONL_SUFFIXES = {".jsonl", ".json"}
+
+
+def cache_dir() -> Path:
+    """Where seqwarm keeps downloaded sources and prepared corpora: $SEQWARM_CACHE or ~/.cache/seqwarm."""
+    return Path(os.environ.get("SEQWARM_CACHE") or Path.home() / ".cache" / "seqwarm")
+
+
+def builtin_data_dir() -> Path:
+    return cache_dir() / "data" / "builtin"
+
+
+def prepare(
+    inputs: list[str],
+    out: Path,
+    *,
+    val_fraction: float = 0.01,
+    test_fraction: float = 0.01,
+    chunk_chars: int = 8000,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Tokenize `inputs` (`["builtin"]` or text/JSONL files and directories) into `out`."""
+    if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        raise DataError(f"--val-fraction/--test-fraction: need fractions summing below 1, got {val_fraction}, {test_fraction}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise DataError(f"{out}: output directory exists and is not empty (use --force to replace it)")
+
+    heldout: dict[str, list[Document]] = {}
+    if inputs == ["builtin"]:
+        corpus = load_builtin(cache_dir() / "sources", progress=progress)
+        docs, sources = corpus.train, corpus.sources
+        heldout = {"wikipedia": corpus.wikipedia, "narrative": corpus.narrative}
+    else:
+        docs = list(read_documents(inputs))
+        sources = [{"name": str(Path(p)), "role": "train"} for p in inputs]
+    if not docs or not any(d.text.strip() for d in docs):
+        raise DataError(f"{', '.join(inputs)}: no text found")
+
+    units = assign_splits(chunk_documents(docs, chunk_chars), val_fraction, test_fraction)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        splits = {}
+        for split in SPLITS:
+            texts = [(text, ends) for text, ends, s in units if s == split]
+            splits[split] = write_tokens(texts, tmp / f"{split}.bin", desc=f"tokenize {split}", progress=progress)
+        for name, held in heldout.items():
+            path = tmp / "heldout" / f"{name}.jsonl"
+            path.parent.mkdir(exist_ok=True)
+            with path.open("w") as f:
+                for d in held:
+                    f.write(json.dumps({"source": d.source, "text": d.text}) + "\n")
+        meta = {
+            "format": "seqwarm-tokens-v1",
+            "created_by": f"seqwarm {__version__}",
+            "tokenizer": TOKENIZER_NAME,
+            "vocab_size": VOCAB_SIZE,
+            "eot_id": EOT_ID,
+            "dtype": np.dtype(TOKEN_DTYPE).name,
+            "splits": splits,
+            "split_rule": {"chunk_chars": chunk_chars, "val_fraction": val_fraction, "test_fraction": test_fraction},
+            "sources": sources,
+            "heldout": {name: f"heldout/{name}.jsonl" for name in heldout},
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it the usual mode
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)  # atomic: `out` is either absent or complete
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def ensure_builtin(progress: bool = True) -> Path:
+    """The prepared builtin corpus, preparing it on first use."""
+    out = builtin_data_dir()
+    if not (out / "meta.json").exists():
+        prepare(["builtin"], out, force=True, progress=progress)
+    return out
+
+
+def read_documents(inputs: Iterable[str]) -> Iterator[Document]:
+    """Text files (one document each), JSONL files (one document per line, field `text`), directories of them."""
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise DataError(f"{path}: no such file or directory")
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files = [p for p in files if p.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES] if path.is_dir() else files
+        if not files:
+            raise DataError(f"{path}: no .txt/.md/.jsonl files in this directory")
+        for file in files:
+            yield from _read_file(file)
+
+
+def _read_file(file: Path) -> Iterator[Document]:
+    try:
+        if file.suffix in JSONL_SUFFIXES:
+            with file.open(encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        text = json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise DataError(f"{file}:{lineno}: expected a JSON object with a 'text' field") from e
+                    if not isinstance(text, str):
+                        raise DataError(f"{file}:{lineno}: 'text' must be a string")
+                    yield Document(f"{file}:{lineno}", text)
+        else:
+            yield Document(str(file), file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file}: not UTF-8 text") from e
+    except OSError as e:
+        raise DataError(f"{file}: cannot read ({e.strerror})") from e
+
+
+def chunk_documents(docs: Iterable[Document], chunk_chars: int) -> Iterator[tuple[str, str, bool]]:
+    """Cut documents at paragraph breaks into chunks of about `chunk_chars`: (key, text, ends_document)."""
+    for doc in docs:
+        paragraphs = doc.text.split("\n\n")
+        chunk: list[str] = []
+        size = index = 0
+        for i, para in enumerate(paragraphs):
+            chunk.append(para)
+            size += len(para) + 2
+            if size >= chunk_chars or i == len(paragraphs) - 1:
+                yield f"{doc.source}#{index}", "\n\n".join(chunk), i == len(paragraphs) - 1
+                chunk, size, index = [], 0, index + 1
+
+
+def assign_splits(
+    chunks: Iterable[tuple[str, str, bool]], val_fraction: float, test_fraction: float
+) -> list[tuple[str, bool, str]]:
+    """(text, ends_document, split) in corpus order; the chunks with the smallest key hashes go to val, then test."""
+    chunks = list(chunks)
+    order = sorted(range(len(chunks)), key=lambda i: hashlib.sha256(chunks[i][0].encode()).digest())
+    n_val = round(len(chunks) * val_fraction)
+    n_test = round(len(chunks) * test_fraction)
+    if val_fraction and not n_val or test_fraction and not n_test:
+        raise DataError(f"corpus too small to split: {len(chunks)} chunks of {len(chunks[0][1])}+ characters")
+    split = {i: "val" for i in order[:n_val]} | {i: "test" for i in order[n_val : n_val + n_test]}
+    return [(text if ends else text + "\n\n", ends, split.get(i, "train")) for i, (_, text, ends) in enumerate(chunks)]
+
+
+def write_tokens(texts: list[tuple[str, bool]], path: Path, *, desc: str, progress: bool, batch: int = 256) -> dict:
+    """Tokenize (text, ends_document) pieces into a uint16 file; return its token count and sha256.
+
+    `<|endoftext|>` is appended after each document's last piece as a token id, and text is encoded
+    as ordinary text, so a document that happens to contain that string does not forge a separator.
+    """
+    enc = gpt2_encoding()
+    sha = hashlib.sha256()
+    n_tokens = 0
+    total_chars = sum(len(t) for t, _ in texts)
+    with path.open("wb") as f, tqdm(total=total_chars, desc=desc, unit="char", unit_scale=True, disable=not progress) as bar:
+        for i in range(0, len(texts), batch):
+            part = texts[i : i + batch]
+            ids = enc.encode_ordinary_batch([t for t, _ in part], num_threads=os.cpu_count() or 1)
+            pieces = [np.asarray(t + [EOT_ID] if ends else t, dtype=TOKEN_DTYPE) for t, (_, ends) in zip(ids, part)]
+            arr = np.concatenate(pieces) if pieces else np.empty(0, TOKEN_DTYPE)
+            data = arr.tobytes()
+            f.write(data)
+            sha.update(data)
+            n_tokens += len(arr)
+            bar.update(sum(len(t) for t, _ in part))
+    return {"file": path.name, "tokens": n_tokens, "sha256": sha.hexdigest()}

@@ -1,0 +1,13 @@
+"""Errors a user can fix. The CLI prints them as one line and exits with code 2."""
+
+
+class SeqwarmError(Exception):
+    """Base class: bad input detected before any training starts."""
+
+
+class ConfigError(SeqwarmError):
+    """A config field, override or YAML file is invalid. The message names the field."""
+
+
+class DataError(SeqwarmError):
+    """A data path, token file or corpus source is missing, empty or corrupted."""

@@ -1,0 +1,159 @@
+"""GPT-2: a decoder-only Transformer, torch only, readable top to bottom.
+
+Pre-LayerNorm blocks, learned absolute positions, tied input/output embeddings, a 4x GELU MLP and
+causal attention through `scaled_dot_product_attention` (flash/memory-efficient kernels where the
+device has them). The model accepts any input length up to `max_seqlen`, which is what Sequence
+Length Warmup needs: a truncated batch is just a shorter input (paper, Section 4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+VOCAB_SIZE = 50257  # GPT-2 BPE
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int
+    n_head: int
+    d_model: int
+    max_seqlen: int
+    vocab_size: int = VOCAB_SIZE
+    dropout: float = 0.0
+    # The embedding table is padded to a multiple of 64 so that the output matmul is tensor-core
+    # friendly; logits of the padding rows are cut off and never predicted.
+    pad_vocab_to: int = 64
+
+    @property
+    def padded_vocab_size(self) -> int:
+        m = self.pad_vocab_to
+        return (self.vocab_size + m - 1) // m * m
+
+    def n_params(self, *, embeddings: bool = True) -> int:
+        """Parameter count (tied embeddings counted once). Matches `sum(p.numel())` of `GPT`."""
+        d, L = self.d_model, self.n_layer
+        per_block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
+        n = L * per_block + 2 * d  # blocks + final LayerNorm
+        if embeddings:
+            n += self.padded_vocab_size * d + self.max_seqlen * d
+        return n
+
+    def flops_per_token(self, seqlen: int) -> float:
+        """Training FLOPs per token (forward + backward) at a given length.
+
+        6N for the matmuls of the N non-embedding parameters plus the output projection, and
+        12 * n_layer * d_model * seqlen for attention scores and values (PaLM, Appendix B; the
+        attention term is why the paper's time saving exceeds its token saving, Section 5.1).
+        """
+        n_matmul = self.n_params(embeddings=False) + self.padded_vocab_size * self.d_model
+        return 6.0 * n_matmul + 12.0 * self.n_layer * self.d_model * seqlen
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.d_model % cfg.n_head == 0, "d_model must be divisible by n_head"
+        self.n_head = cfg.n_head
+        self.dropout = cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.proj.residual = True  # scaled at init, see GPT._init_weights
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, nh, T, hs)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, 4 * cfg.d_model)
+        self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
+        self.proj.residual = True
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GPT-2 uses the tanh approximation of GELU.
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
+        self.wpe = nn.Embedding(cfg.max_seqlen, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2 initialisation: N(0, 0.02), and the projections that write into the residual
+        # stream scaled by 1/sqrt(2 * n_layer) since each block adds two of them.
+        if isinstance(module, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual", False) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size)."""
+        B, T = idx.shape
+        if T > self.cfg.max_seqlen:
+            raise ValueError(f"input length {T} exceeds the model's max_seqlen {self.cfg.max_seqlen}")
+        pos = torch.arange(T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)
+        x = self.ln_f(x)
+        logits = F.linear(x, self.wte.weight)  # tied output embedding, (B, T, padded_vocab)
+        return logits[..., : self.cfg.vocab_size]
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay matrices (linear weights, embeddings), not biases or LayerNorm gains."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+
+
+# Sizes, as (n_layer, d_model, n_head, max_seqlen). The paper's models (Sections 3 and 5) and small
+# ones that train on a laptop CPU in minutes.
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "gpt2-117m": (12, 768, 12, 1024),
+    "gpt2-1.5b": (48, 1600, 25, 1024),
+    "gpt3-125m": (12, 768, 12, 2048),
+    "gpt3-1.3b": (24, 2048, 16, 2048),
+    "cpu-small": (4, 128, 4, 256),
+    "tiny": (2, 64, 2, 128),
+}

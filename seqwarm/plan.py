@@ -1,0 +1,78 @@
+"""`seqwarm plan`: the schedule a config will follow, step by step, without training or data.
+
+It runs the very functions training uses (pacing, loader bookkeeping, clock, LR, stopping), so
+what it prints is what `train` will do.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from seqwarm.config import Config
+from seqwarm.curriculum import SeqlenSchedule
+from seqwarm.data.loader import TrainLoader
+from seqwarm.schedule import Clock, finished, learning_rate
+
+
+@dataclass(frozen=True)
+class _VirtualIndex:
+    """Stands in for the corpus: plan needs the sequence length, never the tokens."""
+
+    seqlen: int
+
+    def __len__(self) -> int:
+        return 1 << 62
+
+
+def plan_steps(cfg: Config) -> Iterator[dict]:
+    """One dict per optimizer step: step (after it), seqlen, batch_size, tokens (cumulative), lr, flops."""
+    t = cfg.train
+    gpt = cfg.model.gpt()
+    seqlen_of = SeqlenSchedule(cfg.curriculum)
+    loader = TrainLoader(_VirtualIndex(cfg.curriculum.seqlen_end), seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail)
+    clock = Clock()
+    while not finished(clock, t):
+        seqlen = seqlen_of(clock.step)
+        _, served = loader.next_segments(t.global_batch_size, seqlen)
+        tokens = int(served.sum())
+        lr = learning_rate(clock.after(tokens, t), t)
+        clock.tick(tokens, t)
+        # Padded rows cost a full-length forward/backward too.
+        flops = len(served) * seqlen * gpt.flops_per_token(seqlen)
+        yield {"step": clock.step, "seqlen": seqlen, "batch_size": t.global_batch_size, "tokens": clock.tokens, "lr": lr, "flops": flops}
+
+
+def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, out=None) -> dict:
+    """Print the plan (a table, or JSONL with every step) and return its totals."""
+    out = out or sys.stdout
+    rows = list(plan_steps(cfg))
+    if not rows:
+        raise ValueError("plan: the config stops before its first step")
+    every = every or (1 if jsonl else max(1, len(rows) // 40))
+    shown = [r for r in rows if r["step"] % every == 0 or r["step"] in (1, len(rows))]
+    total_flops = sum(r["flops"] for r in rows)
+    summary = {
+        "steps": len(rows),
+        "tokens": rows[-1]["tokens"],
+        "flops": total_flops,
+        "full_length_step": SeqlenSchedule(cfg.curriculum).full_length_step,
+        "params": cfg.model.gpt().n_params(),
+    }
+    if jsonl:
+        for r in shown:
+            out.write(json.dumps(r) + "\n")
+        out.write(json.dumps({"summary": summary}) + "\n")
+        return summary
+    out.write(f"{'step':>9} {'seqlen':>7} {'batch':>6} {'tokens':>15} {'lr':>10} {'flops':>10}\n")
+    for r in shown:
+        out.write(f"{r['step']:>9} {r['seqlen']:>7} {r['batch_size']:>6} {r['tokens']:>15,} {r['lr']:>10.3e} {r['flops']:>10.3e}\n")
+    stop = f"max_tokens {cfg.train.max_tokens:,}" if cfg.train.max_tokens else f"max_steps {cfg.train.max_steps:,}"
+    out.write(
+        f"total: {summary['steps']:,} steps to reach {stop}; {summary['tokens']:,} tokens, "
+        f"{total_flops:.3e} FLOPs ({total_flops / 8.64e19:.3g} PFLOP/s-days), "
+        f"full length from step {summary['full_length_step']:,}\n"
+    )
+    return summary

@@ -1,0 +1,346 @@
+"""The training loop: length -> batch -> forward/backward -> clip -> step -> log -> eval -> save.
+
+`train(cfg)` validates everything (config, data, run directory) before it changes anything, then
+`fit` runs the loop. Every quantity that decides what a step does is a function of the clock:
+the SLW length of the step (pacing, Section 4), its learning rate (token-wise decay, Appendix A.2)
+and whether training is over (token-wise termination, Section 5.1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from seqwarm import __version__
+from seqwarm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from seqwarm.config import Config, load_config, save_config
+from seqwarm.curriculum import SeqlenSchedule
+from seqwarm.data.loader import IGNORE_INDEX, Batch, SequenceIndex, TokenData, TrainLoader
+from seqwarm.data.prepare import ensure_builtin
+from seqwarm.errors import ConfigError, SeqwarmError
+from seqwarm.model import GPT
+from seqwarm.monitor import LossRatio
+from seqwarm.runtime import keep_freed_memory
+from seqwarm.schedule import Clock, finished, learning_rate
+
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Trainer:
+    """Everything `fit` works on; each stateful part has `state_dict()`/`load_state_dict()`."""
+
+    cfg: Config
+    run_dir: Path
+    device: torch.device
+    model: GPT
+    step_model: torch.nn.Module  # the model, compiled or not
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loader: TrainLoader
+    val: SequenceIndex
+    seqlen: SeqlenSchedule
+    clock: Clock
+    loss_ratio: LossRatio
+    time_offset: float = 0.0  # wall seconds of earlier sessions of this run (resume)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device: cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def open_data(cfg: Config, progress: bool = True) -> TokenData:
+    path = ensure_builtin(progress) if cfg.data.path == "builtin" else cfg.data.path
+    return TokenData(path, verify=cfg.data.verify, vocab_size=cfg.model.gpt().vocab_size)
+
+
+def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
+    device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    if device.type == "cpu":
+        keep_freed_memory()
+    seqlen_end = cfg.curriculum.seqlen_end
+    train_index = data.sequences("train", seqlen_end)
+    val_index = data.sequences("val", seqlen_end)
+
+    torch.manual_seed(cfg.run.seed)
+    model = GPT(cfg.model.gpt()).to(device)
+    step_model = model
+    if cfg.train.compile:
+        # One graph with a symbolic length instead of one compilation per SLW length.
+        step_model = torch.compile(model, dynamic=cfg.curriculum.kind != "none")
+    t = cfg.train
+    optimizer = torch.optim.AdamW(
+        model.param_groups(t.weight_decay),
+        lr=t.lr,
+        betas=(t.adam_beta1, t.adam_beta2),
+        eps=t.adam_eps,
+        fused=device.type == "cuda",
+    )
+    return Trainer(
+        cfg=cfg,
+        run_dir=run_dir,
+        device=device,
+        model=model,
+        step_model=step_model,
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
+        loader=TrainLoader(train_index, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail),
+        val=val_index,
+        seqlen=SeqlenSchedule(cfg.curriculum),
+        clock=Clock(),
+        loss_ratio=LossRatio(),
+    )
+
+
+def train(cfg: Config, *, resume: bool = False, force: bool = False, progress: bool = True, on_step=None) -> dict:
+    """Validate, set up the run directory, train. Returns the run summary.
+
+    Nothing in the run directory is touched until the config and the data have been checked.
+    """
+    run_dir = Path(cfg.run.dir)
+    checkpoint = None
+    if resume:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
+            raise SeqwarmError(f"{run_dir}: no checkpoint to resume from (start over with --force)")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise SeqwarmError(f"{run_dir}: run directory exists; use --resume to continue it or --force to replace it")
+    data = open_data(cfg, progress)
+    trainer = build(cfg, run_dir, data)
+
+    if checkpoint is not None:
+        restore(trainer, checkpoint)
+    else:
+        if force and run_dir.exists():
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    return fit(trainer, progress=progress, on_step=on_step)
+
+
+def restore(tr: Trainer, checkpoint: Path) -> None:
+    state = load_checkpoint(checkpoint, model=tr.model, optimizer=tr.optimizer)
+    tr.clock.load_state_dict(state["clock"])
+    tr.loader.load_state_dict(state["loader"])
+    tr.loss_ratio.load_state_dict(state["loss_ratio"])
+    tr.scaler.load_state_dict(state["scaler"]) if state["scaler"] else None
+    tr.time_offset = state["time_s"]
+    # Rows logged after this checkpoint belong to the interrupted session: the resumed run
+    # writes them again, so drop them to keep one row per step.
+    rows = read_metrics(tr.run_dir / METRICS)
+    keep = [r for r in rows if r["step"] <= tr.clock.step]
+    (tr.run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in keep))
+
+
+def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
+    cfg, t, clock = tr.cfg, tr.cfg.train, tr.clock
+    start = time.perf_counter() - tr.time_offset
+    autocast = _autocast(tr.device, t.precision)
+    bar = _progress_bar(cfg, clock, enabled=progress and cfg.log.progress)
+    tr.model.train()
+    with open(tr.run_dir / METRICS, "a") as log:
+        if clock.step == 0 and cfg.eval.every_tokens is not None:
+            evaluate_and_log(tr, log, start, autocast)  # the curves start at the initial model
+        while not finished(clock, t):
+            seqlen = tr.seqlen(clock.step)
+            batch = tr.loader.next_batch(t.global_batch_size, seqlen)
+            lr = learning_rate(clock.after(batch.tokens, t), t)
+            loss, grad_norm = train_step(tr, batch, lr, autocast)
+            prev_tokens = clock.tokens
+            clock.tick(batch.tokens, t)
+
+            row = {
+                "step": clock.step,
+                "tokens": clock.tokens,
+                "seqlen": seqlen,
+                "batch_size": t.global_batch_size,
+                "lr": lr,
+                "loss": loss,
+                "loss_ratio": tr.loss_ratio(loss),
+                "grad_norm": grad_norm,
+                "time_s": time.perf_counter() - start,
+            }
+            log.write(json.dumps(row) + "\n")
+            if not math.isfinite(loss) or not (math.isfinite(grad_norm) or tr.scaler.is_enabled()):
+                raise SeqwarmError(
+                    f"step {clock.step}: loss {loss}, gradient norm {grad_norm}; the update was not applied, "
+                    "stopping (the last checkpoint is intact)"
+                )
+
+            if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or finished(clock, t):
+                log.flush()
+                evaluate_and_log(tr, log, start, autocast)
+            if (cfg.checkpoint.every_steps and clock.step % cfg.checkpoint.every_steps == 0) or finished(clock, t):
+                log.flush()
+                save(tr, time.perf_counter() - start)
+            bar.update(batch.tokens if t.max_tokens else 1)
+            if clock.step % cfg.log.every_steps == 0:
+                bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+            if on_step is not None:
+                on_step(clock)
+    bar.close()
+    return write_summary(tr, time.perf_counter() - start)
+
+
+def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> tuple[float, float]:
+    """One optimizer step over the global batch, accumulated over micro-batches.
+
+    The loss is the mean over the global batch's target tokens (not the mean of micro-batch
+    means), so padding and uneven micro-batches weigh every token equally.
+    """
+    t = tr.cfg.train
+    for group in tr.optimizer.param_groups:
+        group["lr"] = lr
+    inputs, targets = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
+    total = torch.zeros((), device=tr.device)
+    for x, y in zip(inputs.split(t.micro_batch_size), targets.split(t.micro_batch_size)):
+        with autocast:
+            logits = tr.step_model(x)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+        loss = loss / batch.tokens
+        tr.scaler.scale(loss).backward()
+        total += loss.detach()
+    tr.scaler.unscale_(tr.optimizer)
+    max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm)
+    loss, norm = torch.stack([total, grad_norm.float()]).tolist()  # the step's one host sync
+    # A non-finite loss or gradient never reaches the weights. Under fp16 an infinite gradient is a
+    # loss-scale overflow, which the scaler itself skips and recovers from.
+    if math.isfinite(loss) and (math.isfinite(norm) or tr.scaler.is_enabled()):
+        tr.scaler.step(tr.optimizer)
+    tr.scaler.update()
+    tr.optimizer.zero_grad(set_to_none=True)
+    return loss, norm
+
+
+@torch.no_grad()
+def evaluate(tr: Trainer, autocast) -> float:
+    """Mean loss per token on the fixed full-length validation sequences."""
+    n = min(tr.cfg.eval.max_sequences, len(tr.val))
+    total = count = 0.0
+    tr.model.eval()
+    for i in range(0, n, tr.cfg.eval.batch_size):
+        rows = tr.val.rows(range(i, min(i + tr.cfg.eval.batch_size, n))).to(tr.device)
+        with autocast:
+            logits = tr.step_model(rows[:, :-1])
+        total += F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+        count += rows[:, 1:].numel()
+    tr.model.train()
+    return total / count
+
+
+def evaluate_and_log(tr: Trainer, log, start: float, autocast) -> None:
+    """Validate and append an eval row to the open metrics file."""
+    val_loss = evaluate(tr, autocast)
+    row = {
+        "step": tr.clock.step,
+        "tokens": tr.clock.tokens,
+        "time_s": time.perf_counter() - start,
+        "val/loss": val_loss,
+        "val/ppl": math.exp(min(val_loss, 50.0)),
+    }
+    log.write(json.dumps(row) + "\n")
+
+
+def save(tr: Trainer, time_s: float) -> Path:
+    state = {
+        "seqwarm": __version__,
+        "clock": tr.clock.state_dict(),
+        "loader": tr.loader.state_dict(),
+        "loss_ratio": tr.loss_ratio.state_dict(),
+        "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else None,
+        "time_s": time_s,
+        "model": tr.cfg.model.gpt().__dict__,
+    }
+    return save_checkpoint(
+        tr.run_dir, tr.clock.step, model=tr.model, optimizer=tr.optimizer, state=state, keep_last=tr.cfg.checkpoint.keep_last
+    )
+
+
+def write_summary(tr: Trainer, wall_s: float) -> dict:
+    rows = read_metrics(tr.run_dir / METRICS)
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "val/loss" in r]
+    best = min(eval_rows, key=lambda r: r["val/loss"]) if eval_rows else None
+    last_eval = eval_rows[-1] if eval_rows else None
+    summary = {
+        "run_dir": str(tr.run_dir),
+        "steps": tr.clock.step,
+        "tokens": tr.clock.tokens,
+        "wall_s": wall_s,
+        "params": sum(p.numel() for p in tr.model.parameters()),
+        "final_val_loss": last_eval["val/loss"] if last_eval else None,
+        "final_val_ppl": last_eval["val/ppl"] if last_eval else None,
+        "best_val_loss": best["val/loss"] if best else None,
+        "best_val_ppl": best["val/ppl"] if best else None,
+        "max_loss_ratio": max((r["loss_ratio"] for r in train_rows), default=None),
+        "steps_loss_ratio_gt_1.2": sum(r["loss_ratio"] > 1.2 for r in train_rows),
+        "steps_loss_ratio_gt_1.5": sum(r["loss_ratio"] > 1.5 for r in train_rows),
+    }
+    (tr.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a last line cut by a crash is ignored."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _crossed(before: int, after: int, every: int | None) -> bool:
+    return every is not None and after // every > before // every
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _progress_bar(cfg: Config, clock: Clock, enabled: bool) -> tqdm:
+    by_tokens = cfg.train.max_tokens is not None
+    return tqdm(
+        total=cfg.train.max_tokens if by_tokens else cfg.train.max_steps,
+        initial=clock.tokens if by_tokens else clock.step,
+        unit="tok" if by_tokens else "step",
+        unit_scale=True,
+        desc=Path(cfg.run.dir).name,
+        disable=not enabled,
+        dynamic_ncols=True,
+    )
+
+
+def main_train(config_path: str | None, overrides: list[str], *, resume: str | None, force: bool) -> dict:
+    """`seqwarm train`: a new run from CONFIG, or `--resume RUN_DIR` with the run's saved config."""
+    if resume is not None:
+        if config_path is not None:
+            raise ConfigError("train: give either CONFIG or --resume RUN_DIR, not both")
+        cfg = load_config(Path(resume) / "config.yaml", [*overrides, f"run.dir={resume}"])
+    else:
+        cfg = load_config(config_path, overrides)
+    return train(cfg, resume=resume is not None, force=force)

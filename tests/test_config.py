@@ -1,0 +1,168 @@
+from pathlib import Path
+
+import pytest
+
+from seqwarm.cli import PACKAGED_CONFIGS, main
+from seqwarm.config import field_docs, load_config
+from seqwarm.errors import ConfigError
+
+SHIPPED = sorted(PACKAGED_CONFIGS.glob("*.yaml"))
+
+
+def test_configs_dir_is_the_packaged_one():
+    assert Path("configs").resolve() == PACKAGED_CONFIGS.resolve()
+    assert len(SHIPPED) >= 8
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.curriculum.seqlen_end <= cfg.model.gpt().max_seqlen
+    assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0
+
+
+def test_paper_configs_match_the_paper():
+    base = load_config(PACKAGED_CONFIGS / "gpt2-117m-bsz4k-baseline.yaml")
+    slw = load_config(PACKAGED_CONFIGS / "gpt2-117m-bsz4k-slw.yaml")
+    assert (base.model.gpt().n_layer, base.model.gpt().d_model, base.model.gpt().n_head) == (12, 768, 12)
+    assert base.train.max_tokens == slw.train.max_tokens == 37_500 * 4096 * 1024
+    assert (slw.curriculum.seqlen_start, slw.curriculum.duration) == (8, 30_000)
+    # SLW changes only the curriculum (Section 5.1); everything else is shared
+    assert base.train == slw.train and base.model == slw.model and base.eval == slw.eval
+
+
+def test_overrides_and_type_coercion():
+    cfg = load_config(
+        PACKAGED_CONFIGS / "tiny-slw.yaml",
+        ["train.lr=6e-4", "train.max_tokens=1.5e6", "curriculum.duration=200", "curriculum.drop_tail=false"],
+    )
+    assert cfg.train.lr == 6e-4 and cfg.train.max_tokens == 1_500_000 and isinstance(cfg.train.max_tokens, int)
+    assert cfg.curriculum.duration == 200 and cfg.curriculum.drop_tail is False
+
+
+def test_every_field_has_a_docstring():
+    docs = field_docs()
+    from seqwarm.config import _all_keys
+
+    assert set(_all_keys()) == set(docs)
+    assert all(docs.values())
+
+
+BAD = [
+    (["curriculum.seqlen_start=128", "curriculum.seqlen_end=64"], "curriculum.seqlen_start"),
+    (["curriculum.duration=0"], "curriculum.duration"),
+    (["curriculum.pacing=cubic"], "curriculum.pacing"),
+    (["curriculum.kind=slow"], "curriculum.kind"),
+    (["curriculum.multiple_of=16"], "curriculum.multiple_of"),
+    (["curriculum.multiple_of=0"], "curriculum.multiple_of"),
+    (["curriculum.multiple_of=2.5"], "curriculum.multiple_of"),
+    (["curriculum.seqlen_end=256"], "curriculum.seqlen_end"),
+    (["train.micro_batch_size=3"], "train.micro_batch_size"),
+    (["train.lr=fast"], "train.lr"),
+    (["train.compile=maybe"], "train.compile"),
+    (["train.max_tokns=5"], "did you mean train.max_tokens"),
+    (["trian.lr=1"], "did you mean train"),
+    (["curriculum.pacing=discrete"], "curriculum.stages"),
+    (["train.warmup_steps=3", "train.warmup_tokens=3"], "warmup_tokens"),
+]
+
+
+@pytest.mark.parametrize("overrides,field", BAD, ids=[b[1] for b in BAD])
+def test_bad_config_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_config(PACKAGED_CONFIGS / "tiny-slw.yaml", overrides)
+
+
+def test_unreadable_yaml(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: [\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def cli(capsys, *argv):
+    code = main(list(argv))
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["curriculum.seqlen_start=128"], "curriculum.seqlen_start (128) must be <= curriculum.seqlen_end (64)"),
+        (["train.micro_batch_size=3"], "train.micro_batch_size (3) must divide train.global_batch_size (8)"),
+        (["train.lrr=1"], "train.lrr: unknown config key (did you mean train.lr?)"),
+        (["train.max_steps=ten"], "train.max_steps: expected an integer, got 'ten'"),
+    ],
+)
+def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, overrides, message):
+    run = tmp_path / "run"
+    code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", *overrides)
+    assert code == 2
+    assert err.strip() == f"seqwarm: error: {message}"
+    assert not run.exists()
+
+
+def test_cli_data_errors(capsys, tmp_path, corpus_dir):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", f"data.path={tmp_path / 'nope'}")
+    assert code == 2 and "does not exist" in err and err.count("\n") == 1
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", f"data.path={empty}")
+    assert code == 2 and "meta.json is missing" in err
+
+    other_vocab = tmp_path / "vocab"
+    shutil.copytree(corpus_dir, other_vocab)
+    meta = json.loads((other_vocab / "meta.json").read_text())
+    (other_vocab / "meta.json").write_text(json.dumps({**meta, "vocab_size": 32000}))
+    code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", f"data.path={other_vocab}")
+    assert code == 2 and "vocabulary size 32000 differs from the model's 50257" in err
+
+    code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", f"data.path={corpus_dir}", "model.max_seqlen=4096", "curriculum.seqlen_end=4096")
+    assert code == 2 and "shorter than one sequence" in err
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(corpus_dir, corrupt)
+    data = bytearray((corrupt / "train.bin").read_bytes())
+    data[100] ^= 0xFF
+    (corrupt / "train.bin").write_bytes(bytes(data))
+    code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", f"data.path={corrupt}")
+    assert code == 2 and "train.bin: sha256 does not match" in err
+    assert not run.exists()
+
+
+def test_cli_prepare_errors(capsys, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    code, err = cli(capsys, "prepare", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "no text found" in err
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"txt": "oops"}\n')
+    code, err = cli(capsys, "prepare", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "bad.jsonl:2: expected a JSON object with a 'text' field" in err
+    code, err = cli(capsys, "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "no such file or directory" in err
+
+
+def test_plan_cli_jsonl(capsys):
+    import json
+
+    assert main(["plan", "tiny-slw", "--jsonl"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    rows, summary = lines[:-1], lines[-1]["summary"]
+    # seqlen_t = 8 + 56 * t / 8 rounded down to a multiple of 8: 8, 8 (15), 22 -> 16, 29 -> 24, ...
+    assert [r["seqlen"] for r in rows[:5]] == [8, 8, 16, 24, 36 - 36 % 8]
+    assert rows[-1]["seqlen"] == 64
+    assert summary["steps"] == len(rows) and summary["tokens"] == rows[-1]["tokens"] >= 8000
+
+
+def test_plan_reproduces_the_papers_step_counts(capsys):
+    """Table 7: at batch 4K, the baseline takes 37.5K steps and SLW 30K takes 52.5K steps to 157B tokens."""
+    assert main(["plan", "gpt2-117m-bsz4k-baseline", "--every", "100000"]) == 0
+    assert "total: 37,500 steps" in capsys.readouterr().out
+    assert main(["plan", "gpt2-117m-bsz4k-slw", "--every", "100000"]) == 0
+    assert "total: 52,501 steps" in capsys.readouterr().out  # the paper rounds to 52.5K

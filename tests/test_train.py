@@ -1,0 +1,144 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from seqwarm import checkpoint as ckpt
+from seqwarm.errors import SeqwarmError
+from seqwarm.plan import plan_steps
+from seqwarm.train import read_metrics, train
+
+
+def train_rows(run_dir):
+    return [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r]
+
+
+def test_tiny_slw_run_end_to_end(tiny_cfg):
+    cfg = tiny_cfg()
+    summary = train(cfg, progress=False)
+    run = Path(cfg.run.dir)
+    rows = read_metrics(run / "metrics.jsonl")
+    train_r = [r for r in rows if "loss" in r]
+    eval_r = [r for r in rows if "val/loss" in r]
+    assert {"step", "tokens", "seqlen", "batch_size", "lr", "loss", "grad_norm", "time_s"} <= set(train_r[0])
+    assert [r["step"] for r in train_r] == list(range(1, len(train_r) + 1))
+    assert train_r[0]["seqlen"] == 8 and train_r[-1]["seqlen"] == 64
+    # one token clock: the logged tokens are the running sum of what each step trained on
+    assert all(r["tokens"] == p["tokens"] + r["batch_size"] * r["seqlen"] for p, r in zip(train_r, train_r[1:]))
+    assert summary["tokens"] == train_r[-1]["tokens"] >= cfg.train.max_tokens > train_r[-2]["tokens"]
+    assert eval_r[0]["step"] == 0 and eval_r[-1]["step"] == summary["steps"]
+    assert eval_r[-1]["val/loss"] < eval_r[0]["val/loss"] - 1.0  # it learns
+    assert math.isclose(eval_r[-1]["val/ppl"], math.exp(eval_r[-1]["val/loss"]))
+    assert (run / "config.yaml").exists() and (run / "summary.json").exists()
+    assert ckpt.latest_checkpoint(run).name == f"step-{summary['steps']:08d}"
+    # plan predicts exactly what training did
+    planned = list(plan_steps(cfg))
+    assert [(p["step"], p["seqlen"], p["tokens"]) for p in planned] == [(r["step"], r["seqlen"], r["tokens"]) for r in train_r]
+    assert [p["lr"] for p in planned] == pytest.approx([r["lr"] for r in train_r])
+
+
+@pytest.mark.parametrize("drop_tail", [True, False])
+def test_resume_reproduces_an_uninterrupted_run_exactly(tiny_cfg, tmp_path, drop_tail):
+    overrides = [f"curriculum.drop_tail={str(drop_tail).lower()}", "checkpoint.every_steps=7", "model.dropout=0.1"]
+    full = tiny_cfg(*overrides, f"run.dir={tmp_path / 'full'}")
+    train(full, progress=False)
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_10(clock):
+        if clock.step == 10:
+            raise Crash
+
+    part = tiny_cfg(*overrides, f"run.dir={tmp_path / 'part'}")
+    with pytest.raises(Crash):
+        train(part, progress=False, on_step=crash_at_step_10)
+    assert len(train_rows(part.run.dir)) == 10  # steps 8-10 were logged after the step-7 checkpoint
+    train(part, resume=True, progress=False)
+
+    a, b = train_rows(full.run.dir), train_rows(part.run.dir)
+    assert [r["step"] for r in b] == [r["step"] for r in a]
+    for key in ("loss", "grad_norm", "lr", "tokens", "seqlen"):
+        assert [r[key] for r in b] == [r[key] for r in a], key  # bit-for-bit on CPU
+
+
+def test_interrupted_save_leaves_previous_checkpoint_loadable(tiny_cfg, monkeypatch):
+    cfg = tiny_cfg("checkpoint.every_steps=5", "train.max_steps=12")
+    real_save_file = ckpt.save_file
+    calls = {"n": 0}
+
+    def crash_during_second_save(tensors, path):
+        if Path(path).name == "optimizer.safetensors":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt("killed mid-save")
+        return real_save_file(tensors, path)
+
+    monkeypatch.setattr(ckpt, "save_file", crash_during_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, progress=False)
+    run = Path(cfg.run.dir)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000005"]
+    assert not any(p.name.startswith(".") for p in (run / "checkpoints").iterdir()), "temporary directory cleaned"
+    monkeypatch.setattr(ckpt, "save_file", real_save_file)
+    summary = train(cfg, resume=True, progress=False)  # resumes from step 5
+    assert summary["steps"] == 12
+    assert [r["step"] for r in train_rows(run)] == list(range(1, 13))
+
+
+def test_existing_run_dir_is_never_overwritten(tiny_cfg):
+    cfg = tiny_cfg("train.max_steps=2")
+    train(cfg, progress=False)
+    before = (Path(cfg.run.dir) / "metrics.jsonl").read_text()
+    with pytest.raises(SeqwarmError, match="--resume.*--force"):
+        train(cfg, progress=False)
+    assert (Path(cfg.run.dir) / "metrics.jsonl").read_text() == before
+    train(cfg, force=True, progress=False)
+    assert len(train_rows(cfg.run.dir)) == 2
+
+
+def test_micro_batches_give_the_same_step_as_one_batch(tiny_cfg, tmp_path):
+    losses = []
+    for mb in (8, 2):
+        cfg = tiny_cfg(f"train.micro_batch_size={mb}", "train.max_steps=3", f"run.dir={tmp_path / str(mb)}")
+        train(cfg, progress=False)
+        losses.append([r["loss"] for r in train_rows(cfg.run.dir)])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_nonfinite_loss_stops_without_touching_the_weights(tiny_cfg, monkeypatch):
+    import torch
+
+    from seqwarm import train as train_mod
+
+    cfg = tiny_cfg("train.max_steps=6", "checkpoint.every_steps=2")
+    real_forward = train_mod.GPT.forward
+
+    def poisoned(self, idx):
+        out = real_forward(self, idx)
+        return out * float("nan") if self.training and poisoned.step >= 3 else out
+
+    poisoned.step = 0
+    monkeypatch.setattr(train_mod.GPT, "forward", poisoned)
+    weights = {}
+
+    def watch(clock):
+        poisoned.step = clock.step
+
+    def snapshot_before_step(orig):
+        def wrapped(tr, batch, lr, autocast):
+            weights["before"] = [p.detach().clone() for p in tr.model.parameters()]
+            out = orig(tr, batch, lr, autocast)
+            weights["after"] = [p.detach().clone() for p in tr.model.parameters()]
+            return out
+
+        return wrapped
+
+    monkeypatch.setattr(train_mod, "train_step", snapshot_before_step(train_mod.train_step))
+    with pytest.raises(SeqwarmError, match="step 4"):
+        train(cfg, progress=False, on_step=watch)
+    assert all(torch.equal(a, b) for a, b in zip(weights["before"], weights["after"]))
+    assert ckpt.latest_checkpoint(Path(cfg.run.dir)).name == "step-00000002"
+    state = json.loads((ckpt.latest_checkpoint(Path(cfg.run.dir)) / "state.json").read_text())
+    assert state["clock"]["step"] == 2
