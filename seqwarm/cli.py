@@ -6,6 +6,7 @@ Errors a user can fix (`SeqwarmError`) print as one line and exit with code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -34,20 +35,20 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_prepare(args) -> None:
-    from seqwarm.data.prepare import builtin_data_dir, prepare
+    from seqwarm.data.prepare import builtin_data_dir, ensure_builtin, prepare
 
+    if args.corpus and args.inputs:
+        raise SeqwarmError("prepare: give either --corpus builtin or input files, not both")
     inputs = args.inputs or ["builtin"]
     if inputs != ["builtin"] and args.out is None:
         raise SeqwarmError("prepare: --out DIR is required for your own text files")
     out = Path(args.out) if args.out else builtin_data_dir()
-    if inputs == ["builtin"] and (out / "meta.json").exists() and not args.force:
-        print(f"builtin corpus already prepared in {out}")
-        return
-    path = prepare(
-        inputs, out, val_fraction=args.val_fraction, test_fraction=args.test_fraction, force=args.force, progress=True
-    )
-    import json
-
+    if inputs == ["builtin"] and not args.out and not args.force:
+        path = ensure_builtin(progress=True)
+    else:
+        path = prepare(
+            inputs, out, val_fraction=args.val_fraction, test_fraction=args.test_fraction, force=args.force, progress=True
+        )
     meta = json.loads((path / "meta.json").read_text())
     counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
     print(f"prepared {path}: tokens {counts}")
@@ -116,7 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after options (`train CONFIG --force a.b=1`): argparse leaves those over.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        target = args.items if hasattr(args, "items") else getattr(args, "overrides", None)
+        if target is None or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        target.extend(extra)
     try:
         args.func(args)
     except SeqwarmError as e:

