@@ -212,6 +212,22 @@ class CurriculumConfig:
 
 
 @dataclass
+class MonitorConfig:
+    adam_every_steps: int = 1
+    """Record Adam's variance/momentum statistics every this many steps (Section 3); raise it for huge models."""
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    """A NaN/Inf loss or gradient is never applied; then `stop` the run, or `skip` the batch and go on."""
+    max_consecutive_skips: int = 5
+    """With `skip`: stop after this many non-finite steps in a row."""
+
+    def __post_init__(self):
+        if self.adam_every_steps <= 0:
+            raise ConfigError(f"monitor.adam_every_steps: must be positive, got {self.adam_every_steps}")
+        if self.max_consecutive_skips <= 0:
+            raise ConfigError(f"monitor.max_consecutive_skips: must be positive, got {self.max_consecutive_skips}")
+
+
+@dataclass
 class EvalConfig:
     every_tokens: int | None = None
     """Validate every this many trained tokens (and always at the end)."""
@@ -262,6 +278,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -28,7 +28,7 @@ from seqwarm.data.loader import IGNORE_INDEX, Batch, SequenceIndex, TokenData, T
 from seqwarm.data.prepare import ensure_builtin
 from seqwarm.errors import ConfigError, SeqwarmError
 from seqwarm.model import GPT, linear_cross_entropy
-from seqwarm.monitor import LossRatio
+from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
 from seqwarm.runtime import keep_freed_memory
 from seqwarm.schedule import Clock, finished, learning_rate
 
@@ -51,6 +51,7 @@ class Trainer:
     seqlen: SeqlenSchedule
     clock: Clock
     loss_ratio: LossRatio
+    guard: NonFiniteGuard
     time_offset: float = 0.0  # wall seconds of earlier sessions of this run (resume)
 
 
@@ -108,6 +109,7 @@ def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
         seqlen=SeqlenSchedule(cfg.curriculum),
         clock=Clock(),
         loss_ratio=LossRatio(),
+        guard=NonFiniteGuard(cfg.monitor.on_nonfinite, cfg.monitor.max_consecutive_skips),
     )
 
 
@@ -142,6 +144,7 @@ def restore(tr: Trainer, checkpoint: Path) -> None:
     tr.clock.load_state_dict(state["clock"])
     tr.loader.load_state_dict(state["loader"])
     tr.loss_ratio.load_state_dict(state["loss_ratio"])
+    tr.guard.load_state_dict(state["guard"])
     tr.scaler.load_state_dict(state["scaler"]) if state["scaler"] else None
     tr.time_offset = state["time_s"]
     # Rows logged after this checkpoint belong to the interrupted session: the resumed run
@@ -164,9 +167,11 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
             seqlen = tr.seqlen(clock.step)
             batch = tr.loader.next_batch(t.global_batch_size, seqlen)
             lr = learning_rate(clock.after(batch.tokens, t), t)
-            loss, grad_norm = train_step(tr, batch, lr, autocast)
+            step = train_step(tr, batch, lr, autocast)
             prev_tokens = clock.tokens
-            clock.tick(batch.tokens, t)
+            # A skipped update trained on nothing: the step counts (pacing moves on, the batch is
+            # dropped) but its tokens do not.
+            clock.tick(batch.tokens if step.applied else 0, t)
 
             row = {
                 "step": clock.step,
@@ -174,16 +179,25 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
                 "seqlen": seqlen,
                 "batch_size": t.global_batch_size,
                 "lr": lr,
-                "loss": loss,
-                "loss_ratio": tr.loss_ratio(loss),
-                "grad_norm": grad_norm,
-                "time_s": time.perf_counter() - start,
+                "loss": step.loss,
+                "loss_ratio": tr.loss_ratio(step.loss),
+                "grad_norm": step.grad_norm,
+                "clipped": step.applied and 0 < t.grad_clip < step.grad_norm,
             }
+            if step.applied and clock.step % cfg.monitor.adam_every_steps == 0:
+                stats = adam_statistics(tr.optimizer)
+                if stats is not None:
+                    row.update(zip(ADAM_KEYS, stats.tolist()))  # one read-back for all three
+            if not step.applied:
+                row["skipped"] = "fp16 overflow" if step.overflow else "non-finite"
+            row["time_s"] = time.perf_counter() - start
             log.write(json.dumps(row) + "\n")
-            if not math.isfinite(loss) or not (math.isfinite(grad_norm) or tr.scaler.is_enabled()):
+            # A loss-scale overflow is fp16's normal way to find its scale, not a failure.
+            reason = None if step.overflow else tr.guard.observe(step.applied)
+            if reason:
                 raise SeqwarmError(
-                    f"step {clock.step}: loss {loss}, gradient norm {grad_norm}; the update was not applied, "
-                    "stopping (the last checkpoint is intact)"
+                    f"step {clock.step}: loss {step.loss}, gradient norm {step.grad_norm}; the update was not "
+                    f"applied; stopping: {reason} (the last checkpoint is intact)"
                 )
 
             if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or finished(clock, t):
@@ -192,16 +206,24 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
             if (cfg.checkpoint.every_steps and clock.step % cfg.checkpoint.every_steps == 0) or finished(clock, t):
                 log.flush()
                 save(tr, time.perf_counter() - start)
-            bar.update(batch.tokens if t.max_tokens else 1)
+            bar.update(clock.tokens - prev_tokens if t.max_tokens else 1)
             if clock.step % cfg.log.every_steps == 0:
-                bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+                bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
             if on_step is not None:
                 on_step(clock)
     bar.close()
     return write_summary(tr, time.perf_counter() - start)
 
 
-def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> tuple[float, float]:
+@dataclass(frozen=True)
+class StepResult:
+    loss: float  # mean over the global batch's target tokens
+    grad_norm: float  # global l2 norm before clipping
+    applied: bool  # the update reached the weights
+    overflow: bool  # fp16 loss-scale overflow: skipped by the scaler, which lowers its scale
+
+
+def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
     """One optimizer step over the global batch, accumulated over micro-batches.
 
     The loss is the mean over the global batch's target tokens (not the mean of micro-batch
@@ -222,14 +244,16 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> tuple[float, f
     tr.scaler.unscale_(tr.optimizer)
     max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm)
-    loss, norm = torch.stack([total, grad_norm.float()]).tolist()  # the step's one host sync
-    # A non-finite loss or gradient never reaches the weights. Under fp16 an infinite gradient is a
-    # loss-scale overflow, which the scaler itself skips and recovers from.
-    if math.isfinite(loss) and (math.isfinite(norm) or tr.scaler.is_enabled()):
+    loss, norm = torch.stack([total, grad_norm.float()]).tolist()  # one host sync for both
+    # A non-finite loss or gradient never reaches the weights. Under fp16 an infinite gradient with
+    # a finite loss is a loss-scale overflow: the scaler skips that step itself and lowers its scale.
+    applied = math.isfinite(loss) and math.isfinite(norm)
+    overflow = tr.scaler.is_enabled() and math.isfinite(loss) and not applied
+    if applied or overflow:
         tr.scaler.step(tr.optimizer)
     tr.scaler.update()
     tr.optimizer.zero_grad(set_to_none=True)
-    return loss, norm
+    return StepResult(loss, norm, applied, overflow)
 
 
 def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -273,11 +297,14 @@ def evaluate_and_log(tr: Trainer, log, start: float, autocast) -> None:
 
 
 def save(tr: Trainer, time_s: float) -> Path:
+    if not all_finite(tr.model.parameters()):
+        raise SeqwarmError(f"step {tr.clock.step}: the weights are not finite; not saving a checkpoint of them")
     state = {
         "seqwarm": __version__,
         "clock": tr.clock.state_dict(),
         "loader": tr.loader.state_dict(),
         "loss_ratio": tr.loss_ratio.state_dict(),
+        "guard": tr.guard.state_dict(),
         "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else None,
         "time_s": time_s,
         "model": tr.cfg.model.gpt().__dict__,
@@ -288,24 +315,33 @@ def save(tr: Trainer, time_s: float) -> Path:
 
 
 def write_summary(tr: Trainer, wall_s: float) -> dict:
+    """summary.json: the run's totals, its validation results and its stability record (Section 3)."""
     rows = read_metrics(tr.run_dir / METRICS)
     train_rows = [r for r in rows if "loss" in r]
     eval_rows = [r for r in rows if "val/loss" in r]
     best = min(eval_rows, key=lambda r: r["val/loss"]) if eval_rows else None
-    last_eval = eval_rows[-1] if eval_rows else None
+    last = eval_rows[-1] if eval_rows else None
+    ratios = [r["loss_ratio"] for r in train_rows if math.isfinite(r["loss_ratio"])]
+    var_max = [r["adam/var_max"] for r in train_rows if "adam/var_max" in r]
+    n = max(len(train_rows), 1)
     summary = {
         "run_dir": str(tr.run_dir),
         "steps": tr.clock.step,
         "tokens": tr.clock.tokens,
         "wall_s": wall_s,
         "params": sum(p.numel() for p in tr.model.parameters()),
-        "final_val_loss": last_eval["val/loss"] if last_eval else None,
-        "final_val_ppl": last_eval["val/ppl"] if last_eval else None,
+        "final_val_loss": last["val/loss"] if last else None,
+        "final_val_ppl": last["val/ppl"] if last else None,
         "best_val_loss": best["val/loss"] if best else None,
         "best_val_ppl": best["val/ppl"] if best else None,
-        "max_loss_ratio": max((r["loss_ratio"] for r in train_rows), default=None),
-        "steps_loss_ratio_gt_1.2": sum(r["loss_ratio"] > 1.2 for r in train_rows),
-        "steps_loss_ratio_gt_1.5": sum(r["loss_ratio"] > 1.5 for r in train_rows),
+        "max_loss_ratio": max(ratios, default=None),
+        "steps_loss_ratio_gt_1.2": sum(x > 1.2 for x in ratios),
+        "pct_steps_loss_ratio_gt_1.2": 100.0 * sum(x > 1.2 for x in ratios) / n,
+        "steps_loss_ratio_gt_1.5": sum(x > 1.5 for x in ratios),
+        "pct_steps_loss_ratio_gt_1.5": 100.0 * sum(x > 1.5 for x in ratios) / n,
+        "max_adam_var_max": max(var_max, default=None),
+        "clip_count": sum(bool(r.get("clipped")) for r in train_rows),
+        "skipped_steps": sum("skipped" in r for r in train_rows),
     }
     (tr.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
