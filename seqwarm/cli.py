@@ -83,6 +83,13 @@ def cmd_demo(args) -> None:
     run_demo(Path(args.out), force=args.force, overrides=args.overrides)
 
 
+def cmd_report(args) -> None:
+    from seqwarm.report import write_report
+
+    path = write_report([Path(p) for p in args.runs], Path(args.out))
+    print(f"report: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqwarm", description="GPT pre-training with Sequence Length Warmup.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -113,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace earlier demo runs in --out")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to both runs, e.g. train.max_tokens=200000")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("report", help="Table 1/Table 3 stability tables and figures comparing runs")
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (metrics.jsonl, config.yaml)")
+    s.add_argument("--out", required=True, help="directory for report.md, CSV tables and PNG figures (replaced)")
+    s.set_defaults(func=cmd_report)
     return p
 
 

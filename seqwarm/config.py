@@ -265,10 +265,17 @@ class LogConfig:
     """Show a progress bar (step, tokens, seqlen, loss, lr, tokens/s, ETA)."""
     every_steps: int = 1
     """Refresh the progress bar's numbers every this many steps (metrics.jsonl gets every step)."""
+    tensorboard: bool = False
+    """Also write the metrics as TensorBoard scalars to RUN_DIR/tensorboard (needs seqwarm[tensorboard])."""
 
     def __post_init__(self):
         if self.every_steps <= 0:
             raise ConfigError(f"log.every_steps: must be positive, got {self.every_steps}")
+        if self.tensorboard:
+            try:
+                import tensorboard  # noqa: F401  (torch's SummaryWriter needs it)
+            except ImportError:
+                raise ConfigError("log.tensorboard: the tensorboard package is missing; pip install 'seqwarm[tensorboard]'") from None
 
 
 @dataclass

@@ -35,6 +35,35 @@ from seqwarm.schedule import Clock, finished, learning_rate
 METRICS = "metrics.jsonl"
 
 
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line), mirrored to TensorBoard when asked."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.file = open(run_dir / METRICS, "a")
+        self.tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def write(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, row["step"])
+
+    def flush(self) -> None:
+        self.file.flush()
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
 @dataclass
 class Trainer:
     """Everything `fit` works on; each stateful part has `state_dict()`/`load_state_dict()`."""
@@ -160,7 +189,8 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
     autocast = _autocast(tr.device, t.precision)
     bar = _progress_bar(cfg, clock, enabled=progress and cfg.log.progress)
     tr.model.train()
-    with open(tr.run_dir / METRICS, "a") as log:
+    log = MetricsLog(tr.run_dir, cfg.log.tensorboard)
+    try:
         if clock.step == 0 and cfg.eval.every_tokens is not None:
             evaluate_and_log(tr, log, start, autocast)  # the curves start at the initial model
         while not finished(clock, t):
@@ -191,7 +221,7 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
             if not step.applied:
                 row["skipped"] = "fp16 overflow" if step.overflow else "non-finite"
             row["time_s"] = time.perf_counter() - start
-            log.write(json.dumps(row) + "\n")
+            log.write(row)
             # A loss-scale overflow is fp16's normal way to find its scale, not a failure.
             reason = None if step.overflow else tr.guard.observe(step.applied)
             if reason:
@@ -211,6 +241,8 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
                 bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
             if on_step is not None:
                 on_step(clock)
+    finally:
+        log.close()
     bar.close()
     return write_summary(tr, time.perf_counter() - start)
 
@@ -283,8 +315,8 @@ def evaluate(tr: Trainer, autocast) -> float:
     return total / count
 
 
-def evaluate_and_log(tr: Trainer, log, start: float, autocast) -> None:
-    """Validate and append an eval row to the open metrics file."""
+def evaluate_and_log(tr: Trainer, log: MetricsLog, start: float, autocast) -> None:
+    """Validate and append an eval row to the metrics."""
     val_loss = evaluate(tr, autocast)
     row = {
         "step": tr.clock.step,
@@ -293,7 +325,7 @@ def evaluate_and_log(tr: Trainer, log, start: float, autocast) -> None:
         "val/loss": val_loss,
         "val/ppl": math.exp(min(val_loss, 50.0)),
     }
-    log.write(json.dumps(row) + "\n")
+    log.write(row)
 
 
 def save(tr: Trainer, time_s: float) -> Path:

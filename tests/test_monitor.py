@@ -129,3 +129,29 @@ def test_adam_statistics_every_k_steps(tiny_cfg):
     train(cfg, progress=False)
     rows = [r for r in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows if "adam/var_l1" in r] == [3, 6]
+
+
+def test_tensorboard_mirror(tiny_cfg):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_cfg("train.max_steps=4", "log.tensorboard=true")
+    train(cfg, progress=False)
+    events = EventAccumulator(str(Path(cfg.run.dir) / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"loss", "loss_ratio", "adam/var_max", "tokens", "val/ppl"} <= set(tags)
+    rows = [r for r in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if "loss" in r]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in rows])
+
+
+def test_tensorboard_missing_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from seqwarm.config import LogConfig
+    from seqwarm.errors import ConfigError
+
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "tensorboard" else real_import(name, *a, **k))
+    with pytest.raises(ConfigError, match=r"seqwarm\[tensorboard\]"):
+        LogConfig(tensorboard=True)

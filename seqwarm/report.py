@@ -1,0 +1,434 @@
+"""`seqwarm report`: the paper's stability tables and curves, read back from run directories.
+
+For one or more run directories (config.yaml, metrics.jsonl and, once finished, summary.json) the
+report writes into one output directory:
+
+- Table 1 (Section 3): the steps whose loss ratio exceeds 1.2 and 1.5, and the maximum loss ratio;
+- Table 3 (Section 3): the Pearson correlation between the loss ratio and the l1 norm / max
+  element of Adam's variance state;
+- a summary: tokens, steps, wall time, validation loss/perplexity, clipped and skipped steps;
+
+as `report.md` and as CSV files, and PNG figures with all runs overlaid (Figures 1 and 4 style).
+Files of an earlier report in that directory are replaced, a figure that is no longer drawn removed.
+
+Everything is computed from the rows of metrics.jsonl, so a run in progress (or killed) is
+reported up to its last complete line. summary.json only marks a run finished and supplies the
+parameter count when config.yaml does not load.
+
+Decisions:
+
+- Missing data is "n/a", never 0: a statistic no row logged (older runs, no Adam statistics, no
+  eval rows), or a correlation over fewer than 3 points or of a constant series.
+- A step whose loss ratio is non-finite (a NaN or infinite loss) counts as above both thresholds,
+  a divergence being the extreme of instability; the maximum ratio is taken over finite ratios.
+- A run with no parseable train row (just started, or every line cut) is not an error: it gets
+  a row with 0 steps and n/a, and a note in report.md, so that `seqwarm report runs/*` works
+  while a run is starting. A path that does not exist, or a directory with neither metrics.jsonl
+  nor config.yaml, is a `ReportError` (the CLI exits with code 2); nothing is written then.
+- Runs are labelled by their directory names, lengthened with parent directories until no two
+  are equal; a directory given twice is reported once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import stats
+
+from seqwarm.config import load_config
+from seqwarm.errors import SeqwarmError
+from seqwarm.train import METRICS, read_metrics
+
+REPORT = "report.md"
+TABLE1_CSV = "table1_loss_ratio.csv"
+TABLE3_CSV = "table3_correlation.csv"
+SUMMARY_CSV = "summary.csv"
+# Table 1 counts the steps above 1.2; Appendix A.3.1 (Table 5) counts those above 1.5.
+RATIO_THRESHOLDS = (1.2, 1.5)
+# Table 3 correlates the loss ratio with the l1 norm and the max element of sqrt(v_t).
+ADAM_VARIANCE = ("adam/var_l1", "adam/var_max")
+MIN_POINTS = 3  # fewer points leave r meaningless (two points always give |r| = 1)
+NA = "n/a"
+
+
+class ReportError(SeqwarmError):
+    """A report input is not a run directory, or the report cannot be written; the message names the path."""
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    path: Path
+    rows: list[dict]
+    params: int | None
+    finished: bool  # summary.json exists
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plot:
+    """One figure: `y` against `x` over every row that has both, one line per run."""
+
+    name: str
+    x: str
+    y: str
+    title: str
+    log_y: bool = False
+    marks: tuple[float, ...] = ()  # horizontal reference lines
+
+
+PLOTS = (
+    Plot("loss_vs_step", "step", "loss", "Training loss (Section 3, Figure 1a-b)"),
+    Plot("loss_vs_tokens", "tokens", "loss", "Training loss by tokens (token-wise comparison, Section 5.1)"),
+    Plot("loss_ratio_vs_step", "step", "loss_ratio", "Loss ratio (Section 3, Table 1)", marks=RATIO_THRESHOLDS),
+    Plot("adam_var_l1_vs_step", "step", "adam/var_l1", "Adam variance l1 norm (Figure 1c-d, Figure 4c)", log_y=True),
+    Plot("adam_var_max_vs_step", "step", "adam/var_max", "Adam variance max element (Figure 1e-f, Figure 4d)", log_y=True),
+    Plot("adam_mom_l1_vs_step", "step", "adam/mom_l1", "Adam momentum l1 norm (Appendix A.3.2, Figure 10)", log_y=True),
+    Plot("val_ppl_vs_tokens", "tokens", "val/ppl", "Validation perplexity by tokens (Section 5.1, Figure 4a)", log_y=True),
+    Plot("val_ppl_vs_time", "time_s", "val/ppl", "Validation perplexity by wall time (Section 5.1, Figure 4b)", log_y=True),
+    Plot("seqlen_vs_step", "step", "seqlen", "Training sequence length (SLW pacing, Section 4)"),
+)
+
+AXIS_LABELS = {
+    "step": "step",
+    "tokens": "tokens",
+    "time_s": "wall time (s)",
+    "loss": "training loss",
+    "loss_ratio": "loss ratio",
+    "adam/var_l1": "l1 norm of sqrt(Adam variance)",
+    "adam/var_max": "max element of sqrt(Adam variance)",
+    "adam/mom_l1": "l1 norm of Adam momentum",
+    "val/ppl": "validation perplexity",
+    "seqlen": "sequence length",
+}
+MARKERS_BELOW = 50  # a series this short (eval rows) shows its points, so a single one is visible
+
+
+# --- the tables (pure functions of one run's metrics rows) ---------------------------------------
+
+
+def number(value: object) -> float | None:
+    """A logged number as a float (NaN and infinities included); None for a missing or non-numeric value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def finite(value: object) -> float | None:
+    x = number(value)
+    return x if x is not None and math.isfinite(x) else None
+
+
+def train_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "loss" in r]
+
+
+def eval_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "val/loss" in r]
+
+
+def loss_ratio_table(rows: list[dict]) -> dict:
+    """One run's row of Table 1 (Section 3): steps above each loss-ratio threshold and the max ratio.
+
+    The loss ratio of a step is its training loss over the minimum loss of all previous steps
+    (`seqwarm.monitor.LossRatio`); percentages are of all logged train steps.
+    """
+    train = train_rows(rows)
+    ratios = [x for r in train if (x := number(r.get("loss_ratio"))) is not None]
+    table = {"steps": len(train)}
+    for t in RATIO_THRESHOLDS:
+        count = sum(not x <= t for x in ratios)  # `not <=` also counts NaN: a non-finite loss diverged
+        table[f"steps_loss_ratio_gt_{t}"] = count
+        table[f"pct_loss_ratio_gt_{t}"] = 100 * count / len(train) if train else None
+    table["max_loss_ratio"] = max((x for x in ratios if math.isfinite(x)), default=None)
+    return table
+
+
+def paired(rows: list[dict], x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
+    """The values of two keys over the train rows where both are finite."""
+    pairs = [(x, y) for r in train_rows(rows) if (x := finite(r.get(x_key))) is not None and (y := finite(r.get(y_key))) is not None]
+    xs, ys = np.array(pairs, dtype=float).reshape(-1, 2).T
+    return xs, ys
+
+
+def pearson(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float] | None:
+    """Pearson r and its p-value; None with fewer than MIN_POINTS points or a constant series (r undefined)."""
+    if len(xs) < MIN_POINTS or np.ptp(xs) == 0 or np.ptp(ys) == 0:
+        return None
+    result = stats.pearsonr(xs, ys)
+    return float(result.statistic), float(result.pvalue)
+
+
+def correlation_table(rows: list[dict]) -> list[dict]:
+    """One run's rows of Table 3 (Section 3): the loss ratio against each Adam variance statistic.
+
+    Adam statistics may be logged every k steps only, so each pair uses the steps that have both.
+    """
+    table = []
+    for y_key in ADAM_VARIANCE:
+        xs, ys = paired(rows, "loss_ratio", y_key)
+        r_p = pearson(xs, ys)
+        table.append(
+            {
+                "x": "loss_ratio",
+                "y": y_key,
+                "n": len(xs),
+                "pearson_r": r_p[0] if r_p else None,
+                "p_value": r_p[1] if r_p else None,
+            }
+        )
+    return table
+
+
+def flag_count(rows: list[dict], key: str) -> int | None:
+    """Rows where a boolean flag is set; None when no row logged it (unknown, not zero)."""
+    flags = [r[key] for r in rows if r.get(key) is not None]
+    return sum(bool(f) for f in flags) if flags else None
+
+
+def summary_table(rows: list[dict]) -> dict:
+    """One run's cost and outcome (Section 5.1): tokens, steps, wall time, validation loss/perplexity
+    (Figure 4a-b), and the steps whose gradient was clipped or whose update was skipped."""
+    train, evals = train_rows(rows), eval_rows(rows)
+    last = train[-1] if train else {}
+    ppls = [x for r in evals if (x := finite(r.get("val/ppl"))) is not None]
+    return {
+        "tokens": last.get("tokens", 0),
+        "steps": last.get("step", 0),
+        "wall_s": max((x for r in rows if (x := finite(r.get("time_s"))) is not None), default=None),
+        "final_val_loss": number(evals[-1].get("val/loss")) if evals else None,
+        "final_val_ppl": number(evals[-1].get("val/ppl")) if evals else None,
+        "best_val_ppl": min(ppls, default=None),
+        "clipped_steps": flag_count(train, "clipped"),
+        "skipped_steps": flag_count(train, "skipped"),
+    }
+
+
+# --- reading runs --------------------------------------------------------------------------------
+
+
+def check_run_dir(path: Path) -> None:
+    if not path.exists():
+        raise ReportError(f"{path}: no such run directory")
+    if not path.is_dir():
+        raise ReportError(f"{path}: not a run directory (a file)")
+    if not (path / METRICS).exists() and not (path / "config.yaml").exists():
+        raise ReportError(f"{path}: not a run directory (no {METRICS} or config.yaml)")
+
+
+def run_labels(paths: Sequence[Path]) -> list[str]:
+    """Each directory's name, with as many parent directories as it takes to tell equal names apart."""
+    depth = [1] * len(paths)
+    while True:
+        labels = ["/".join(p.parts[-d:]) for p, d in zip(paths, depth)]
+        clashing = [i for i, label in enumerate(labels) if labels.count(label) > 1 and depth[i] < len(paths[i].parts)]
+        if not clashing:
+            return labels
+        for i in clashing:
+            depth[i] += 1
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object file, or {} when it is missing or cut."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_run(path: Path, label: str) -> Run:
+    rows = [r for r in read_metrics(path / METRICS) if isinstance(r, dict)]
+    summary = read_json(path / "summary.json")
+    notes = []
+    try:
+        params = load_config(path / "config.yaml").model.gpt().n_params()
+    except SeqwarmError as e:
+        params = summary.get("params")
+        notes.append(f"parameters {'from summary.json' if params else 'unknown'}: {e}")
+    if not train_rows(rows):
+        notes.append(f"no complete train row in {METRICS} yet")
+    return Run(label=label, path=path, rows=rows, params=params, finished=bool(summary), notes=tuple(notes))
+
+
+def load_runs(run_dirs: Sequence[Path]) -> list[Run]:
+    if not run_dirs:
+        raise ReportError("report: no run directories given")
+    for path in run_dirs:
+        check_run_dir(Path(path))
+    # abspath, not resolve: a symlinked run keeps the name it was given
+    paths = list(dict.fromkeys(Path(os.path.abspath(p)) for p in run_dirs))
+    return [load_run(p, label) for p, label in zip(paths, run_labels(paths))]
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return NA if value is None else spec.format(value)
+
+
+def fmt_params(n: int | None) -> str:
+    if n is None:
+        return NA
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def fmt_seconds(s: float | None) -> str:
+    if s is None:
+        return NA
+    return f"{s / 3600:.2f} h" if s >= 3600 else f"{s:.0f} s"
+
+
+def fmt_over(row: dict, t: float) -> str:
+    """'22 (0.06%)' as in Table 1."""
+    pct = row[f"pct_loss_ratio_gt_{t}"]
+    return f"{row[f'steps_loss_ratio_gt_{t}']:,} ({fmt(pct, '{:.2f}%')})"
+
+
+Column = tuple[str, Callable[[dict], str]]
+
+TABLE1_COLUMNS: list[Column] = [
+    ("run", lambda r: r["run"]),
+    ("parameters", lambda r: fmt_params(r["params"])),
+    ("steps", lambda r: f"{r['steps']:,}"),
+    *[(f"steps with loss ratio > {t} (% of steps)", lambda r, t=t: fmt_over(r, t)) for t in RATIO_THRESHOLDS],
+    ("max loss ratio", lambda r: fmt(r["max_loss_ratio"], "{:.3f}")),
+]
+TABLE3_COLUMNS: list[Column] = [
+    ("run", lambda r: r["run"]),
+    ("correlation", lambda r: f"{r['x']} vs {r['y']}"),
+    ("n", lambda r: f"{r['n']:,}"),
+    ("Pearson r", lambda r: fmt(r["pearson_r"], "{:.3f}")),
+    ("p-value", lambda r: fmt(r["p_value"], "{:.3g}")),
+]
+SUMMARY_COLUMNS: list[Column] = [
+    ("run", lambda r: r["run"]),
+    ("finished", lambda r: "yes" if r["finished"] else "no"),
+    ("tokens", lambda r: f"{r['tokens']:,}"),
+    ("steps", lambda r: f"{r['steps']:,}"),
+    ("wall time", lambda r: fmt_seconds(r["wall_s"])),
+    ("final val loss", lambda r: fmt(r["final_val_loss"], "{:.4f}")),
+    ("final val ppl", lambda r: fmt(r["final_val_ppl"], "{:.2f}")),
+    ("best val ppl", lambda r: fmt(r["best_val_ppl"], "{:.2f}")),
+    ("clipped steps", lambda r: fmt(r["clipped_steps"], "{:,}")),
+    ("skipped steps", lambda r: fmt(r["skipped_steps"], "{:,}")),
+]
+
+
+def markdown_table(columns: list[Column], rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """Raw values (None as an empty cell), one column per key."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def series(rows: list[dict], plot: Plot) -> tuple[list[float], list[float]]:
+    """(x, y) over the rows that have both finite (and y > 0 on a log axis)."""
+    points = [(x, y) for r in rows if (x := finite(r.get(plot.x))) is not None and (y := finite(r.get(plot.y))) is not None]
+    points = [(x, y) for x, y in points if y > 0 or not plot.log_y]
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def draw(plot: Plot, runs: list[Run], path: Path) -> bool:
+    """Write the figure; False (nothing written) when no run has a point for it."""
+    lines = [(run.label, *series(run.rows, plot)) for run in runs]
+    lines = [(label, xs, ys) for label, xs, ys in lines if xs]
+    if not lines:
+        return False
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, xs, ys in lines:
+        ax.plot(xs, ys, label=label, linewidth=1, marker="." if len(xs) < MARKERS_BELOW else None)
+    for y in plot.marks:
+        ax.axhline(y, color="grey", linestyle="--", linewidth=0.8)
+    if plot.log_y:
+        ax.set_yscale("log")
+    ax.set(xlabel=AXIS_LABELS[plot.x], ylabel=AXIS_LABELS[plot.y], title=plot.title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+def render_markdown(runs: list[Run], table1: list[dict], table3: list[dict], summary: list[dict], drawn: list[Plot]) -> str:
+    skipped = [p for p in PLOTS if p not in drawn]
+    parts = [
+        "# seqwarm report",
+        "Runs: " + ", ".join(f"`{run.label}` ({run.path})" for run in runs) + ".",
+        "## Table 1: training instability (loss ratio)",
+        "As in Section 3, Table 1: the loss ratio of a step is its training loss over the minimum loss of all "
+        "previous steps; the table counts the steps whose ratio exceeds 1.2 and 1.5 (the threshold of "
+        "Appendix A.3.1, Table 5) and gives the largest ratio. A non-finite loss counts as above both.",
+        markdown_table(TABLE1_COLUMNS, table1),
+        "## Table 3: loss ratio vs Adam variance",
+        "As in Section 3, Table 3: the Pearson correlation between the loss ratio and the l1 norm / max element "
+        "of Adam's variance state sqrt(v_t), over the n steps that logged both; a low p-value means the "
+        "correlation is statistically significant (n/a: fewer than 3 points or a constant series).",
+        markdown_table(TABLE3_COLUMNS, table3),
+        "## Summary: cost and outcome",
+        "The efficiency side of the dilemma (Section 5.1): tokens, steps and wall time up to the last logged "
+        "step, validation loss/perplexity on full-length sequences (Figure 4a-b), and the steps whose gradient "
+        "was clipped or whose update was skipped (n/a: not logged by the run).",
+        markdown_table(SUMMARY_COLUMNS, summary),
+        "## Figures",
+        *[f"![{p.title}]({p.name}.png)" for p in drawn],
+    ]
+    if skipped:
+        parts.append(
+            "Not drawn, no run logged the data: "
+            + "; ".join(f"{p.name} ({AXIS_LABELS[p.y]} vs {AXIS_LABELS[p.x]})" for p in skipped)
+            + "."
+        )
+    notes = [f"- `{run.label}`: {note}" for run in runs for note in run.notes]
+    if notes:
+        parts += ["## Notes", "\n".join(notes)]
+    return "\n\n".join(parts) + "\n"
+
+
+def write_report(run_dirs: list[Path], out: Path) -> Path:
+    """Tables (report.md and CSV) and figures (PNG) for the runs into `out`; returns the report.md path.
+
+    Every input is checked before anything is written.
+    """
+    runs = load_runs(run_dirs)
+    table1 = [{"run": run.label, "params": run.params, **loss_ratio_table(run.rows)} for run in runs]
+    table3 = [{"run": run.label, **row} for run in runs for row in correlation_table(run.rows)]
+    summary = [{"run": run.label, "path": str(run.path), "finished": run.finished, **summary_table(run.rows)} for run in runs]
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(out / TABLE1_CSV, table1)
+        write_csv(out / TABLE3_CSV, table3)
+        write_csv(out / SUMMARY_CSV, summary)
+        drawn = []
+        for plot in PLOTS:
+            png = out / f"{plot.name}.png"
+            if draw(plot, runs, png):
+                drawn.append(plot)
+            else:
+                png.unlink(missing_ok=True)  # an earlier report's figure would no longer match
+        (out / REPORT).write_text(render_markdown(runs, table1, table3, summary, drawn))
+    except OSError as e:
+        raise ReportError(f"{out}: cannot write the report ({e.strerror or e})") from e
+    return out / REPORT
