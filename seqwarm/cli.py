@@ -1,4 +1,4 @@
-"""The `seqwarm` command line: prepare, train, plan, demo.
+"""The `seqwarm` command line: prepare, train, plan, report, demo.
 
 Errors a user can fix (`SeqwarmError`) print as one line and exit with code 2.
 """

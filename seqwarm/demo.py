@@ -12,6 +12,7 @@ from seqwarm.cli import PACKAGED_CONFIGS
 from seqwarm.config import load_config
 from seqwarm.data.prepare import ensure_builtin
 from seqwarm.errors import SeqwarmError
+from seqwarm.report import write_report
 from seqwarm.train import train
 
 RUNS = (("baseline", "demo-baseline.yaml"), ("slw", "demo-slw.yaml"))
@@ -33,7 +34,9 @@ def run_demo(out: Path, *, force: bool = False, overrides: list[str] = ()) -> di
         summaries[name] = train(cfg, force=force)
     print()
     print(format_comparison(summaries))
+    report = write_report([Path(cfg.run.dir) for cfg in configs.values()], out / "report")
     print(f"\nruns: {out}/baseline, {out}/slw (metrics.jsonl, summary.json, checkpoints/)")
+    print(f"report: {report} (stability tables and figures)")
     return summaries
 
 

@@ -18,9 +18,11 @@ parameter count when config.yaml does not load.
 Decisions:
 
 - Missing data is "n/a", never 0: a statistic no row logged (older runs, no Adam statistics, no
-  eval rows), or a correlation over fewer than 3 points or of a constant series.
-- A step whose loss ratio is non-finite (a NaN or infinite loss) counts as above both thresholds,
-  a divergence being the extreme of instability; the maximum ratio is taken over finite ratios.
+  eval rows), or a correlation over fewer than 3 points or of a constant series. Skipped steps
+  are the exception: a row has `skipped` (its reason) only when its update was skipped, and runs
+  from before skipping existed stopped at the first non-finite step, so none is 0.
+- Loss-ratio counts and the maximum are over finite ratios, as in summary.json; a step with a
+  non-finite loss counts in the total (the percentages' denominator) and as a skipped step.
 - A run with no parseable train row (just started, or every line cut) is not an error: it gets
   a row with 0 steps and n/a, and a note in report.md, so that `seqwarm report runs/*` works
   while a run is starting. A path that does not exist, or a directory with neither metrics.jsonl
@@ -35,6 +37,7 @@ import csv
 import json
 import math
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +69,8 @@ class ReportError(SeqwarmError):
 
 @dataclass(frozen=True)
 class Run:
+    """One run directory as read for the report."""
+
     label: str
     path: Path
     rows: list[dict]
@@ -90,11 +95,11 @@ PLOTS = (
     Plot("loss_vs_step", "step", "loss", "Training loss (Section 3, Figure 1a-b)"),
     Plot("loss_vs_tokens", "tokens", "loss", "Training loss by tokens (token-wise comparison, Section 5.1)"),
     Plot("loss_ratio_vs_step", "step", "loss_ratio", "Loss ratio (Section 3, Table 1)", marks=RATIO_THRESHOLDS),
-    Plot("adam_var_l1_vs_step", "step", "adam/var_l1", "Adam variance l1 norm (Figure 1c-d, Figure 4c)", log_y=True),
-    Plot("adam_var_max_vs_step", "step", "adam/var_max", "Adam variance max element (Figure 1e-f, Figure 4d)", log_y=True),
+    Plot("adam_var_l1_vs_step", "step", "adam/var_l1", "Adam variance l1 norm (Figure 1c-d, 4c)", log_y=True),
+    Plot("adam_var_max_vs_step", "step", "adam/var_max", "Adam variance max element (Figure 1e-f, 4d)", log_y=True),
     Plot("adam_mom_l1_vs_step", "step", "adam/mom_l1", "Adam momentum l1 norm (Appendix A.3.2, Figure 10)", log_y=True),
-    Plot("val_ppl_vs_tokens", "tokens", "val/ppl", "Validation perplexity by tokens (Section 5.1, Figure 4a)", log_y=True),
-    Plot("val_ppl_vs_time", "time_s", "val/ppl", "Validation perplexity by wall time (Section 5.1, Figure 4b)", log_y=True),
+    Plot("val_ppl_vs_tokens", "tokens", "val/ppl", "Validation perplexity by tokens (Figure 4a)", log_y=True),
+    Plot("val_ppl_vs_time", "time_s", "val/ppl", "Validation perplexity by wall time (Figure 4b)", log_y=True),
     Plot("seqlen_vs_step", "step", "seqlen", "Training sequence length (SLW pacing, Section 4)"),
 )
 
@@ -143,19 +148,20 @@ def loss_ratio_table(rows: list[dict]) -> dict:
     (`seqwarm.monitor.LossRatio`); percentages are of all logged train steps.
     """
     train = train_rows(rows)
-    ratios = [x for r in train if (x := number(r.get("loss_ratio"))) is not None]
+    ratios = [x for r in train if (x := finite(r.get("loss_ratio"))) is not None]
     table = {"steps": len(train)}
     for t in RATIO_THRESHOLDS:
-        count = sum(not x <= t for x in ratios)  # `not <=` also counts NaN: a non-finite loss diverged
+        count = sum(x > t for x in ratios)
         table[f"steps_loss_ratio_gt_{t}"] = count
-        table[f"pct_loss_ratio_gt_{t}"] = 100 * count / len(train) if train else None
-    table["max_loss_ratio"] = max((x for x in ratios if math.isfinite(x)), default=None)
+        table[f"pct_steps_loss_ratio_gt_{t}"] = 100 * count / len(train) if train else None
+    table["max_loss_ratio"] = max(ratios, default=None)
     return table
 
 
 def paired(rows: list[dict], x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
     """The values of two keys over the train rows where both are finite."""
-    pairs = [(x, y) for r in train_rows(rows) if (x := finite(r.get(x_key))) is not None and (y := finite(r.get(y_key))) is not None]
+    pairs = [(finite(r.get(x_key)), finite(r.get(y_key))) for r in train_rows(rows)]
+    pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
     xs, ys = np.array(pairs, dtype=float).reshape(-1, 2).T
     return xs, ys
 
@@ -189,18 +195,27 @@ def correlation_table(rows: list[dict]) -> list[dict]:
     return table
 
 
-def flag_count(rows: list[dict], key: str) -> int | None:
-    """Rows where a boolean flag is set; None when no row logged it (unknown, not zero)."""
-    flags = [r[key] for r in rows if r.get(key) is not None]
+def clip_count(train: list[dict]) -> int | None:
+    """Steps whose gradient norm was clipped; None when no row logged `clipped` (unknown, not zero)."""
+    flags = [r["clipped"] for r in train if r.get("clipped") is not None]
     return sum(bool(f) for f in flags) if flags else None
+
+
+def skipped_reasons(train: list[dict]) -> Counter[str]:
+    """Skipped updates by reason (`fp16 overflow` is routine loss scaling, `non-finite` is not)."""
+    return Counter(str(r["skipped"]) for r in train if r.get("skipped"))
 
 
 def summary_table(rows: list[dict]) -> dict:
     """One run's cost and outcome (Section 5.1): tokens, steps, wall time, validation loss/perplexity
-    (Figure 4a-b), and the steps whose gradient was clipped or whose update was skipped."""
+    (Figure 4a-b), and the steps whose gradient was clipped or whose update was skipped.
+
+    Keys shared with summary.json mean the same; `skipped_reasons` reads 'fp16 overflow: 3, non-finite: 1'.
+    """
     train, evals = train_rows(rows), eval_rows(rows)
     last = train[-1] if train else {}
     ppls = [x for r in evals if (x := finite(r.get("val/ppl"))) is not None]
+    skipped = skipped_reasons(train)
     return {
         "tokens": last.get("tokens", 0),
         "steps": last.get("step", 0),
@@ -208,8 +223,9 @@ def summary_table(rows: list[dict]) -> dict:
         "final_val_loss": number(evals[-1].get("val/loss")) if evals else None,
         "final_val_ppl": number(evals[-1].get("val/ppl")) if evals else None,
         "best_val_ppl": min(ppls, default=None),
-        "clipped_steps": flag_count(train, "clipped"),
-        "skipped_steps": flag_count(train, "skipped"),
+        "clip_count": clip_count(train),
+        "skipped_steps": sum(skipped.values()),
+        "skipped_reasons": ", ".join(f"{reason}: {n}" for reason, n in skipped.items()),
     }
 
 
@@ -294,8 +310,14 @@ def fmt_seconds(s: float | None) -> str:
 
 def fmt_over(row: dict, t: float) -> str:
     """'22 (0.06%)' as in Table 1."""
-    pct = row[f"pct_loss_ratio_gt_{t}"]
+    pct = row[f"pct_steps_loss_ratio_gt_{t}"]
     return f"{row[f'steps_loss_ratio_gt_{t}']:,} ({fmt(pct, '{:.2f}%')})"
+
+
+def fmt_skipped(row: dict) -> str:
+    """'4 (fp16 overflow: 3, non-finite: 1)'."""
+    reasons = row["skipped_reasons"]
+    return f"{row['skipped_steps']:,}" + (f" ({reasons})" if reasons else "")
 
 
 Column = tuple[str, Callable[[dict], str]]
@@ -323,8 +345,8 @@ SUMMARY_COLUMNS: list[Column] = [
     ("final val loss", lambda r: fmt(r["final_val_loss"], "{:.4f}")),
     ("final val ppl", lambda r: fmt(r["final_val_ppl"], "{:.2f}")),
     ("best val ppl", lambda r: fmt(r["best_val_ppl"], "{:.2f}")),
-    ("clipped steps", lambda r: fmt(r["clipped_steps"], "{:,}")),
-    ("skipped steps", lambda r: fmt(r["skipped_steps"], "{:,}")),
+    ("clipped steps", lambda r: fmt(r["clip_count"], "{:,}")),
+    ("skipped steps", lambda r: fmt_skipped(r)),
 ]
 
 
@@ -344,8 +366,8 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def series(rows: list[dict], plot: Plot) -> tuple[list[float], list[float]]:
     """(x, y) over the rows that have both finite (and y > 0 on a log axis)."""
-    points = [(x, y) for r in rows if (x := finite(r.get(plot.x))) is not None and (y := finite(r.get(plot.y))) is not None]
-    points = [(x, y) for x, y in points if y > 0 or not plot.log_y]
+    points = [(finite(r.get(plot.x)), finite(r.get(plot.y))) for r in rows]
+    points = [(x, y) for x, y in points if x is not None and y is not None and (y > 0 or not plot.log_y)]
     return [x for x, _ in points], [y for _, y in points]
 
 
@@ -371,7 +393,9 @@ def draw(plot: Plot, runs: list[Run], path: Path) -> bool:
     return True
 
 
-def render_markdown(runs: list[Run], table1: list[dict], table3: list[dict], summary: list[dict], drawn: list[Plot]) -> str:
+def render_markdown(
+    runs: list[Run], table1: list[dict], table3: list[dict], summary: list[dict], drawn: list[Plot]
+) -> str:
     skipped = [p for p in PLOTS if p not in drawn]
     parts = [
         "# seqwarm report",
@@ -379,7 +403,8 @@ def render_markdown(runs: list[Run], table1: list[dict], table3: list[dict], sum
         "## Table 1: training instability (loss ratio)",
         "As in Section 3, Table 1: the loss ratio of a step is its training loss over the minimum loss of all "
         "previous steps; the table counts the steps whose ratio exceeds 1.2 and 1.5 (the threshold of "
-        "Appendix A.3.1, Table 5) and gives the largest ratio. A non-finite loss counts as above both.",
+        "Appendix A.3.1, Table 5) and gives the largest ratio. Steps with a non-finite loss count only "
+        "in the total; the summary lists them as skipped.",
         markdown_table(TABLE1_COLUMNS, table1),
         "## Table 3: loss ratio vs Adam variance",
         "As in Section 3, Table 3: the Pearson correlation between the loss ratio and the l1 norm / max element "
@@ -389,7 +414,7 @@ def render_markdown(runs: list[Run], table1: list[dict], table3: list[dict], sum
         "## Summary: cost and outcome",
         "The efficiency side of the dilemma (Section 5.1): tokens, steps and wall time up to the last logged "
         "step, validation loss/perplexity on full-length sequences (Figure 4a-b), and the steps whose gradient "
-        "was clipped or whose update was skipped (n/a: not logged by the run).",
+        "was clipped (n/a: not logged by the run) or whose update was skipped, with the reasons.",
         markdown_table(SUMMARY_COLUMNS, summary),
         "## Figures",
         *[f"![{p.title}]({p.name}.png)" for p in drawn],
@@ -414,7 +439,9 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     runs = load_runs(run_dirs)
     table1 = [{"run": run.label, "params": run.params, **loss_ratio_table(run.rows)} for run in runs]
     table3 = [{"run": run.label, **row} for run in runs for row in correlation_table(run.rows)]
-    summary = [{"run": run.label, "path": str(run.path), "finished": run.finished, **summary_table(run.rows)} for run in runs]
+    summary = [
+        {"run": run.label, "path": str(run.path), "finished": run.finished, **summary_table(run.rows)} for run in runs
+    ]
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,7 @@ def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
     hidden_fn = model.hidden
     if cfg.train.compile:
         # The Transformer is compiled; the chunked output layer + loss stays eager (a Python loop over
-        # chunks, matmul-bound). Static shapes; `_hidden` marks the length dynamic, so SLW compiles
+        # chunks, matmul-bound). Static shapes; `_loss_sum` marks the length dynamic, so SLW compiles
         # one graph for all lengths.
         hidden_fn = torch.compile(model.hidden, dynamic=False)
     t = cfg.train

@@ -17,6 +17,7 @@ def test_demo_trains_both_runs_and_compares_them(corpus_dir, tmp_path, monkeypat
     table = printed[printed.index("final val loss") - 60 :]
     assert "baseline" in table and "slw" in table and "max loss ratio" in table
     assert (out / "baseline" / "summary.json").exists() and (out / "slw" / "summary.json").exists()
+    assert (out / "report" / "report.md").exists() and f"report: {out / 'report' / 'report.md'}" in printed
     # the two runs differ only in the curriculum
     base = (out / "baseline" / "config.yaml").read_text().split("curriculum:")[0]
     slw = (out / "slw" / "config.yaml").read_text().split("curriculum:")[0]
