@@ -16,10 +16,10 @@ _M_MMAP_THRESHOLD = -3
 def keep_freed_memory() -> bool:
     """Stop glibc from returning large freed blocks to the OS after every step.
 
-    By default glibc serves each allocation above 32 MiB (the logits of a micro-batch and their
-    gradient are ~100 MB for a tiny GPT: the 50257-word vocabulary dominates) with a fresh mmap
-    and unmaps it on free, so every step pays page faults to zero the same memory again. Raising
-    the mmap and trim thresholds lets the heap keep and reuse those blocks: 1.7x more tokens/s for
+    By default glibc serves each large allocation (above a threshold that adapts up to 32 MiB;
+    a chunk of logits over GPT-2's 50257-word vocabulary is ~100 MB) with a fresh mmap and unmaps
+    it on free, so every step pays page faults to zero the same memory again. Raising
+    the mmap and trim thresholds lets the heap keep and reuse those blocks: 1.5x more tokens/s for
     the tiny CPU configs on this project's 2-core machine (docs/PERFORMANCE.md). The cost is a
     resident heap the size of the step's peak, which training reaches anyway.
     Returns whether the setting took effect (only on Linux with glibc).
