@@ -13,24 +13,29 @@ shape it measures:
    length stays at `seqlen_start`), since the point of SLW is the cheap early steps;
 4. where a step's time goes: pacing (`SeqlenSchedule.__call__`), batch assembly and truncation
    (`TrainLoader.next_batch`), bookkeeping (`Clock.after` + `learning_rate`, `Clock.tick`, the
-   metrics row with `LossRatio` and `json.dumps`, the loop's checks), and `train_step`
-   (forward, backward, clipping, AdamW).
+   metrics row with `LossRatio` and `json.dumps`, the loop's checks), the stability monitor's
+   Adam statistics, and `train_step`, itself split into the Transformer body's forward pass, the
+   chunked output layer + loss (`linear_cross_entropy`), AdamW, and the rest (mostly the body's
+   backward pass).
 
 To time the phases, the loop body of `seqwarm.train.fit` is repeated here, calling the same
 functions in the same order, with `time.perf_counter()` between them (fit's one hook, `on_step`,
 sees whole steps, not their phases). Evaluation and checkpoints are left out: they happen every N
-tokens or steps, not every step. For the tiny shape, `fit` itself is also timed once, from its
-metrics rows, as a check that the repeated loop runs at the speed of the real one.
+tokens or steps, not every step. Inside `train_step`, three calls are wrapped with timers instead
+(`Trainer.hidden_fn`, `seqwarm.train.linear_cross_entropy`, `optimizer.step`); train.py is not
+changed. For the tiny shape, `fit` itself is also timed, from its metrics rows, as a check that
+the repeated loop runs at the speed of the real one.
 
-The baseline and its SLW twin are built side by side and their timed steps alternate in rounds, so
-that a slow stretch of a shared machine hits both alike. The `cpu/wall` column (this process's CPU
+The baseline and its SLW twin are built side by side and their timed steps alternate, so that a
+slow stretch of a shared machine hits both alike. The `cpu/wall` column (this process's CPU
 seconds per wall second) shows such stretches: it is about torch's thread count when the benchmark
 has the cores to itself and drops when other processes compete for them.
 
-Last, the tiny shape is measured in two child processes of this script, with and without
-`seqwarm.runtime.keep_freed_memory()` (glibc's mallopt thresholds). That setting is process-wide
-and cannot be undone, and `build()` applies it on CPU, so the "without" child replaces it with a
-no-op before building (`--no-malloc-tuning`).
+Last, the tiny baseline is measured in fresh child processes of this script, without and with
+`seqwarm.runtime.keep_freed_memory()` (glibc's mallopt thresholds), alternating, twice each by
+default. That setting is process-wide and cannot be undone, and `build()` applies it on CPU, so
+a "without" child replaces it with a no-op before building (`--no-malloc-tuning`). Everything
+else in the main process runs with it, as training does.
 
 The data is a synthetic corpus of random English words, prepared offline with `seqwarm prepare`'s
 function in a temporary directory (or `--data DIR`, any prepared corpus). Its content does not
@@ -63,8 +68,20 @@ from seqwarm.config import Config, config_from_dict
 from seqwarm.data.loader import TokenData
 from seqwarm.data.prepare import prepare
 from seqwarm.model import PRESETS, VOCAB_SIZE
+from seqwarm.monitor import ADAM_KEYS, adam_statistics
 from seqwarm.schedule import finished, learning_rate
-from seqwarm.train import METRICS, Trainer, _autocast, _crossed, _progress_bar, build, fit, read_metrics, train_step
+from seqwarm.train import (
+    METRICS,
+    MetricsLog,
+    Trainer,
+    _autocast,
+    _crossed,
+    _progress_bar,
+    build,
+    fit,
+    read_metrics,
+    train_step,
+)
 
 
 @dataclass(frozen=True)
@@ -75,32 +92,39 @@ class Shape:
     short_lengths: tuple[int, ...]  # lengths measured "during warmup", besides the full length
     warmup_steps: int  # untimed steps first: the first steps grow the heap and create AdamW's state
     steps: int  # timed steps
-    rounds: int  # the timed steps of runs measured together alternate in this many blocks
 
 
 # Batch sizes are small so that the whole benchmark fits in a few minutes on 2 cores: a gpt2-117m
-# step over one 1024-token sequence already takes seconds there. Per-step costs (bookkeeping,
-# AdamW) therefore weigh more here than at the paper's batch 512: the shares below are upper bounds.
+# step over one 1024-token sequence already takes seconds there. Per-step costs (bookkeeping, the
+# Adam statistics, AdamW) therefore weigh more here than at the paper's batch 512.
 SHAPES = {
-    "tiny": Shape(
-        "tiny", global_batch=16, micro_batch=8, short_lengths=(16, 64), warmup_steps=5, steps=20, rounds=4
-    ),
-    "gpt2-117m": Shape(
-        "gpt2-117m", global_batch=1, micro_batch=1, short_lengths=(64, 256), warmup_steps=1, steps=3, rounds=3
-    ),
+    "tiny": Shape("tiny", global_batch=16, micro_batch=8, short_lengths=(16, 64), warmup_steps=5, steps=20),
+    "gpt2-117m": Shape("gpt2-117m", global_batch=1, micro_batch=1, short_lengths=(64, 256), warmup_steps=2, steps=3),
 }
 
-# Phases of a step, in the order `fit` runs them (loop checks happen at both ends of the loop body).
+# Phases of a step, in the order `fit` runs them, as (group, what is timed).
 PHASES = {
-    "pacing": "SeqlenSchedule.__call__",
-    "batch": "TrainLoader.next_batch (draw, read, truncate)",
-    "lr": "Clock.after + learning_rate",
-    "train_step": "forward, backward, clip, AdamW",
-    "tick": "Clock.tick",
-    "metrics_row": "LossRatio, row dict, json.dumps, write",
-    "loop_checks": "finished, isfinite, _crossed, checkpoint test, progress bar",
+    "pacing": ("slw", "SeqlenSchedule.__call__"),
+    "batch": ("slw", "TrainLoader.next_batch: draw, read, truncate"),
+    "lr": ("bookkeeping", "Clock.after + learning_rate"),
+    "train_step": ("train_step", "forward, backward, clip, AdamW"),
+    "tick": ("bookkeeping", "Clock.tick"),
+    "adam_stats": ("monitor", "adam_statistics + read-back (every step by default)"),
+    "metrics_row": ("bookkeeping", "LossRatio, row dict, MetricsLog.write (json.dumps)"),
+    "loop_checks": ("bookkeeping", "finished, guard, _crossed, checkpoint test, progress bar"),
 }
-MACHINERY = [p for p in PHASES if p != "train_step"]
+GROUPS = {
+    "slw": "SLW machinery: pacing + batch assembly/truncation",
+    "bookkeeping": "bookkeeping: lr, tick, metrics row, loop checks",
+    "monitor": "stability monitor: Adam statistics",
+}
+# Inside train_step, from timers wrapped around three of its calls; "rest" is what is left.
+INNER = {
+    "body_forward": "Trainer.hidden_fn: embeddings, blocks, final LayerNorm",
+    "output_loss": "linear_cross_entropy: output layer, loss and their gradients",
+    "adamw": "optimizer.step (AdamW)",
+    "rest": "the rest: body backward, gradient clipping, zero_grad",
+}
 
 # Far beyond anything the benchmark reaches: as max_tokens, training never finishes on its own; as
 # the SLW duration, the length stays at seqlen_start.
@@ -118,6 +142,7 @@ class Result:
     cpu_s: float = 0.0  # CPU time of this process (all threads) during the timed steps
     step_s: list[float] = field(default_factory=list)
     phase_s: dict[str, float] = field(default_factory=dict)
+    inner_s: dict[str, float] = field(default_factory=dict)
     gflop_per_token: float = 0.0
 
     @property
@@ -125,30 +150,34 @@ class Result:
         return self.tokens / self.wall_s
 
     @property
-    def median_step_ms(self) -> float:
-        return 1e3 * statistics.median(self.step_s) if self.step_s else math.nan  # fit() gives no per-step times
-
-    def phase_ms(self, phase: str) -> float:
-        return 1e3 * self.phase_s[phase] / self.steps
-
-    @property
-    def machinery_ms(self) -> float:
-        return sum(self.phase_ms(p) for p in MACHINERY)
-
-    @property
     def step_ms(self) -> float:
         return 1e3 * self.wall_s / self.steps
+
+    @property
+    def median_step_ms(self) -> float:
+        return 1e3 * statistics.median(self.step_s) if self.step_s else math.nan  # fit() gives no per-step times
 
     @property
     def cpu_per_wall(self) -> float:
         """~ torch's thread count when this process had the cores to itself; lower under contention."""
         return self.cpu_s / self.wall_s if self.cpu_s else math.nan
 
+    def phase_ms(self, phase: str) -> float:
+        return 1e3 * self.phase_s[phase] / self.steps
+
+    def group_ms(self, group: str) -> float:
+        return sum(self.phase_ms(p) for p, (g, _) in PHASES.items() if g == group)
+
+    def inner_ms(self, part: str) -> float:
+        if part == "rest":
+            return self.phase_ms("train_step") - sum(self.inner_ms(p) for p in INNER if p != "rest")
+        return 1e3 * self.inner_s[part] / self.steps
+
     def as_dict(self) -> dict:
         return asdict(self) | {
             "tokens_per_s": self.tokens_per_s,
+            "step_ms": self.step_ms,
             "median_step_ms": self.median_step_ms,
-            "machinery_ms": self.machinery_ms if self.phase_s else None,
             "gflop_per_s": self.tokens_per_s * self.gflop_per_token,
         }
 
@@ -192,7 +221,7 @@ def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict, **tra
             "train": {
                 "global_batch_size": shape.global_batch,
                 "micro_batch_size": shape.micro_batch,
-                "warmup_steps": 3000,
+                "warmup_steps": 3000,  # the paper's; the LR is in its linear warmup throughout
                 "max_tokens": NEVER,
                 "device": "cpu",
                 "precision": "fp32",
@@ -218,16 +247,40 @@ def curricula(shape: Shape) -> list[tuple[str, int, dict]]:
     return runs
 
 
-def run_steps(tr: Trainer, steps: int, log, bar, start: float, result: Result | None) -> None:
+class InnerTimers:
+    """Seconds spent in calls that train_step makes, by wrapping the callables it looks up."""
+
+    def __init__(self):
+        self.seconds = {part: 0.0 for part in INNER if part != "rest"}
+
+    def wrap(self, part: str, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - t0
+
+        return timed
+
+
+TIMERS = InnerTimers()
+# train_step -> _loss_sum looks `linear_cross_entropy` up in seqwarm.train's namespace at each call.
+seqwarm.train.linear_cross_entropy = TIMERS.wrap("output_loss", seqwarm.train.linear_cross_entropy)
+
+
+def run_steps(tr: Trainer, steps: int, log: MetricsLog, bar, start: float, result: Result | None) -> None:
     """`steps` iterations of fit's loop body; with `result`, add each phase's time to it.
 
     The same calls as `seqwarm.train.fit`, in its order, minus evaluation and checkpointing (which
     the configs here never trigger) and with one `perf_counter()` between phases. The marks are
-    contiguous, so the phases add up to the step's wall time exactly.
+    contiguous, so the phases add up to the step's wall time exactly. When fit changes, change this
+    with it; the tiny table's `fit() end to end` row shows whether the two still run at one speed.
     """
     cfg, t, clock = tr.cfg, tr.cfg.train, tr.clock
     autocast = _autocast(tr.device, t.precision)
     for _ in range(steps):
+        inner_before = dict(TIMERS.seconds)
         m0 = time.perf_counter()
         if finished(clock, t):
             raise RuntimeError("benchmark configs must not finish")
@@ -238,10 +291,10 @@ def run_steps(tr: Trainer, steps: int, log, bar, start: float, result: Result | 
         m3 = time.perf_counter()
         lr = learning_rate(clock.after(batch.tokens, t), t)
         m4 = time.perf_counter()
-        loss, grad_norm = train_step(tr, batch, lr, autocast)
+        step = train_step(tr, batch, lr, autocast)
         m5 = time.perf_counter()
         prev_tokens = clock.tokens
-        clock.tick(batch.tokens, t)
+        clock.tick(batch.tokens if step.applied else 0, t)
         m6 = time.perf_counter()
         row = {
             "step": clock.step,
@@ -249,54 +302,71 @@ def run_steps(tr: Trainer, steps: int, log, bar, start: float, result: Result | 
             "seqlen": seqlen,
             "batch_size": t.global_batch_size,
             "lr": lr,
-            "loss": loss,
-            "loss_ratio": tr.loss_ratio(loss),
-            "grad_norm": grad_norm,
-            "time_s": time.perf_counter() - start,
+            "loss": step.loss,
+            "loss_ratio": tr.loss_ratio(step.loss),
+            "grad_norm": step.grad_norm,
+            "clipped": step.applied and 0 < t.grad_clip < step.grad_norm,
         }
-        log.write(json.dumps(row) + "\n")
         m7 = time.perf_counter()
-        if not math.isfinite(loss) or not (math.isfinite(grad_norm) or tr.scaler.is_enabled()):
-            raise RuntimeError(f"step {clock.step}: non-finite loss {loss} or gradient norm {grad_norm}")
+        if step.applied and clock.step % cfg.monitor.adam_every_steps == 0:
+            stats = adam_statistics(tr.optimizer)
+            if stats is not None:
+                row.update(zip(ADAM_KEYS, stats.tolist()))
+        m8 = time.perf_counter()
+        if not step.applied:
+            row["skipped"] = "fp16 overflow" if step.overflow else "non-finite"
+        row["time_s"] = time.perf_counter() - start
+        log.write(row)
+        m9 = time.perf_counter()
+        reason = None if step.overflow else tr.guard.observe(step.applied)
+        if reason:
+            raise RuntimeError(f"step {clock.step}: loss {step.loss}, gradient norm {step.grad_norm}: {reason}")
         if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or finished(clock, t):
             raise RuntimeError("benchmark configs must not evaluate")
         if (cfg.checkpoint.every_steps and clock.step % cfg.checkpoint.every_steps == 0) or finished(clock, t):
             raise RuntimeError("benchmark configs must not checkpoint")
-        bar.update(batch.tokens if t.max_tokens else 1)
+        bar.update(clock.tokens - prev_tokens if t.max_tokens else 1)
         if clock.step % cfg.log.every_steps == 0:
-            bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{loss:.3f}", lr=f"{lr:.2e}", refresh=False)
-        m8 = time.perf_counter()
+            bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+        m10 = time.perf_counter()
 
-        if result is not None:
-            assert batch.inputs.shape[1] == result.seqlen, (batch.inputs.shape, result.seqlen)
-            for phase, seconds in (
-                ("loop_checks", (m1 - m0) + (m8 - m7)),
-                ("pacing", m2 - m1),
-                ("batch", m3 - m2),
-                ("lr", m4 - m3),
-                ("train_step", m5 - m4),
-                ("tick", m6 - m5),
-                ("metrics_row", m7 - m6),
-            ):
-                result.phase_s[phase] = result.phase_s.get(phase, 0.0) + seconds
-            result.step_s.append(m8 - m0)
-            result.tokens += batch.tokens
-            result.steps += 1
+        if result is None:
+            continue
+        assert batch.inputs.shape[1] == result.seqlen, (batch.inputs.shape, result.seqlen)
+        for phase, seconds in (
+            ("loop_checks", (m1 - m0) + (m10 - m9)),
+            ("pacing", m2 - m1),
+            ("batch", m3 - m2),
+            ("lr", m4 - m3),
+            ("train_step", m5 - m4),
+            ("tick", m6 - m5),
+            ("adam_stats", m8 - m7),
+            ("metrics_row", (m7 - m6) + (m9 - m8)),
+        ):
+            result.phase_s[phase] = result.phase_s.get(phase, 0.0) + seconds
+        for part, seconds in TIMERS.seconds.items():
+            result.inner_s[part] = result.inner_s.get(part, 0.0) + seconds - inner_before[part]
+        result.step_s.append(m10 - m0)
+        result.tokens += batch.tokens
+        result.steps += 1
 
 
 class Run:
-    """A built Trainer plus what `fit` keeps open around its loop (metrics file, progress bar)."""
+    """A built Trainer plus what `fit` keeps open around its loop (metrics log, progress bar)."""
 
     def __init__(self, shape: Shape, name: str, seqlen: int, curriculum: dict, data: TokenData, workdir: Path):
         run_dir = workdir / f"{shape.preset}-{len(list(workdir.iterdir()))}"
         run_dir.mkdir()
         cfg = make_config(shape, data.path, run_dir, curriculum)
         self.tr = build(cfg, run_dir, data)
+        self.tr.hidden_fn = TIMERS.wrap("body_forward", self.tr.hidden_fn)
+        # GradScaler.step calls optimizer.step, which an instance attribute overrides.
+        self.tr.optimizer.step = TIMERS.wrap("adamw", self.tr.optimizer.step)
         self.tr.model.train()
         self.result = Result(name, shape.preset, seqlen, steps=0, tokens=0, wall_s=0.0)
         self.result.gflop_per_token = cfg.model.gpt().flops_per_token(seqlen) / 1e9
         self.bar = _progress_bar(cfg, self.tr.clock, enabled=False)  # what fit makes with log.progress: false
-        self.log = open(run_dir / METRICS, "a")
+        self.log = MetricsLog(run_dir, cfg.log.tensorboard)
         self.start = time.perf_counter()
 
     def steps(self, n: int, *, timed: bool) -> None:
@@ -313,22 +383,18 @@ class Run:
         return self.result
 
 
-def measure(
-    shape: Shape, specs: list[tuple[str, int, dict]], data: TokenData, workdir: Path, rounds: int
-) -> list[Result]:
-    """Time the runs `specs` side by side: after each one's warm-up, their timed steps alternate in rounds.
+def measure(shape: Shape, specs: list[tuple[str, int, dict]], data: TokenData, workdir: Path) -> list[Result]:
+    """Time the runs `specs` side by side: after each one's warm-up, their timed steps alternate.
 
-    On a shared machine the speed drifts (other processes, the host); alternating makes a slow
-    stretch hit every run alike instead of whichever happened to run then, so their ratio holds.
+    On a shared machine the speed drifts (other processes, the host); alternating step by step
+    makes a slow stretch hit every run alike instead of whichever happened to run then.
     """
     runs = [Run(shape, name, seqlen, cur, data, workdir) for name, seqlen, cur in specs]
     for run in runs:
         run.steps(shape.warmup_steps, timed=False)  # grows the heap, creates AdamW's state
-    rounds = max(1, min(rounds, shape.steps))
-    for i in range(rounds):
-        n = shape.steps * (i + 1) // rounds - shape.steps * i // rounds
+    for _ in range(shape.steps):
         for run in runs:
-            run.steps(n, timed=True)
+            run.steps(1, timed=True)
     results = [run.close() for run in runs]
     del runs
     gc.collect()  # a gpt2-117m trainer holds ~2 GB (weights, gradients, AdamW state)
@@ -360,29 +426,31 @@ def measure_fit(shape: Shape, data: TokenData, workdir: Path) -> Result:
 
 def child_main(args) -> None:
     """Measure the tiny baseline in this fresh process and print it as one JSON line."""
-    if args.no_malloc_tuning:
-        # build() calls the name it imported, so that is the one to replace.
-        seqwarm.train.keep_freed_memory = lambda: False
     shape = SHAPES["tiny"]
     shape = Shape(**(asdict(shape) | {"steps": args.steps or shape.steps}))
     data = TokenData(args.data, vocab_size=VOCAB_SIZE)
     with tempfile.TemporaryDirectory(prefix="bench-train-child-") as tmp:
-        (result,) = measure(shape, curricula(shape)[:1], data, Path(tmp), rounds=1)
+        (result,) = measure(shape, curricula(shape)[:1], data, Path(tmp))
     # keep_freed_memory is cached: calling it now reports whether build() applied it, without reapplying.
     applied = False if args.no_malloc_tuning else seqwarm.runtime.keep_freed_memory()
     print(json.dumps(result.as_dict() | {"malloc_tuning": applied}))
 
 
-def measure_malloc(data: Path, steps: int | None) -> dict[str, dict]:
-    out = {}
-    for label, flags in (("without keep_freed_memory()", ["--no-malloc-tuning"]), ("with keep_freed_memory()", [])):
-        cmd = [sys.executable, __file__, "--child", "--data", str(data), *flags]
-        if steps:
-            cmd += ["--steps", str(steps)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode:
-            sys.exit(f"child run failed: {' '.join(cmd)}\n{proc.stderr}")
-        out[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+def measure_malloc(data: Path, steps: int | None, repeats: int) -> list[dict]:
+    """The tiny baseline in fresh processes, without and with the tuning, alternating `repeats` times.
+
+    Alternating, as in `measure`, so that a slow stretch of the machine does not decide the ratio.
+    """
+    out = []
+    for _ in range(repeats):
+        for tuned in (False, True):
+            cmd = [sys.executable, __file__, "--child", "--data", str(data)]
+            cmd += [] if tuned else ["--no-malloc-tuning"]
+            cmd += ["--steps", str(steps)] if steps else []
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"child run failed: {' '.join(cmd)}\n{proc.stderr}")
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1]) | {"tuned": tuned})
     return out
 
 
@@ -420,10 +488,10 @@ def machine_info() -> dict:
 
 
 def print_header(info: dict) -> None:
+    threads = f"{info['torch_threads']} threads ({info['torch_interop_threads']} interop)"
     print("seqwarm training benchmark")
     print(f"  date            {info['date']}")
     print(f"  cpu             {info['cpu']}, {info['cpu_count']} logical cores ({' '.join(info['isa'])})")
-    threads = f"{info['torch_threads']} threads ({info['torch_interop_threads']} interop)"
     print(f"  torch           {info['torch']}, {threads}")
     print(f"  python / numpy  {info['python']} / {info['numpy']}, {info['libc']}, seqwarm {info['seqwarm']}")
     print(f"  environment     {info['env'] or 'no OMP_/MKL_/MALLOC_ variables set'}")
@@ -452,46 +520,70 @@ def print_throughput(shape: Shape, results: list[Result]) -> None:
 
 
 def print_phases(base: Result, slw: Result) -> None:
+    w = 15 + max(len(what) for what in [*(what for _, what in PHASES.values()), *INNER.values()])
     print(f"  phases of a full-length step ({base.shape}): ms/step and % of the step")
-    w = 14 + max(len(what) for what in PHASES.values())
     print(f"  {'phase':<{w}} {'baseline':>17} {'slw, start = end':>17}")
 
     def row(label: str, ms: list[float]) -> None:
         cells = [f"{m:>9.3f} {100 * m / r.step_ms:>6.2f}%" for m, r in zip(ms, (base, slw))]
         print(f"  {label:<{w}} {cells[0]:>17} {cells[1]:>17}")
 
-    for phase, what in PHASES.items():
+    for phase, (_, what) in PHASES.items():
         row(f"{phase:<12} {what}", [r.phase_ms(phase) for r in (base, slw)])
-    row("all but train_step (the SLW machinery and bookkeeping)", [r.machinery_ms for r in (base, slw)])
+        if phase == "train_step":
+            for part, what in INNER.items():
+                row(f"  {part:<12} {what}", [r.inner_ms(part) for r in (base, slw)])
     row("step", [r.step_ms for r in (base, slw)])
-    extra = slw.machinery_ms - base.machinery_ms
+    print("  grouped:")
+    for group, what in GROUPS.items():
+        row(f"  {what}", [r.group_ms(group) for r in (base, slw)])
+    extra = slw.group_ms("slw") + slw.group_ms("bookkeeping") - base.group_ms("slw") - base.group_ms("bookkeeping")
     print(
-        f"  SLW machinery beyond the baseline's: {extra:+.3f} ms/step ({100 * extra / slw.step_ms:+.3f}% of a step); "
-        f"tokens/s SLW / baseline = {slw.tokens_per_s / base.tokens_per_s:.3f} (train_step noise included)"
+        f"  SLW run minus baseline, outside train_step and the monitor: {extra:+.3f} ms/step "
+        f"({100 * extra / slw.step_ms:+.3f}% of a step); step time SLW / baseline = "
+        f"{slw.step_ms / base.step_ms:.3f} (mean), {slw.median_step_ms / base.median_step_ms:.3f} (median)"
     )
     print()
 
 
 def print_warmup_shares(results: list[Result]) -> None:
-    print("  during warmup: time outside train_step (pacing, batch, bookkeeping) per step")
+    print("  per step at each length, ms (% of the step). loop machinery: pacing, batch assembly, bookkeeping;")
+    print("  output + loss and AdamW are parts of train_step")
+    cols = ("loop machinery", "Adam statistics", "train_step", "output + loss", "AdamW")
+    print(f"  {'run':<18} {'tok/step':>8}" + "".join(f" {c:>18}" for c in cols))
     for r in results:
-        print(
-            f"  {r.name:<22} pacing {r.phase_ms('pacing'):.3f} ms, batch {r.phase_ms('batch'):.3f} ms, "
-            f"all {r.machinery_ms:.3f} ms = {100 * r.machinery_ms / r.step_ms:.2f}% of {r.step_ms:.1f} ms"
+        ms = (
+            r.group_ms("slw") + r.group_ms("bookkeeping"),
+            r.group_ms("monitor"),
+            r.phase_ms("train_step"),
+            r.inner_ms("output_loss"),
+            r.inner_ms("adamw"),
         )
+        cells = "".join(f" {m:>9.2f} ({100 * m / r.step_ms:5.2f}%)" for m in ms)
+        print(f"  {r.name:<18} {r.tokens // r.steps:>8}{cells}")
     print()
 
 
-def print_malloc(malloc: dict[str, dict]) -> None:
+def print_malloc(malloc: list[dict]) -> None:
     print("== glibc malloc tuning (seqwarm.runtime.keep_freed_memory), tiny baseline, one fresh process each")
-    for label, r in malloc.items():
+    for r in malloc:
+        label = "with keep_freed_memory()" if r["tuned"] else "without (patched to a no-op)"
         print(
-            f"  {label:<28} {r['tokens_per_s']:>9,.0f} tokens/s  {1e3 * r['wall_s'] / r['steps']:>7.1f} ms/step "
-            f"(median {r['median_step_ms']:.1f}), train_step {1e3 * r['phase_s']['train_step'] / r['steps']:.1f} ms, "
-            f"cpu/wall {r['cpu_s'] / r['wall_s']:.2f}, mallopt applied: {r['malloc_tuning']}"
+            f"  {label:<29} {r['tokens_per_s']:>6,.0f} tokens/s  {r['step_ms']:>6.1f} ms/step "
+            f"(median {r['median_step_ms']:.1f})  cpu/wall {r['cpu_s'] / r['wall_s']:.2f}  "
+            f"mallopt applied: {r['malloc_tuning']}"
         )
-    (off, on) = malloc.values()
-    print(f"  speed-up with the tuning: {on['tokens_per_s'] / off['tokens_per_s']:.2f}x tokens/s")
+
+    def pooled(tuned: bool) -> tuple[float, float]:
+        runs = [r for r in malloc if r["tuned"] == tuned]
+        steps = [s for r in runs for s in r["step_s"]]
+        return sum(r["tokens"] for r in runs) / sum(r["wall_s"] for r in runs), statistics.median(steps)
+
+    (off_tps, off_med), (on_tps, on_med) = pooled(False), pooled(True)
+    print(
+        f"  speed-up with the tuning: {on_tps / off_tps:.2f}x tokens/s over all timed steps, "
+        f"{off_med / on_med:.2f}x by median step time"
+    )
     print()
 
 
@@ -506,7 +598,9 @@ def parse_args(argv=None):
     p.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
     p.add_argument("--data", type=Path, help="a prepared corpus to use (default: a synthetic one in a temp dir)")
     p.add_argument("--no-malloc-tuning", action="store_true", help="do not apply keep_freed_memory() in this process")
-    p.add_argument("--skip-malloc", action="store_true", help="skip the with/without malloc tuning child runs")
+    p.add_argument(
+        "--malloc-repeats", type=int, default=2, help="child runs each without/with malloc tuning (default 2; 0 skips)"
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
@@ -518,11 +612,12 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.no_malloc_tuning:
+        # build() calls the name it imported, so that is the one to replace.
+        seqwarm.train.keep_freed_memory = lambda: False
     if args.child:
         child_main(args)
         return
-    if args.no_malloc_tuning:
-        seqwarm.train.keep_freed_memory = lambda: False
 
     info = machine_info()
     print_header(info)
@@ -546,17 +641,17 @@ def main(argv=None) -> None:
             specs = curricula(shape)
             # The baseline and its SLW twin are compared, so they are timed together; the short
             # lengths after them, together (not all four at once: two gpt2-117m trainers are ~4 GB).
-            results = measure(shape, specs[:2], data, workdir, shape.rounds)
-            results += measure(shape, specs[2:], data, workdir, shape.rounds)
+            results = measure(shape, specs[:2], data, workdir)
+            results += measure(shape, specs[2:], data, workdir)
             if name == "tiny":
                 results.append(measure_fit(shape, data, workdir))
             print_throughput(shape, results)
             print_phases(results[0], results[1])
-            print_warmup_shares(results[2 : 2 + len(shape.short_lengths)])
+            print_warmup_shares([results[0], *results[2 : 2 + len(shape.short_lengths)]])
             report["runs"] += [r.as_dict() for r in results]
 
-        if "tiny" in args.shapes and not args.skip_malloc:
-            report["malloc"] = measure_malloc(Path(data_path), args.steps)
+        if "tiny" in args.shapes and args.malloc_repeats > 0:
+            report["malloc"] = measure_malloc(Path(data_path), args.steps, args.malloc_repeats)
             print_malloc(report["malloc"])
 
     report["total_s"] = time.perf_counter() - t_start
