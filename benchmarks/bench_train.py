@@ -68,7 +68,6 @@ from seqwarm.config import Config, config_from_dict
 from seqwarm.data.loader import TokenData
 from seqwarm.data.prepare import prepare
 from seqwarm.model import PRESETS, VOCAB_SIZE
-from seqwarm.monitor import ADAM_KEYS, adam_statistics
 from seqwarm.schedule import finished, learning_rate
 from seqwarm.train import (
     METRICS,
@@ -77,9 +76,11 @@ from seqwarm.train import (
     _autocast,
     _crossed,
     _progress_bar,
+    adam_row,
     build,
     fit,
     read_metrics,
+    step_row,
     train_step,
 )
 
@@ -109,7 +110,7 @@ PHASES = {
     "lr": ("bookkeeping", "Clock.after + learning_rate"),
     "train_step": ("train_step", "forward, backward, clip, AdamW"),
     "tick": ("bookkeeping", "Clock.tick"),
-    "adam_stats": ("monitor", "adam_statistics + read-back (every step by default)"),
+    "adam_stats": ("monitor", "adam_row: adam_statistics + read-back (every step by default)"),
     "metrics_row": ("bookkeeping", "LossRatio, row dict, MetricsLog.write (json.dumps)"),
     "loop_checks": ("bookkeeping", "finished, guard, _crossed, checkpoint test, progress bar"),
 }
@@ -296,25 +297,10 @@ def run_steps(tr: Trainer, steps: int, log: MetricsLog, bar, start: float, resul
         prev_tokens = clock.tokens
         clock.tick(batch.tokens if step.applied else 0, t)
         m6 = time.perf_counter()
-        row = {
-            "step": clock.step,
-            "tokens": clock.tokens,
-            "seqlen": seqlen,
-            "batch_size": t.global_batch_size,
-            "lr": lr,
-            "loss": step.loss,
-            "loss_ratio": tr.loss_ratio(step.loss),
-            "grad_norm": step.grad_norm,
-            "clipped": step.applied and 0 < t.grad_clip < step.grad_norm,
-        }
+        row = step_row(tr, seqlen, lr, step)
         m7 = time.perf_counter()
-        if step.applied and clock.step % cfg.monitor.adam_every_steps == 0:
-            stats = adam_statistics(tr.optimizer)
-            if stats is not None:
-                row.update(zip(ADAM_KEYS, stats.tolist()))
+        row |= adam_row(tr, step)
         m8 = time.perf_counter()
-        if not step.applied:
-            row["skipped"] = "fp16 overflow" if step.overflow else "non-finite"
         row["time_s"] = time.perf_counter() - start
         log.write(row)
         m9 = time.perf_counter()

@@ -203,23 +203,7 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
             # dropped) but its tokens do not.
             clock.tick(batch.tokens if step.applied else 0, t)
 
-            row = {
-                "step": clock.step,
-                "tokens": clock.tokens,
-                "seqlen": seqlen,
-                "batch_size": t.global_batch_size,
-                "lr": lr,
-                "loss": step.loss,
-                "loss_ratio": tr.loss_ratio(step.loss),
-                "grad_norm": step.grad_norm,
-                "clipped": step.applied and 0 < t.grad_clip < step.grad_norm,
-            }
-            if step.applied and clock.step % cfg.monitor.adam_every_steps == 0:
-                stats = adam_statistics(tr.optimizer)
-                if stats is not None:
-                    row.update(zip(ADAM_KEYS, stats.tolist()))  # one read-back for all three
-            if not step.applied:
-                row["skipped"] = "fp16 overflow" if step.overflow else "non-finite"
+            row = step_row(tr, seqlen, lr, step) | adam_row(tr, step)
             row["time_s"] = time.perf_counter() - start
             log.write(row)
             # A loss-scale overflow is fp16's normal way to find its scale, not a failure.
@@ -298,6 +282,33 @@ def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         torch._dynamo.mark_dynamic(x, 1)
     hidden = tr.hidden_fn(x)
     return linear_cross_entropy(hidden, tr.model.wte.weight, y, vocab_size=tr.model.cfg.vocab_size, ignore_index=IGNORE_INDEX)
+
+
+def step_row(tr: Trainer, seqlen: int, lr: float, step: StepResult) -> dict:
+    """The metrics row of the step that just ticked the clock (Section 3's instruments included)."""
+    t = tr.cfg.train
+    row = {
+        "step": tr.clock.step,
+        "tokens": tr.clock.tokens,
+        "seqlen": seqlen,
+        "batch_size": t.global_batch_size,
+        "lr": lr,
+        "loss": step.loss,
+        "loss_ratio": tr.loss_ratio(step.loss),
+        "grad_norm": step.grad_norm,
+        "clipped": step.applied and 0 < t.grad_clip < step.grad_norm,
+    }
+    if not step.applied:
+        row["skipped"] = "fp16 overflow" if step.overflow else "non-finite"
+    return row
+
+
+def adam_row(tr: Trainer, step: StepResult) -> dict:
+    """Adam's variance/momentum statistics, on the steps `monitor.adam_every_steps` selects."""
+    if not step.applied or tr.clock.step % tr.cfg.monitor.adam_every_steps:
+        return {}
+    stats = adam_statistics(tr.optimizer)
+    return {} if stats is None else dict(zip(ADAM_KEYS, stats.tolist()))  # one read-back for all three
 
 
 @torch.no_grad()
