@@ -135,11 +135,10 @@ def _set_rng_state(states: dict[str, torch.Tensor]) -> None:
 
 
 def _fsync_dir(path: Path) -> None:
-    """Make file contents and the rename durable before the checkpoint counts as written."""
-    for p in [*path.iterdir(), path] if path.is_dir() else [path]:
-        if p.is_file() or p == path:
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    """Make a directory's files and its own entries durable (before and after the rename)."""
+    for p in [*(f for f in path.iterdir() if f.is_file()), path]:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

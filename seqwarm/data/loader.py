@@ -199,8 +199,7 @@ class TrainLoader:
             buf[row, : n + 1] = self.index.tokens[start : start + n + 1]
         inputs, targets = truncate(torch.from_numpy(buf), seqlen)
         padding = torch.arange(seqlen).unsqueeze(0) >= torch.from_numpy(served).unsqueeze(1)
-        # Own memory, not views of `buf`: torch.compile would otherwise guard on the view's base shape.
-        return inputs.contiguous(), targets.masked_fill(padding, IGNORE_INDEX)
+        return inputs, targets.masked_fill(padding, IGNORE_INDEX)
 
     def state_dict(self) -> dict:
         return {
