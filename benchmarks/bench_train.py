@@ -297,7 +297,7 @@ def run_steps(tr: Trainer, steps: int, log: MetricsLog, bar, start: float, resul
         prev_tokens = clock.tokens
         clock.tick(batch.tokens if step.applied else 0, t)
         m6 = time.perf_counter()
-        row = step_row(tr, seqlen, lr, step)
+        row = step_row(tr, batch, seqlen, lr, step)
         m7 = time.perf_counter()
         row |= adam_row(tr, step)
         m8 = time.perf_counter()

@@ -163,16 +163,18 @@ class TrainConfig:
 
 @dataclass
 class CurriculumConfig:
-    kind: Literal["none", "slw"] = "none"
-    """`none`: every step at full length (the baseline). `slw`: Sequence Length Warmup (Section 4)."""
+    kind: Literal["none", "slw", "shortformer", "bsz_warmup"] = "none"
+    """`none`: every step at full length (the baseline). `slw`: Sequence Length Warmup (Section 4).
+    `shortformer`: seqlen_start for the first `duration` steps, then full length (Press et al., 2021).
+    `bsz_warmup`: GPT-3's batch-size warmup, every step at full length (Section 5.1)."""
     pacing: Literal["linear", "root", "discrete"] = "linear"
-    """How the length grows: `linear` (the paper's), `root` (DeepSpeed's fixed_root), `discrete` stages."""
+    """How SLW grows the length: `linear` (the paper's), `root` (DeepSpeed's fixed_root), `discrete` stages."""
     seqlen_start: int = 8
-    """seqlen_s: length at step 0 (the paper: 8 for GPT-2 117M, 64 for 1.5B, 72 for GPT-3 125M)."""
+    """seqlen_s: length at step 0 (the paper: 8 for GPT-2 117M, 64 for 1.5B, 72 for GPT-3 125M; Shortformer: 128)."""
     seqlen_end: int | None = None
     """seqlen_e: the full length the data is indexed at and the length after warmup. Default: model.max_seqlen."""
     duration: int | None = None
-    """T: steps over which the length grows from seqlen_start to seqlen_end (linear and root pacing)."""
+    """T: steps over which SLW grows the length (linear and root pacing); Shortformer's first-stage steps."""
     root_degree: float = 2.0
     """r for root pacing: seqlen_s + (seqlen_e - seqlen_s) * min(t/T, 1) ** (1/r)."""
     stages: list[list[int]] | None = None
@@ -181,11 +183,23 @@ class CurriculumConfig:
     """Round the length down to a multiple of this (Section 5.1: 8, for tensor cores)."""
     drop_tail: bool = True
     """True: drop the truncated part of each sequence (the paper). False: serve it in later steps."""
+    batch_size_start: int | None = None
+    """bsz_warmup: global batch (sequences) at token 0 (GPT-3: 16 sequences of 2048 tokens = 32K tokens)."""
+    batch_warmup_tokens: int | None = None
+    """bsz_warmup: trained tokens over which the batch grows linearly to train.global_batch_size (GPT-3: 4B)."""
 
     def __post_init__(self):
         if self.multiple_of <= 0:
             raise ConfigError(f"curriculum.multiple_of: must be a positive integer, got {self.multiple_of}")
         if self.kind == "none":
+            return
+        if self.kind == "bsz_warmup":
+            if self.batch_size_start is None or self.batch_size_start <= 0:
+                raise ConfigError(f"curriculum.batch_size_start: a positive batch size is required for bsz_warmup, got {self.batch_size_start}")
+            if self.batch_warmup_tokens is None or self.batch_warmup_tokens <= 0:
+                raise ConfigError(
+                    f"curriculum.batch_warmup_tokens: a positive token count is required for bsz_warmup, got {self.batch_warmup_tokens}"
+                )
             return
         if self.seqlen_start <= 0:
             raise ConfigError(f"curriculum.seqlen_start: must be positive, got {self.seqlen_start}")
@@ -197,7 +211,7 @@ class CurriculumConfig:
             raise ConfigError(
                 f"curriculum.seqlen_start ({self.seqlen_start}) must be <= curriculum.seqlen_end ({self.seqlen_end})"
             )
-        if self.pacing == "discrete":
+        if self.kind == "slw" and self.pacing == "discrete":
             if not self.stages:
                 raise ConfigError("curriculum.stages: required for discrete pacing, e.g. [[20000, 128]]")
             if any(len(s) != 2 or s[0] <= 0 or s[1] <= 0 for s in self.stages):
@@ -205,8 +219,9 @@ class CurriculumConfig:
             if any(a[0] >= b[0] for a, b in zip(self.stages, self.stages[1:])):
                 raise ConfigError("curriculum.stages: until_step values must increase")
         else:
+            what = "Shortformer's first-stage steps" if self.kind == "shortformer" else "T"
             if self.duration is None or self.duration <= 0:
-                raise ConfigError(f"curriculum.duration: T must be a positive number of steps, got {self.duration}")
+                raise ConfigError(f"curriculum.duration: {what} must be a positive number of steps, got {self.duration}")
             if self.pacing == "root" and self.root_degree <= 0:
                 raise ConfigError(f"curriculum.root_degree: must be positive, got {self.root_degree}")
 
@@ -297,10 +312,17 @@ class Config:
         cur = self.curriculum
         if cur.seqlen_end > max_seqlen:
             raise ConfigError(f"curriculum.seqlen_end ({cur.seqlen_end}) exceeds model.max_seqlen ({max_seqlen})")
-        if cur.kind != "none" and cur.seqlen_start > cur.seqlen_end:
+        if cur.kind in ("slw", "shortformer") and cur.seqlen_start > cur.seqlen_end:
             raise ConfigError(f"curriculum.seqlen_start ({cur.seqlen_start}) must be <= curriculum.seqlen_end ({cur.seqlen_end})")
-        if cur.kind != "none" and cur.pacing == "discrete" and any(s[1] > cur.seqlen_end for s in cur.stages):
+        if cur.kind == "slw" and cur.pacing == "discrete" and any(s[1] > cur.seqlen_end for s in cur.stages):
             raise ConfigError(f"curriculum.stages: a stage length exceeds curriculum.seqlen_end ({cur.seqlen_end})")
+        if cur.kind == "bsz_warmup" and not (
+            self.train.micro_batch_size <= cur.batch_size_start <= self.train.global_batch_size
+        ):
+            raise ConfigError(
+                f"curriculum.batch_size_start ({cur.batch_size_start}) must lie between train.micro_batch_size "
+                f"({self.train.micro_batch_size}) and train.global_batch_size ({self.train.global_batch_size})"
+            )
         if self.train.device == "cpu" and self.train.precision == "fp16":
             raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
         if self.eval.batch_size is None:

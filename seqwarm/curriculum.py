@@ -66,9 +66,11 @@ class SeqlenSchedule:
 
     def __call__(self, step: int) -> int:
         c = self.cfg
-        if c.kind == "none":
+        if c.kind in ("none", "bsz_warmup"):
             return c.seqlen_end
-        if c.pacing == "linear":
+        if c.kind == "shortformer":
+            raw = discrete_pacing(step, [[c.duration, c.seqlen_start]], c.seqlen_end)
+        elif c.pacing == "linear":
             raw = linear_pacing(step, c.seqlen_start, c.seqlen_end, c.duration)
         elif c.pacing == "root":
             raw = root_pacing(step, c.seqlen_start, c.seqlen_end, c.duration, c.root_degree)
@@ -80,12 +82,40 @@ class SeqlenSchedule:
     def full_length_step(self) -> int:
         """First step at full length (0 for the baseline)."""
         c = self.cfg
-        if c.kind == "none":
+        if c.kind in ("none", "bsz_warmup"):
             return 0
+        if c.kind == "shortformer":
+            return c.duration
         if c.pacing == "discrete":
             return c.stages[-1][0]
         # Before T the raw length is below seqlen_end and rounding only lowers it.
         return c.duration
+
+
+def batch_size_warmup(tokens: int, batch_start: int, batch_end: int, warmup_tokens: int, unit: int) -> int:
+    """GPT-3's batch-size warmup: linear in trained tokens from batch_start to batch_end (Brown et al.,
+    2020, Appendix B; the paper's Section 5.1 baseline), rounded down to whole units, never below one.
+
+    `unit` is micro_batch_size x data-parallel processes: every process runs whole micro-batches, so
+    the batch can only grow in those steps (the limitation the paper notes for large clusters).
+    """
+    raw = batch_start + (batch_end - batch_start) * min(tokens / warmup_tokens, 1.0)
+    return max(unit, int(raw) // unit * unit)
+
+
+@dataclass(frozen=True)
+class BatchSchedule:
+    """The global batch size of the step that starts at `tokens` trained tokens. Pure; no state to save."""
+
+    cfg: CurriculumConfig
+    global_batch_size: int
+    unit: int  # micro_batch_size x world_size
+
+    def __call__(self, tokens: int) -> int:
+        c = self.cfg
+        if c.kind != "bsz_warmup":
+            return self.global_batch_size
+        return batch_size_warmup(tokens, c.batch_size_start, self.global_batch_size, c.batch_warmup_tokens, self.unit)
 
 
 def truncate(batch: torch.Tensor, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +139,9 @@ def split_segments(starts: np.ndarray, lengths: np.ndarray, seqlen: int) -> tupl
 
 
 __all__ = [
+    "BatchSchedule",
     "SeqlenSchedule",
+    "batch_size_warmup",
     "discrete_pacing",
     "linear_pacing",
     "root_pacing",

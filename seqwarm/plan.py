@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from seqwarm.config import Config
-from seqwarm.curriculum import SeqlenSchedule
+from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
 from seqwarm.data.loader import TrainLoader
 from seqwarm.schedule import Clock, finished, learning_rate
 
@@ -32,17 +32,19 @@ def plan_steps(cfg: Config) -> Iterator[dict]:
     t = cfg.train
     gpt = cfg.model.gpt()
     seqlen_of = SeqlenSchedule(cfg.curriculum)
+    batch_size_of = BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size)
     loader = TrainLoader(_VirtualIndex(cfg.curriculum.seqlen_end), seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail)
     clock = Clock()
     while not finished(clock, t):
         seqlen = seqlen_of(clock.step)
-        _, served = loader.next_segments(t.global_batch_size, seqlen)
+        batch_size = batch_size_of(clock.tokens)
+        _, served = loader.next_segments(batch_size, seqlen)
         tokens = int(served.sum())
         lr = learning_rate(clock.after(tokens, t), t)
         clock.tick(tokens, t)
         # Padded rows cost a full-length forward/backward too.
         flops = len(served) * seqlen * gpt.flops_per_token(seqlen)
-        yield {"step": clock.step, "seqlen": seqlen, "batch_size": t.global_batch_size, "tokens": clock.tokens, "lr": lr, "flops": flops}
+        yield {"step": clock.step, "seqlen": seqlen, "batch_size": batch_size, "tokens": clock.tokens, "lr": lr, "flops": flops}
 
 
 def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, out=None) -> dict:

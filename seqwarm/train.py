@@ -23,7 +23,7 @@ from tqdm import tqdm
 from seqwarm import __version__
 from seqwarm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from seqwarm.config import Config, load_config, save_config
-from seqwarm.curriculum import SeqlenSchedule
+from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
 from seqwarm.data.loader import IGNORE_INDEX, Batch, SequenceIndex, TokenData, TrainLoader
 from seqwarm.data.prepare import ensure_builtin
 from seqwarm.errors import ConfigError, SeqwarmError
@@ -78,6 +78,7 @@ class Trainer:
     loader: TrainLoader
     val: SequenceIndex
     seqlen: SeqlenSchedule
+    batch_size: BatchSchedule
     clock: Clock
     loss_ratio: LossRatio
     guard: NonFiniteGuard
@@ -136,6 +137,7 @@ def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
         loader=TrainLoader(train_index, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail),
         val=val_index,
         seqlen=SeqlenSchedule(cfg.curriculum),
+        batch_size=BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size),
         clock=Clock(),
         loss_ratio=LossRatio(),
         guard=NonFiniteGuard(cfg.monitor.on_nonfinite, cfg.monitor.max_consecutive_skips),
@@ -194,8 +196,8 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
         if clock.step == 0 and cfg.eval.every_tokens is not None:
             evaluate_and_log(tr, log, start, autocast)  # the curves start at the initial model
         while not finished(clock, t):
-            seqlen = tr.seqlen(clock.step)
-            batch = tr.loader.next_batch(t.global_batch_size, seqlen)
+            seqlen = tr.seqlen(clock.step)  # SLW/Shortformer: a function of the step (Section 4)
+            batch = tr.loader.next_batch(tr.batch_size(clock.tokens), seqlen)  # bsz warmup: of the tokens
             lr = learning_rate(clock.after(batch.tokens, t), t)
             step = train_step(tr, batch, lr, autocast)
             prev_tokens = clock.tokens
@@ -203,7 +205,7 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
             # dropped) but its tokens do not.
             clock.tick(batch.tokens if step.applied else 0, t)
 
-            row = step_row(tr, seqlen, lr, step) | adam_row(tr, step)
+            row = step_row(tr, batch, seqlen, lr, step) | adam_row(tr, step)
             row["time_s"] = time.perf_counter() - start
             log.write(row)
             # A loss-scale overflow is fp16's normal way to find its scale, not a failure.
@@ -284,14 +286,14 @@ def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return linear_cross_entropy(hidden, tr.model.wte.weight, y, vocab_size=tr.model.cfg.vocab_size, ignore_index=IGNORE_INDEX)
 
 
-def step_row(tr: Trainer, seqlen: int, lr: float, step: StepResult) -> dict:
+def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, step: StepResult) -> dict:
     """The metrics row of the step that just ticked the clock (Section 3's instruments included)."""
     t = tr.cfg.train
     row = {
         "step": tr.clock.step,
         "tokens": tr.clock.tokens,
         "seqlen": seqlen,
-        "batch_size": t.global_batch_size,
+        "batch_size": len(batch.starts),
         "lr": lr,
         "loss": step.loss,
         "loss_ratio": tr.loss_ratio(step.loss),

@@ -64,6 +64,11 @@ BAD = [
     (["trian.lr=1"], "did you mean train"),
     (["curriculum.pacing=discrete"], "curriculum.stages"),
     (["train.warmup_steps=3", "train.warmup_tokens=3"], "warmup_tokens"),
+    (["curriculum.kind=bsz_warmup", "curriculum.batch_warmup_tokens=100"], "curriculum.batch_size_start"),
+    (["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=4"], "curriculum.batch_warmup_tokens"),
+    (["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=2", "curriculum.batch_warmup_tokens=9"], "lie between"),
+    (["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=16", "curriculum.batch_warmup_tokens=9"], "lie between"),
+    (["curriculum.kind=shortformer", "curriculum.duration=null"], "Shortformer's first-stage steps"),
 ]
 
 

@@ -3,7 +3,16 @@ import pytest
 import torch
 
 from seqwarm.config import CurriculumConfig
-from seqwarm.curriculum import SeqlenSchedule, linear_pacing, round_seqlen, root_pacing, split_segments, truncate
+from seqwarm.curriculum import (
+    BatchSchedule,
+    SeqlenSchedule,
+    batch_size_warmup,
+    linear_pacing,
+    root_pacing,
+    round_seqlen,
+    split_segments,
+    truncate,
+)
 
 
 def random_settings(rng, n=200):
@@ -68,6 +77,33 @@ def test_discrete_stages_switch_at_the_given_step():
     schedule = SeqlenSchedule(cfg)
     assert [schedule(t) for t in (0, 99, 100, 149, 150, 10**6)] == [128, 128, 512, 512, 1024, 1024]
     assert schedule.full_length_step == 150
+
+
+def test_shortformer_switches_to_full_length_at_the_given_step():
+    # Press et al. (2021): a first stage at 128 tokens, then full length (the paper's Section 5.1)
+    schedule = SeqlenSchedule(CurriculumConfig(kind="shortformer", seqlen_start=128, duration=40, seqlen_end=1024))
+    assert [schedule(t) for t in (0, 1, 39, 40, 41, 10**6)] == [128, 128, 128, 1024, 1024, 1024]
+    assert schedule.full_length_step == 40
+
+
+def test_batch_size_warmup_follows_the_formula_in_whole_micro_batches():
+    # GPT-3: 16 -> 256 sequences over 4B tokens; micro-batches of 4 sequences on 2 processes: unit 8
+    for tokens in range(0, 5_000_000_000, 37_000_000):
+        bs = batch_size_warmup(tokens, 16, 256, 4_000_000_000, unit=8)
+        exact = 16 + 240 * min(tokens / 4e9, 1.0)
+        assert bs % 8 == 0 and exact - 8 < bs <= exact
+    assert batch_size_warmup(0, 16, 256, 10**9, unit=8) == 16
+    assert batch_size_warmup(10**9, 16, 256, 10**9, unit=8) == batch_size_warmup(10**12, 16, 256, 10**9, unit=8) == 256
+    # a start below one unit still trains one whole unit
+    assert batch_size_warmup(0, 3, 256, 10**9, unit=8) == 8
+
+
+def test_batch_schedule_grows_with_the_tokens_only_for_bsz_warmup():
+    cfg = CurriculumConfig(kind="bsz_warmup", batch_size_start=4, batch_warmup_tokens=1000, seqlen_end=64)
+    schedule = BatchSchedule(cfg, global_batch_size=32, unit=4)
+    assert [schedule(t) for t in (0, 100, 500, 999, 1000, 10**6)] == [4, 4, 16, 28, 32, 32]
+    assert SeqlenSchedule(cfg)(0) == 64  # every step at full length
+    assert BatchSchedule(CurriculumConfig(kind="slw", duration=5), 32, unit=4)(0) == 32
 
 
 def test_baseline_is_full_length():

@@ -38,6 +38,21 @@ def test_tiny_slw_run_end_to_end(tiny_cfg):
     assert [p["lr"] for p in planned] == pytest.approx([r["lr"] for r in train_r])
 
 
+def test_bsz_warmup_run_grows_the_batch_on_the_token_clock(tiny_cfg):
+    cfg = tiny_cfg("curriculum.kind=bsz_warmup", "curriculum.batch_size_start=4", "curriculum.batch_warmup_tokens=3000")
+    summary = train(cfg, progress=False)
+    rows = [r for r in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if "loss" in r]
+    assert all(r["seqlen"] == 64 for r in rows)
+    sizes = [r["batch_size"] for r in rows]
+    assert sizes[0] == 4 and sizes[-1] == 8 and sizes == sorted(sizes)
+    assert all(b % cfg.train.micro_batch_size == 0 for b in sizes)
+    # one token clock: each step adds batch x length tokens; training stops on tokens
+    assert all(r["tokens"] == p["tokens"] + r["batch_size"] * 64 for p, r in zip(rows, rows[1:]))
+    assert summary["tokens"] >= cfg.train.max_tokens > rows[-2]["tokens"]
+    planned = list(plan_steps(cfg))
+    assert [(p["batch_size"], p["tokens"]) for p in planned] == [(r["batch_size"], r["tokens"]) for r in rows]
+
+
 @pytest.mark.parametrize("drop_tail", [True, False])
 def test_resume_reproduces_an_uninterrupted_run_exactly(tiny_cfg, tmp_path, drop_tail):
     overrides = [f"curriculum.drop_tail={str(drop_tail).lower()}", "checkpoint.every_steps=7", "model.dropout=0.1"]
