@@ -1,4 +1,4 @@
-"""The `seqwarm` command line: prepare, train, plan, report, demo.
+"""The `seqwarm` command line: prepare, train, plan, report, demo, sweep.
 
 Errors a user can fix (`SeqwarmError`) print as one line and exit with code 2.
 """
@@ -90,6 +90,22 @@ def cmd_report(args) -> None:
     print(f"report: {path}")
 
 
+def cmd_sweep(args) -> None:
+    from seqwarm.sweep import main_sweep
+
+    target, overrides = split_config_args(args.items)
+    report = main_sweep(
+        target,
+        overrides,
+        args.grid,
+        args.out,
+        report_only=args.report_only,
+        prune_checkpoints=args.prune_checkpoints,
+        progress=not args.no_progress,
+    )
+    print(f"sweep report: {report}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqwarm", description="GPT pre-training with Sequence Length Warmup.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,6 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (metrics.jsonl, config.yaml)")
     s.add_argument("--out", required=True, help="directory for report.md, CSV tables and PNG figures (replaced)")
     s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser(
+        "sweep",
+        help="train a grid of runs (resumable) and write the grid report (Table 5 style, LR sensitivity)",
+        description="seqwarm sweep CONFIG|SWEEP_FILE [section.field=value ...] --grid 'train.lr=[1e-3,2e-3]' ...",
+    )
+    s.add_argument("items", nargs="*", metavar="CONFIG|SWEEP_FILE [KEY=VALUE ...]")
+    s.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2,...]", help="an axis of the grid (repeatable)")
+    s.add_argument("--out", help="directory of the runs and the report (default: the sweep file's out, or runs/sweep-CONFIG)")
+    s.add_argument("--report-only", action="store_true", help="write the report from the runs on disk; train nothing")
+    s.add_argument("--prune-checkpoints", action="store_true", help="delete a run's checkpoints once it has finished")
+    s.add_argument("--no-progress", action="store_true", help="no per-run progress bars")
+    s.set_defaults(func=cmd_sweep)
     return p
 
 

@@ -355,7 +355,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not sep:
             raise ConfigError(f"override {item!r}: expected section.field=value")
         section, _, name = key.strip().partition(".")
-        _check_key(section, name)
+        check_key(section, name)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise ConfigError(f"{section}: must be a mapping")
@@ -368,7 +368,7 @@ def config_from_dict(raw: dict) -> Config:
     hints = typing.get_type_hints(Config)
     for section, values in raw.items():
         if section not in hints:
-            _check_key(section, "")
+            check_key(section, "")
         if values is None:
             values = {}
         if not isinstance(values, dict):
@@ -377,7 +377,7 @@ def config_from_dict(raw: dict) -> Config:
         field_types = typing.get_type_hints(cls)
         kwargs = {}
         for name, value in values.items():
-            _check_key(section, name)
+            check_key(section, name)
             kwargs[name] = _coerce(value, field_types[name], f"{section}.{name}")
         sections[section] = cls(**kwargs)
     return Config(**sections)
@@ -412,7 +412,8 @@ def _all_keys() -> list[str]:
     return keys
 
 
-def _check_key(section: str, name: str) -> None:
+def check_key(section: str, name: str) -> None:
+    """Raise a ConfigError for an unknown `section` or `section.name`, suggesting the closest key."""
     key = f"{section}.{name}" if name else section
     keys = _all_keys()
     sections = {k.split(".")[0] for k in keys}

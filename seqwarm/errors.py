@@ -11,3 +11,10 @@ class ConfigError(SeqwarmError):
 
 class DataError(SeqwarmError):
     """A data path, token file or corpus source is missing, empty or corrupted."""
+
+
+class DivergedError(SeqwarmError):
+    """Training stopped on a non-finite loss or gradient (`monitor.on_nonfinite`); the last checkpoint is intact.
+
+    Not a mistake in the input but an outcome: `seqwarm sweep` records it and goes on with the grid.
+    """

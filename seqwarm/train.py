@@ -26,7 +26,7 @@ from seqwarm.config import Config, load_config, save_config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
 from seqwarm.data.loader import IGNORE_INDEX, Batch, SequenceIndex, TokenData, TrainLoader
 from seqwarm.data.prepare import ensure_builtin
-from seqwarm.errors import ConfigError, SeqwarmError
+from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.model import GPT, linear_cross_entropy
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
 from seqwarm.runtime import keep_freed_memory
@@ -211,7 +211,7 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
             # A loss-scale overflow is fp16's normal way to find its scale, not a failure.
             reason = None if step.overflow else tr.guard.observe(step.applied)
             if reason:
-                raise SeqwarmError(
+                raise DivergedError(
                     f"step {clock.step}: loss {step.loss}, gradient norm {step.grad_norm}; the update was not "
                     f"applied; stopping: {reason} (the last checkpoint is intact)"
                 )
