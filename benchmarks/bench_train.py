@@ -22,7 +22,7 @@ To time the phases, the loop body of `seqwarm.train.fit` is repeated here, calli
 functions in the same order, with `time.perf_counter()` between them (fit's one hook, `on_step`,
 sees whole steps, not their phases). Evaluation and checkpoints are left out: they happen every N
 tokens or steps, not every step. Inside `train_step`, three calls are wrapped with timers instead
-(`Trainer.hidden_fn`, `seqwarm.train.linear_cross_entropy`, `optimizer.step`); train.py is not
+(`GPT.trunk`, `seqwarm.model.linear_cross_entropy`, `optimizer.step`); train.py is not
 changed. For the tiny shape, `fit` itself is also timed, from its metrics rows, as a check that
 the repeated loop runs at the speed of the real one.
 
@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 import seqwarm
+import seqwarm.model
 import seqwarm.runtime
 import seqwarm.train
 from seqwarm.config import Config, config_from_dict
@@ -121,7 +122,7 @@ GROUPS = {
 }
 # Inside train_step, from timers wrapped around three of its calls; "rest" is what is left.
 INNER = {
-    "body_forward": "Trainer.hidden_fn: embeddings, blocks, final LayerNorm",
+    "body_forward": "GPT.trunk: embeddings, blocks, final LayerNorm",
     "output_loss": "linear_cross_entropy: output layer, loss and their gradients",
     "adamw": "optimizer.step (AdamW)",
     "rest": "the rest: body backward, gradient clipping, zero_grad",
@@ -266,8 +267,8 @@ class InnerTimers:
 
 
 TIMERS = InnerTimers()
-# train_step -> _loss_sum looks `linear_cross_entropy` up in seqwarm.train's namespace at each call.
-seqwarm.train.linear_cross_entropy = TIMERS.wrap("output_loss", seqwarm.train.linear_cross_entropy)
+# GPT.forward looks `linear_cross_entropy` up in seqwarm.model's namespace at each call.
+seqwarm.model.linear_cross_entropy = TIMERS.wrap("output_loss", seqwarm.model.linear_cross_entropy)
 
 
 def run_steps(tr: Trainer, steps: int, log: MetricsLog, bar, start: float, result: Result | None) -> None:
@@ -345,7 +346,7 @@ class Run:
         run_dir.mkdir()
         cfg = make_config(shape, data.path, run_dir, curriculum)
         self.tr = build(cfg, run_dir, data)
-        self.tr.hidden_fn = TIMERS.wrap("body_forward", self.tr.hidden_fn)
+        self.tr.model.trunk = TIMERS.wrap("body_forward", self.tr.model.trunk)
         # GradScaler.step calls optimizer.step, which an instance attribute overrides.
         self.tr.optimizer.step = TIMERS.wrap("adamw", self.tr.optimizer.step)
         self.tr.model.train()

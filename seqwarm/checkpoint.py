@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,23 +45,28 @@ def save_checkpoint(
     run_dir: Path,
     step: int,
     *,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict,
+    rng: dict[str, torch.Tensor],
     state: dict,
     keep_last: int,
 ) -> Path:
-    """Write `step-XXXXXXXX/` atomically, then delete all but the newest `keep_last` checkpoints."""
+    """Write `step-XXXXXXXX/` atomically, then delete all but the newest `keep_last` checkpoints.
+
+    The state dicts are in the single-process layout (`seqwarm.distributed.full_*_state`), so a
+    checkpoint does not depend on how many processes wrote it.
+    """
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     os.chmod(tmp, root.stat().st_mode & 0o777)  # mkdtemp makes it private; match its parent
     try:
-        save_file(_cpu(model.state_dict()), tmp / "model.safetensors")
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(_cpu(model_state), tmp / "model.safetensors")
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
-        save_file(_rng_state(), tmp / "rng.safetensors")
+        save_file(_cpu(rng), tmp / "rng.safetensors")
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
         _fsync_dir(tmp)
         if final.exists():  # re-saving a step after a resume: swap the old one out first
@@ -79,20 +85,49 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> dict:
-    """Restore weights, optimizer and RNG in place; return the JSON state for the other parts."""
+@dataclass
+class Checkpoint:
+    """A checkpoint read back: tensors on CPU, in the single-process layout."""
+
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+    rng: dict[str, torch.Tensor]
+    state: dict  # state.json: clock, loader, loss ratio, guard, scaler, time, model shape
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
     path = Path(path)
-    device = next(model.parameters()).device
-    model.load_state_dict(load_file(path / "model.safetensors", device=str(device)))
-    if optimizer is not None:
-        meta = json.loads((path / "optimizer.json").read_text())
-        optimizer.load_state_dict(_unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta))
-        _set_rng_state(load_file(path / "rng.safetensors"))
-    return json.loads((path / "state.json").read_text())
+    meta = json.loads((path / "optimizer.json").read_text())
+    return Checkpoint(
+        model=load_file(path / "model.safetensors"),
+        optimizer=_unflatten_optimizer(load_file(path / "optimizer.safetensors"), meta),
+        rng=load_file(path / "rng.safetensors"),
+        state=json.loads((path / "state.json").read_text()),
+    )
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(Path(path) / "model.safetensors")
+
+
+def rng_state(rank: int = 0) -> dict[str, torch.Tensor]:
+    """This process's RNG states (dropout), keyed by rank so that several processes' fit in one file."""
+    prefix = "" if rank == 0 else f"rank{rank}."
+    states = {f"{prefix}torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states[f"{prefix}torch_cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def set_rng_state(states: dict[str, torch.Tensor], rank: int = 0) -> bool:
+    """Restore this rank's RNG states; False when the checkpoint has none for this rank (fewer processes wrote it)."""
+    prefix = "" if rank == 0 else f"rank{rank}."
+    if f"{prefix}torch_cpu" not in states:
+        return False
+    torch.set_rng_state(states[f"{prefix}torch_cpu"])
+    if f"{prefix}torch_cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states[f"{prefix}torch_cuda"])
+    return True
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -117,21 +152,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _rng_state() -> dict[str, torch.Tensor]:
-    states = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            states[f"torch_cuda_{i}"] = s
-    return states
-
-
-def _set_rng_state(states: dict[str, torch.Tensor]) -> None:
-    torch.set_rng_state(states["torch_cpu"])
-    cuda = [states[k] for k in sorted(states) if k.startswith("torch_cuda_")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
 
 
 def _fsync_dir(path: Path) -> None:

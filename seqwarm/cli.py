@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +62,8 @@ def cmd_train(args) -> None:
     if config is None and args.resume is None:
         raise ConfigError("train: give a CONFIG file (or --resume RUN_DIR)")
     summary = main_train(config, overrides, resume=args.resume, force=args.force)
+    if _rank() != 0:  # under torchrun every process returns the summary; one prints it
+        return
     ppl = summary["final_val_ppl"]
     print(
         f"done: {summary['steps']:,} steps, {summary['tokens']:,} tokens, {summary['wall_s']:.0f} s"
@@ -104,6 +107,14 @@ def cmd_sweep(args) -> None:
         progress=not args.no_progress,
     )
     print(f"sweep report: {report}")
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    try:
+        return int(os.environ.get("RANK", 0))
+    except ValueError:
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,11 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         if target is None or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         target.extend(extra)
+    # Under torchrun, a rank other than 0 names itself: its error may be its own (a file missing on its node).
+    who = f"[rank {_rank()}] " if _rank() else ""
     try:
         args.func(args)
     except SeqwarmError as e:
-        print(f"seqwarm: error: {e}", file=sys.stderr)
+        print(f"seqwarm: error: {who}{e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `seqwarm plan ... | head`: the reader has what it wanted
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("seqwarm: interrupted", file=sys.stderr)
         return 130

@@ -121,6 +121,10 @@ class TrainConfig:
     """torch.compile the model, with a dynamic sequence dimension so SLW does not recompile per length."""
     num_threads: int | None = None
     """CPU threads for torch (default: torch's choice)."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun with several processes: DistributedDataParallel, or FSDP2 (`fully_shard`) to shard weights and Adam."""
+    dist_timeout_s: int = 600
+    """Seconds a collective waits for the other processes before failing (a dead or stuck rank ends the run)."""
 
     def __post_init__(self):
         for name in ("global_batch_size", "micro_batch_size", "max_tokens", "max_steps", "lr_decay_tokens", "lr_decay_steps"):
@@ -149,6 +153,8 @@ class TrainConfig:
             raise ConfigError(f"train.grad_clip: must be >= 0, got {self.grad_clip}")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1) or self.adam_eps <= 0:
             raise ConfigError("train.adam_beta1/adam_beta2 must be in [0, 1) and train.adam_eps > 0")
+        if self.dist_timeout_s <= 0:
+            raise ConfigError(f"train.dist_timeout_s: must be positive, got {self.dist_timeout_s}")
         if self.num_threads is not None and self.num_threads <= 0:
             raise ConfigError(f"train.num_threads: must be positive, got {self.num_threads}")
 

@@ -114,6 +114,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model)
         self.apply(self._init_weights)
+        self.trunk = self.hidden  # replaced by its compiled version by `compile_trunk`
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2 initialisation: N(0, 0.02), and the projections that write into the residual
@@ -136,10 +137,22 @@ class GPT(nn.Module):
             x = block(x)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size)."""
-        logits = F.linear(self.hidden(idx), self.wte.weight)  # tied output embedding, (B, T, padded_vocab)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, ignore_index: int = -100) -> torch.Tensor:
+        """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size); with targets (B, T), the
+        summed cross-entropy over targets != ignore_index instead, without materializing the logits.
+
+        Training goes through `forward` (not `hidden`) so that DDP and FSDP wrappers see every
+        step: FSDP gathers the tied embedding for the output layer only inside its root forward.
+        """
+        hidden = self.trunk(idx)
+        if targets is not None:
+            return linear_cross_entropy(hidden, self.wte.weight, targets, vocab_size=self.cfg.vocab_size, ignore_index=ignore_index)
+        logits = F.linear(hidden, self.wte.weight)  # tied output embedding, (B, T, padded_vocab)
         return logits[..., : self.cfg.vocab_size]
+
+    def compile_trunk(self, **kwargs) -> None:
+        """torch.compile the Transformer (`hidden`); the chunked output layer and loss stay eager."""
+        self.trunk = torch.compile(self.hidden, **kwargs)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay matrices (linear weights, embeddings), not biases or LayerNorm gains."""

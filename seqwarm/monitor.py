@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from seqwarm.distributed import local
+
 
 class LossRatio:
     """Current training loss over the minimum loss of all previous steps (Section 3, Table 1).
@@ -54,10 +56,12 @@ def adam_statistics(optimizer: torch.optim.Optimizer) -> torch.Tensor | None:
         for p in group["params"]:
             state = optimizer.state.get(p)
             if state and "exp_avg_sq" in state:
-                v = state["exp_avg_sq"]
+                v = local(state["exp_avg_sq"])  # under FSDP, this rank's shard (the caller combines ranks)
+                if v.numel() == 0:  # a shard can be empty; v >= 0, so 0 is neutral for every statistic
+                    v = torch.zeros(1, device=v.device)
                 var_l1.append(v.sqrt().sum(dtype=torch.float32))
                 var_max.append(v.max())  # sqrt is monotone: take it once, of the max
-                mom_l1.append(state["exp_avg"].abs().sum(dtype=torch.float32))
+                mom_l1.append(local(state["exp_avg"]).abs().sum(dtype=torch.float32))
     if not var_l1:
         return None
     return torch.stack(

@@ -13,21 +13,21 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from seqwarm import __version__
-from seqwarm.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from seqwarm import __version__, distributed
+from seqwarm.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seqwarm.config import Config, load_config, save_config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
 from seqwarm.data.loader import IGNORE_INDEX, Batch, SequenceIndex, TokenData, TrainLoader
 from seqwarm.data.prepare import ensure_builtin
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
-from seqwarm.model import GPT, linear_cross_entropy
+from seqwarm.distributed import DistEnv
+from seqwarm.model import GPT
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
 from seqwarm.runtime import keep_freed_memory
 from seqwarm.schedule import Clock, finished, learning_rate
@@ -36,17 +36,22 @@ METRICS = "metrics.jsonl"
 
 
 class MetricsLog:
-    """metrics.jsonl (one JSON object per line), mirrored to TensorBoard when asked."""
+    """metrics.jsonl (one JSON object per line), mirrored to TensorBoard when asked.
 
-    def __init__(self, run_dir: Path, tensorboard: bool):
-        self.file = open(run_dir / METRICS, "a")
+    Only rank 0 writes (`enabled=False` elsewhere): every rank computes the same rows.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True):
+        self.file = open(run_dir / METRICS, "a") if enabled else None
         self.tb = None
-        if tensorboard:
+        if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
 
     def write(self, row: dict) -> None:
+        if self.file is None:
+            return
         self.file.write(json.dumps(row) + "\n")
         if self.tb is not None:
             for key, value in row.items():
@@ -54,12 +59,14 @@ class MetricsLog:
                     self.tb.add_scalar(key, value, row["step"])
 
     def flush(self) -> None:
-        self.file.flush()
+        if self.file is not None:
+            self.file.flush()
         if self.tb is not None:
             self.tb.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tb is not None:
             self.tb.close()
 
@@ -71,8 +78,9 @@ class Trainer:
     cfg: Config
     run_dir: Path
     device: torch.device
-    model: GPT
-    hidden_fn: Callable[[torch.Tensor], torch.Tensor]  # model.hidden, compiled or not
+    env: DistEnv  # this process's rank among world_size (rank 0 of 1 without torchrun)
+    model: GPT  # the parameters (sharded in place under FSDP)
+    engine: torch.nn.Module  # what runs forward/backward: the model, or DDP around it
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     loader: TrainLoader
@@ -85,12 +93,34 @@ class Trainer:
     time_offset: float = 0.0  # wall seconds of earlier sessions of this run (resume)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, env: DistEnv = DistEnv()) -> torch.device:
+    """cpu, or this process's GPU (LOCAL_RANK under torchrun)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    if env.local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK {env.local_rank}: this machine has {torch.cuda.device_count()} CUDA devices")
+    torch.cuda.set_device(env.local_rank)
+    return torch.device("cuda", env.local_rank)
+
+
+def check_parallel(cfg: Config, env: DistEnv) -> None:
+    """The global batch must split into whole micro-batches on every process (before anything starts)."""
+    t, c = cfg.train, cfg.curriculum
+    unit = t.micro_batch_size * env.world_size
+    if t.global_batch_size % unit:
+        raise ConfigError(
+            f"train.global_batch_size ({t.global_batch_size}) must be a multiple of processes x train.micro_batch_size "
+            f"({env.world_size} x {t.micro_batch_size} = {unit})"
+        )
+    if c.kind == "bsz_warmup" and c.batch_size_start < unit:
+        raise ConfigError(
+            f"curriculum.batch_size_start ({c.batch_size_start}) is below one micro-batch per process "
+            f"({env.world_size} x {t.micro_batch_size} = {unit})"
+        )
 
 
 def open_data(cfg: Config, progress: bool = True) -> TokenData:
@@ -98,8 +128,8 @@ def open_data(cfg: Config, progress: bool = True) -> TokenData:
     return TokenData(path, verify=cfg.data.verify, vocab_size=cfg.model.gpt().vocab_size)
 
 
-def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
-    device = resolve_device(cfg.train.device)
+def build(cfg: Config, run_dir: Path, data: TokenData, env: DistEnv = DistEnv(), device: torch.device | None = None) -> Trainer:
+    device = device or resolve_device(cfg.train.device, env)
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
     if cfg.train.num_threads:
@@ -110,15 +140,17 @@ def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
     train_index = data.sequences("train", seqlen_end)
     val_index = data.sequences("val", seqlen_end)
 
-    torch.manual_seed(cfg.run.seed)
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
     model = GPT(cfg.model.gpt()).to(device)
-    hidden_fn = model.hidden
     if cfg.train.compile:
         # The Transformer is compiled; the chunked output layer + loss stays eager (a Python loop over
         # chunks, matmul-bound). Static shapes; `_loss_sum` marks the length dynamic, so SLW compiles
         # one graph for all lengths.
-        hidden_fn = torch.compile(model.hidden, dynamic=False)
+        model.compile_trunk(dynamic=False)
     t = cfg.train
+    engine = distributed.wrap(model, env, t.parallel, device)  # before the optimizer: FSDP replaces the parameters
+    if env.enabled:
+        torch.manual_seed(cfg.run.seed + env.rank)  # dropout: a different stream on each rank
     optimizer = torch.optim.AdamW(
         model.param_groups(t.weight_decay),
         lr=t.lr,
@@ -130,14 +162,17 @@ def build(cfg: Config, run_dir: Path, data: TokenData) -> Trainer:
         cfg=cfg,
         run_dir=run_dir,
         device=device,
+        env=env,
         model=model,
-        hidden_fn=hidden_fn,
+        engine=engine,
         optimizer=optimizer,
         scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
-        loader=TrainLoader(train_index, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail),
+        loader=TrainLoader(
+            train_index, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail, rank=env.rank, world_size=env.world_size
+        ),
         val=val_index,
         seqlen=SeqlenSchedule(cfg.curriculum),
-        batch_size=BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size),
+        batch_size=BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size * env.world_size),
         clock=Clock(),
         loss_ratio=LossRatio(),
         guard=NonFiniteGuard(cfg.monitor.on_nonfinite, cfg.monitor.max_consecutive_skips),
@@ -148,7 +183,10 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, progress: b
     """Validate, set up the run directory, train. Returns the run summary.
 
     Nothing in the run directory is touched until the config and the data have been checked.
+    Under torchrun every process calls this; rank 0 alone writes to the run directory.
     """
+    env = distributed.env_from_torchrun()
+    check_parallel(cfg, env)
     run_dir = Path(cfg.run.dir)
     checkpoint = None
     if resume:
@@ -157,41 +195,59 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, progress: b
             raise SeqwarmError(f"{run_dir}: no checkpoint to resume from (start over with --force)")
     elif run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise SeqwarmError(f"{run_dir}: run directory exists; use --resume to continue it or --force to replace it")
-    data = open_data(cfg, progress)
-    trainer = build(cfg, run_dir, data)
-
-    if checkpoint is not None:
-        restore(trainer, checkpoint)
-    else:
-        if force and run_dir.exists():
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    return fit(trainer, progress=progress, on_step=on_step)
+    device = resolve_device(cfg.train.device, env)
+    joined = distributed.init(env, device, cfg.train.dist_timeout_s)
+    try:
+        if env.main:  # rank 0 prepares the builtin corpus, if needed, before the others read it
+            data = open_data(cfg, progress)
+        distributed.barrier(env)
+        if not env.main:
+            data = open_data(cfg, progress=False)
+        trainer = build(cfg, run_dir, data, env, device)
+        if checkpoint is not None:
+            restore(trainer, checkpoint)
+        elif env.main:
+            if force and run_dir.exists():
+                shutil.rmtree(run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+        if env.main:
+            save_config(cfg, run_dir / "config.yaml")
+        distributed.barrier(env)
+        return fit(trainer, progress=progress, on_step=on_step)
+    finally:
+        if joined:
+            distributed.shutdown()
 
 
 def restore(tr: Trainer, checkpoint: Path) -> None:
-    state = load_checkpoint(checkpoint, model=tr.model, optimizer=tr.optimizer)
+    """Continue from a checkpoint, written by any number of processes (its tensors are unsharded)."""
+    ck = load_checkpoint(checkpoint)
+    distributed.load_full_state(tr.model, tr.optimizer, ck.model, ck.optimizer)
+    if not set_rng_state(ck.rng, tr.env.rank):
+        # More processes than wrote the checkpoint: a fresh dropout stream, still a function of the run.
+        torch.manual_seed(tr.cfg.run.seed + tr.env.rank + 7919 * ck.state["clock"]["step"])
+    state = ck.state
     tr.clock.load_state_dict(state["clock"])
     tr.loader.load_state_dict(state["loader"])
     tr.loss_ratio.load_state_dict(state["loss_ratio"])
     tr.guard.load_state_dict(state["guard"])
     tr.scaler.load_state_dict(state["scaler"]) if state["scaler"] else None
     tr.time_offset = state["time_s"]
-    # Rows logged after this checkpoint belong to the interrupted session: the resumed run
-    # writes them again, so drop them to keep one row per step.
-    rows = read_metrics(tr.run_dir / METRICS)
-    keep = [r for r in rows if r["step"] <= tr.clock.step]
-    (tr.run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in keep))
+    if tr.env.main:
+        # Rows logged after this checkpoint belong to the interrupted session: the resumed run
+        # writes them again, so drop them to keep one row per step.
+        rows = read_metrics(tr.run_dir / METRICS)
+        keep = [r for r in rows if r["step"] <= tr.clock.step]
+        (tr.run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
     cfg, t, clock = tr.cfg, tr.cfg.train, tr.clock
     start = time.perf_counter() - tr.time_offset
     autocast = _autocast(tr.device, t.precision)
-    bar = _progress_bar(cfg, clock, enabled=progress and cfg.log.progress)
+    bar = _progress_bar(cfg, clock, enabled=progress and cfg.log.progress and tr.env.main)
     tr.model.train()
-    log = MetricsLog(tr.run_dir, cfg.log.tensorboard)
+    log = MetricsLog(tr.run_dir, cfg.log.tensorboard, enabled=tr.env.main)
     try:
         if clock.step == 0 and cfg.eval.every_tokens is not None:
             evaluate_and_log(tr, log, start, autocast)  # the curves start at the initial model
@@ -230,7 +286,8 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
     finally:
         log.close()
     bar.close()
-    return write_summary(tr, time.perf_counter() - start)
+    summary = write_summary(tr, time.perf_counter() - start) if tr.env.main else None
+    return distributed.broadcast(summary, tr.env)
 
 
 @dataclass(frozen=True)
@@ -242,29 +299,34 @@ class StepResult:
 
 
 def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
-    """One optimizer step over the global batch, accumulated over micro-batches.
+    """One optimizer step over the global batch, accumulated over micro-batches (and processes).
 
     The loss is the mean over the global batch's target tokens (not the mean of micro-batch
-    means), so padding and uneven micro-batches weigh every token equally. The output layer and
-    the loss are computed chunk by chunk (`linear_cross_entropy`), so the full logits of a
-    micro-batch never exist in memory.
+    means), so padding and uneven micro-batches weigh every token equally. Each process holds a
+    share of the batch; DDP/FSDP average the gradients over the processes, so each share's loss
+    is scaled by their number to make the sum over shares the single-process loss. The output
+    layer and the loss are computed chunk by chunk (`linear_cross_entropy`), so the full logits of
+    a micro-batch never exist in memory.
     """
     t = tr.cfg.train
     for group in tr.optimizer.param_groups:
         group["lr"] = lr
     inputs, targets = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
+    micro = list(zip(inputs.split(t.micro_batch_size), targets.split(t.micro_batch_size)))
     total = torch.zeros((), device=tr.device)
-    for x, y in zip(inputs.split(t.micro_batch_size), targets.split(t.micro_batch_size)):
-        with autocast:
+    for i, (x, y) in enumerate(micro):
+        with autocast, _gradient_sync(tr, last=i == len(micro) - 1):
             loss = _loss_sum(tr, x, y) / batch.tokens
-        tr.scaler.scale(loss).backward()
+            tr.scaler.scale(loss * tr.env.world_size if tr.env.enabled else loss).backward()
         total += loss.detach()
+    distributed.all_reduce(total)  # the global batch's mean loss, on every rank
     tr.scaler.unscale_(tr.optimizer)
     max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm)
+    grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm))
     loss, norm = torch.stack([total, grad_norm.float()]).tolist()  # one host sync for both
     # A non-finite loss or gradient never reaches the weights. Under fp16 an infinite gradient with
     # a finite loss is a loss-scale overflow: the scaler skips that step itself and lowers its scale.
+    # Both numbers are global, so every rank takes the same decision.
     applied = math.isfinite(loss) and math.isfinite(norm)
     overflow = tr.scaler.is_enabled() and math.isfinite(loss) and not applied
     if applied or overflow:
@@ -274,16 +336,27 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
     return StepResult(loss, norm, applied, overflow)
 
 
+def _gradient_sync(tr: Trainer, last: bool):
+    """Communicate gradients on the last micro-batch only (they accumulate locally until then)."""
+    if not tr.env.enabled or last:
+        if hasattr(tr.engine, "set_requires_gradient_sync"):
+            tr.engine.set_requires_gradient_sync(True)
+        return contextlib.nullcontext()
+    if hasattr(tr.engine, "no_sync"):  # DDP
+        return tr.engine.no_sync()
+    tr.engine.set_requires_gradient_sync(False)  # FSDP2
+    return contextlib.nullcontext()
+
+
 def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of the model on inputs x against targets y (IGNORE_INDEX skipped)."""
-    if tr.cfg.train.compile and tr.cfg.curriculum.kind != "none":
+    if tr.cfg.train.compile and tr.cfg.curriculum.kind in ("slw", "shortformer"):
         # Only the length varies under SLW. Marking just that dimension dynamic (rather than
         # `dynamic=True`) keeps the batch size static, so dynamo cannot tie the two together when
         # they happen to be equal (batch 8 at seqlen 8) and recompile when they part.
         x = x.clone()  # not a view: dynamo would guard on the shape of its base
         torch._dynamo.mark_dynamic(x, 1)
-    hidden = tr.hidden_fn(x)
-    return linear_cross_entropy(hidden, tr.model.wte.weight, y, vocab_size=tr.model.cfg.vocab_size, ignore_index=IGNORE_INDEX)
+    return tr.engine(x, y, ignore_index=IGNORE_INDEX)
 
 
 def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, step: StepResult) -> dict:
@@ -310,21 +383,34 @@ def adam_row(tr: Trainer, step: StepResult) -> dict:
     if not step.applied or tr.clock.step % tr.cfg.monitor.adam_every_steps:
         return {}
     stats = adam_statistics(tr.optimizer)
-    return {} if stats is None else dict(zip(ADAM_KEYS, stats.tolist()))  # one read-back for all three
+    if stats is None:
+        return {}
+    if distributed.is_sharded(tr.model):  # each rank holds a shard of the state: combine them
+        stats = torch.cat([distributed.all_reduce(stats[[0, 2]]), distributed.all_reduce(stats[1:2], op="max")])[[0, 2, 1]]
+    return dict(zip(ADAM_KEYS, stats.tolist()))  # one read-back for all three
 
 
 @torch.no_grad()
 def evaluate(tr: Trainer, autocast) -> float:
-    """Mean loss per token on the fixed full-length validation sequences."""
+    """Mean loss per token on the fixed full-length validation sequences.
+
+    The processes split each round of `world_size x eval.batch_size` sequences and add up their
+    sums. Every rank runs the same number of forward passes (a rank past the end scores a dummy
+    row whose targets are all ignored), as FSDP gathers the weights collectively.
+    """
     n = min(tr.cfg.eval.max_sequences, len(tr.val))
-    total = count = 0.0
+    bs, rank, world = tr.cfg.eval.batch_size, tr.env.rank, tr.env.world_size
+    sums = torch.zeros(2, dtype=torch.float64, device=tr.device)  # loss sum, target count
     tr.model.eval()
-    for i in range(0, n, tr.cfg.eval.batch_size):
-        rows = tr.val.rows(range(i, min(i + tr.cfg.eval.batch_size, n))).to(tr.device)
+    for i in range(0, n, bs * world):
+        ids = range(i + rank * bs, min(i + (rank + 1) * bs, n))
+        rows = tr.val.rows(ids if len(ids) else [0]).to(tr.device)
+        targets = rows[:, 1:] if len(ids) else torch.full_like(rows[:, 1:], IGNORE_INDEX)
         with autocast:
-            total += _loss_sum(tr, rows[:, :-1], rows[:, 1:]).item()
-        count += rows[:, 1:].numel()
+            sums[0] += _loss_sum(tr, rows[:, :-1], targets).double()
+        sums[1] += (targets != IGNORE_INDEX).sum()
     tr.model.train()
+    total, count = distributed.all_reduce(sums).tolist()
     return total / count
 
 
@@ -341,22 +427,38 @@ def evaluate_and_log(tr: Trainer, log: MetricsLog, start: float, autocast) -> No
     log.write(row)
 
 
-def save(tr: Trainer, time_s: float) -> Path:
-    if not all_finite(tr.model.parameters()):
+def save(tr: Trainer, time_s: float) -> Path | None:
+    """A checkpoint of the whole run; a collective under torchrun (rank 0 writes full, unsharded tensors)."""
+    bad = torch.tensor([0.0 if all_finite(distributed.local(p) for p in tr.model.parameters()) else 1.0], device=tr.device)
+    if distributed.all_reduce(bad, op="max").item():  # every rank decides alike
         raise SeqwarmError(f"step {tr.clock.step}: the weights are not finite; not saving a checkpoint of them")
-    state = {
-        "seqwarm": __version__,
-        "clock": tr.clock.state_dict(),
-        "loader": tr.loader.state_dict(),
-        "loss_ratio": tr.loss_ratio.state_dict(),
-        "guard": tr.guard.state_dict(),
-        "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else None,
-        "time_s": time_s,
-        "model": tr.cfg.model.gpt().__dict__,
-    }
-    return save_checkpoint(
-        tr.run_dir, tr.clock.step, model=tr.model, optimizer=tr.optimizer, state=state, keep_last=tr.cfg.checkpoint.keep_last
-    )
+    model_state = distributed.full_model_state(tr.model)
+    optimizer_state = distributed.full_optimizer_state(tr.model, tr.optimizer)
+    rng = distributed.gather_dicts(rng_state(tr.env.rank), tr.env)  # each rank's dropout stream
+    path = None
+    if tr.env.main:
+        state = {
+            "seqwarm": __version__,
+            "clock": tr.clock.state_dict(),
+            "loader": tr.loader.state_dict(),
+            "loss_ratio": tr.loss_ratio.state_dict(),
+            "guard": tr.guard.state_dict(),
+            "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else None,
+            "time_s": time_s,
+            "model": tr.cfg.model.gpt().__dict__,
+            "world_size": tr.env.world_size,
+        }
+        path = save_checkpoint(
+            tr.run_dir,
+            tr.clock.step,
+            model_state=model_state,
+            optimizer_state=optimizer_state,
+            rng=rng,
+            state=state,
+            keep_last=tr.cfg.checkpoint.keep_last,
+        )
+    distributed.barrier(tr.env)
+    return path
 
 
 def write_summary(tr: Trainer, wall_s: float) -> dict:

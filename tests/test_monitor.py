@@ -57,12 +57,12 @@ def poison(monkeypatch, bad_steps, where="loss"):
         calls["n"] += 1
         if calls["n"] in bad_steps:
             if where == "loss":
-                real_hidden = tr.hidden_fn
-                tr.hidden_fn = lambda x: real_hidden(x) * float("nan")
+                real_hidden = tr.model.trunk
+                tr.model.trunk = lambda x: real_hidden(x) * float("nan")
                 try:
                     return real_step(tr, batch, lr, autocast)
                 finally:
-                    tr.hidden_fn = real_hidden
+                    tr.model.trunk = real_hidden
             hook = tr.model.wpe.weight.register_hook(lambda g: g * float("nan"))
             try:
                 return real_step(tr, batch, lr, autocast)

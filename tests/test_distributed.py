@@ -1,0 +1,119 @@
+"""torchrun on CPU (gloo, 2 processes): the same steps as one process, resumable across process counts."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from seqwarm.errors import ConfigError
+from seqwarm.train import read_metrics, train
+
+# SLW is active during all 10 steps (T = 8: lengths 8 ... 64), two micro-batches per process.
+ARGS = ["train.max_steps=10", "train.global_batch_size=8", "train.micro_batch_size=2", "train.num_threads=1"]
+COMPARED = ("loss", "grad_norm", "val/loss", "adam/var_l1", "adam/var_max", "adam/mom_l1")
+
+
+def torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "seqwarm"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def train_rows(run_dir: Path) -> list[dict]:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
+
+
+def assert_same_steps(a: list[dict], b: list[dict], keys=COMPARED, rel: float = 1e-5) -> None:
+    assert [(r["step"], r["tokens"], r["seqlen"], r["batch_size"]) for r in a] == [
+        (r["step"], r["tokens"], r["seqlen"], r["batch_size"]) for r in b
+    ]
+    for x, y in zip(a, b):
+        for k in keys:
+            if k in x:
+                assert y[k] == pytest.approx(x[k], rel=rel), (x["step"], k)
+
+
+@pytest.fixture(scope="module")
+def runs(corpus_dir, tmp_path_factory):
+    """A 1-process reference run and 2-process DDP and FSDP2 runs of the same config."""
+    root = tmp_path_factory.mktemp("dist")
+    common = ["tiny-slw", f"data.path={corpus_dir}", *ARGS]
+    from seqwarm.config import load_config
+
+    train(load_config("configs/tiny-slw.yaml", [*common[1:], f"run.dir={root / 'single'}"]), progress=False)
+    torchrun("train", *common, f"run.dir={root / 'ddp'}")
+    torchrun("train", *common, f"run.dir={root / 'fsdp'}", "train.parallel=fsdp")
+    return root, common
+
+
+def test_ddp_steps_equal_single_process_steps(runs):
+    root, _ = runs
+    single = read_metrics(root / "single" / "metrics.jsonl")
+    ddp = read_metrics(root / "ddp" / "metrics.jsonl")
+    assert [r["seqlen"] for r in train_rows(root / "ddp")] == [8, 8, 16, 24, 32, 40, 48, 56, 64, 64]
+    assert len(single) == len(ddp)  # eval rows too, at the same steps
+    assert_same_steps([r for r in single if "loss" in r], [r for r in ddp if "loss" in r])
+    for x, y in zip([r for r in single if "val/loss" in r], [r for r in ddp if "val/loss" in r]):
+        assert (x["step"], x["tokens"]) == (y["step"], y["tokens"]) and y["val/loss"] == pytest.approx(x["val/loss"], rel=1e-5)
+    # one writer: one metrics row per step, one summary
+    summary = json.loads((root / "ddp" / "summary.json").read_text())
+    assert summary["steps"] == 10
+
+
+def test_fsdp2_losses_equal_single_process_losses(runs):
+    root, _ = runs
+    # Losses agree to float precision. Gradient norms and Adam's moments agree only to ~1e-3: Adam's
+    # first updates are g / (|g| + eps), which amplifies last-bit differences of near-zero gradient
+    # coordinates; FSDP reduce-scatters in another order than single-process accumulation.
+    assert_same_steps(train_rows(root / "single"), train_rows(root / "fsdp"), keys=("loss", "val/loss"))
+    assert_same_steps(train_rows(root / "single"), train_rows(root / "fsdp"), keys=("grad_norm", "adam/var_l1"), rel=1e-3)
+
+
+def test_kill_and_resume_under_ddp_and_on_one_process(runs, tmp_path):
+    root, common = runs
+    # A DDP run stopped after 6 steps (its checkpoint is written at the stop) ...
+    torchrun("train", *common, "train.max_steps=6", f"run.dir={tmp_path / 'a'}")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    # ... continues under DDP exactly as the uninterrupted DDP run,
+    torchrun("train", "--resume", str(tmp_path / "a"), "train.max_steps=10")
+    assert_same_steps(train_rows(root / "ddp"), train_rows(tmp_path / "a"), rel=1e-6)
+    # ... and on a single process like the single-process run.
+    from seqwarm.train import main_train
+
+    main_train(None, ["train.max_steps=10"], resume=str(tmp_path / "b"), force=False)
+    assert_same_steps(train_rows(root / "single"), train_rows(tmp_path / "b"))
+
+
+def test_fsdp2_checkpoint_resumes_on_one_process(runs, tmp_path):
+    root, common = runs
+    torchrun("train", *common, "train.max_steps=6", f"run.dir={tmp_path / 'f'}", "train.parallel=fsdp")
+    from seqwarm.train import main_train
+
+    main_train(None, ["train.max_steps=10"], resume=str(tmp_path / "f"), force=False)
+    assert_same_steps(train_rows(root / "single"), train_rows(tmp_path / "f"), keys=("loss",))
+
+
+def test_bad_batch_split_fails_before_training(tiny_cfg, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")
+    cfg = tiny_cfg()  # global batch 8, micro-batch 4: 8 is not a multiple of 3 x 4
+    with pytest.raises(ConfigError, match=r"train.global_batch_size \(8\) must be a multiple of processes x "):
+        train(cfg, progress=False)
+    assert not Path(cfg.run.dir).exists()
+
+
+def test_bad_batch_split_under_torchrun_is_one_line_per_rank_exit_2(corpus_dir, tmp_path):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "seqwarm", "train"]
+    args = ["tiny-slw", f"data.path={corpus_dir}", "train.micro_batch_size=8", f"run.dir={tmp_path / 'r'}"]
+    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("seqwarm: error:")]
+    assert len(errors) == 2 and any("[rank 1]" in e for e in errors)
+    assert all("train.global_batch_size (8) must be a multiple of processes x train.micro_batch_size" in e for e in errors)
+    assert not (tmp_path / "r").exists()
