@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 
 from seqwarm.checkpoint import checkpoint_dir, latest_checkpoint
 from seqwarm.config import Config, check_key, load_config
+from seqwarm.distributed import env_from_torchrun
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.report import eval_rows, fmt, loss_ratio_table, markdown_table, write_csv, write_report
 from seqwarm.train import METRICS, open_data, read_metrics, train
@@ -570,6 +571,8 @@ def main_sweep(
     progress: bool = True,
 ) -> Path:
     """`seqwarm sweep CONFIG|SWEEP_FILE [overrides] --grid ...`: train what is missing, then report."""
+    if env_from_torchrun().enabled:
+        raise ConfigError("sweep: runs its trainings one after another in one process; do not launch it with torchrun")
     if target is not None and is_sweep_file(target):
         sweep = load_sweep_file(Path(target))
     else:
