@@ -1,10 +1,12 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from seqwarm.cli import PACKAGED_CONFIGS, main
 from seqwarm.config import field_docs, load_config
 from seqwarm.errors import ConfigError
+from seqwarm.sweep import build_cells, is_sweep_file, load_sweep_file
 
 SHIPPED = sorted(PACKAGED_CONFIGS.glob("*.yaml"))
 
@@ -15,10 +17,34 @@ def test_configs_dir_is_the_packaged_one():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
-def test_every_shipped_config_loads(path):
-    cfg = load_config(path)
-    assert cfg.curriculum.seqlen_end <= cfg.model.gpt().max_seqlen
-    assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0
+def test_every_shipped_config_loads(path, tmp_path):
+    if is_sweep_file(path):  # a grid: every run's config must build
+        sweep = load_sweep_file(path)
+        cells = build_cells(sweep, tmp_path)
+        assert len(cells) == np.prod([len(a.values) for a in sweep.axes])
+        configs = [c.cfg for c in cells]
+    else:
+        configs = [load_config(path)]
+    for cfg in configs:
+        assert cfg.curriculum.seqlen_end <= cfg.model.gpt().max_seqlen
+        assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0
+
+
+def test_proxy_grid_compares_methods_at_equal_tokens():
+    sweep = load_sweep_file(PACKAGED_CONFIGS / "proxy-grid.yaml")
+    cells = build_cells(sweep, Path("unused"))
+    kinds = {c.coords["method"]: c.cfg.curriculum.kind for c in cells}
+    assert kinds == {
+        "baseline": "none",
+        "baseline-long-warmup": "none",
+        "slw": "slw",
+        "shortformer": "shortformer",
+        "bsz-warmup": "bsz_warmup",
+    }
+    assert len({c.cfg.train.max_tokens for c in cells}) == 1 and len({c.cfg.train.lr for c in cells}) == 4
+    long = next(c.cfg for c in cells if c.coords["method"] == "baseline-long-warmup")
+    slw = next(c.cfg for c in cells if c.coords["method"] == "slw")
+    assert long.train.warmup_steps == slw.curriculum.duration  # the control's warmup lasts as long as SLW's
 
 
 def test_paper_configs_match_the_paper():
