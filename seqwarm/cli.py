@@ -117,6 +117,21 @@ def _rank() -> int:
         return 0
 
 
+def cmd_tune(args) -> None:
+    from seqwarm.tune import main_tune
+
+    config, items = split_config_args(args.items)
+    result, out = main_tune(config, items, out=args.out, budget_steps=args.budget_steps, progress=not args.no_progress)
+    if result.seqlen_start is None:
+        print(f"tune: no recommendation ({'; '.join(result.notes)})")
+    else:
+        verified = "" if result.duration_verified else " (not verified)"
+        print(f"recommended: seqlen_s = {result.seqlen_start}, T = {result.duration}{verified}")
+        for note in result.notes:
+            print(f"  note: {note}")
+    print(f"tune report: {out / 'tune.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="seqwarm", description="GPT pre-training with Sequence Length Warmup.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,6 +180,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prune-checkpoints", action="store_true", help="delete a run's checkpoints once it has finished")
     s.add_argument("--no-progress", action="store_true", help="no per-run progress bars")
     s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser(
+        "tune",
+        help="choose SLW's seqlen_s and T from short probe runs (the paper's low-cost tuning strategy, Section 4)",
+        description="seqwarm tune CONFIG [section.field=value ...] [tune.setting=value ...] (settings: docs/TUNING.md)",
+    )
+    s.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]")
+    s.add_argument("--budget-steps", type=int, metavar="N", help="cap on the probes' total steps (default: none)")
+    s.add_argument("--out", help="directory of the probes and the report (default: runs/tune-CONFIG)")
+    s.add_argument("--no-progress", action="store_true", help="no per-probe progress bars")
+    s.set_defaults(func=cmd_tune)
     return p
 
 
