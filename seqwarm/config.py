@@ -384,7 +384,7 @@ def config_from_dict(raw: dict) -> Config:
         kwargs = {}
         for name, value in values.items():
             check_key(section, name)
-            kwargs[name] = _coerce(value, field_types[name], f"{section}.{name}")
+            kwargs[name] = coerce(value, field_types[name], f"{section}.{name}")
         sections[section] = cls(**kwargs)
     return Config(**sections)
 
@@ -431,7 +431,7 @@ def check_key(section: str, name: str) -> None:
     raise ConfigError(f"{key}: unknown config key{hint}")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
+def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`, converting only where it is lossless."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -439,7 +439,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        return coerce(value, inner[0], where)
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -449,7 +449,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 from seqwarm.checkpoint import checkpoint_dir
-from seqwarm.config import Config, _coerce, config_from_dict, load_config
+from seqwarm.config import Config, coerce, config_from_dict, load_config
 from seqwarm.distributed import env_from_torchrun
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.plan import plan_steps
@@ -102,7 +102,7 @@ def parse_settings(items: Sequence[str]) -> TuneSettings:
         if name not in names:
             raise ConfigError(f"tune.{name}: unknown tune setting (known: {', '.join(names)})")
         value = yaml.safe_load(text) if text.strip() else None
-        kwargs[name] = _coerce(value, hints[name], f"tune.{name}")
+        kwargs[name] = coerce(value, hints[name], f"tune.{name}")
     return TuneSettings(**kwargs)
 
 
