@@ -1,4 +1,4 @@
-"""The `seqwarm` command line: prepare, train, plan, report, demo, sweep.
+"""The `seqwarm` command line: prepare, train, plan, report, eval, export, import-hf, demo, sweep, tune.
 
 Errors a user can fix (`SeqwarmError`) print as one line and exit with code 2.
 """
@@ -93,6 +93,48 @@ def cmd_report(args) -> None:
     print(f"report: {path}")
 
 
+def _comma_list(value: str | None) -> list[str] | None:
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
+
+
+def cmd_eval(args) -> None:
+    from seqwarm.evaluate import format_table, main_eval
+
+    options = {k: v for k, v in (("stride", args.stride), ("batch_size", args.batch_size)) if v is not None}
+    results, doc, out = main_eval(
+        args.path,
+        _comma_list(args.tasks),
+        lm_eval_tasks=_comma_list(args.lm_eval) or (),
+        lm_eval_limit=args.lm_eval_limit,
+        json_out=args.json,
+        data=args.data,
+        wikitext=args.wikitext,
+        lambada=args.lambada,
+        device=args.device,
+        progress=not args.no_progress,
+        **options,
+    )
+    ck = doc["checkpoint"]
+    print(f"{ck['path']}: step {ck['step']:,}, {ck['tokens']:,} tokens trained; evaluated on {doc['device']}")
+    print(format_table(results))
+    print(f"results: {out}")
+
+
+def cmd_export(args) -> None:
+    from seqwarm.hf import export_hf
+
+    out = export_hf(args.path, args.hf, force=args.force)
+    print(f"exported {out}: transformers GPT2LMHeadModel (safetensors) + GPT-2 tokenizer")
+
+
+def cmd_import_hf(args) -> None:
+    from seqwarm.hf import import_hf
+
+    config, overrides = split_config_args(args.items)
+    out = import_hf(args.hf_dir, args.out, config, overrides, force=args.force)
+    print(f"imported {args.hf_dir} -> {out} (step-0 checkpoint); train it with: seqwarm train --resume {out}")
+
+
 def cmd_sweep(args) -> None:
     from seqwarm.sweep import main_sweep
 
@@ -169,6 +211,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(
+        "eval",
+        help="zero-shot evaluation: held-out perplexity, WikiText-style perplexity, strict LAMBADA(-style) accuracy",
+        description="Evaluate a run's latest checkpoint (or a checkpoint directory); method: docs/EVALUATION.md",
+    )
+    s.add_argument("path", metavar="RUN_DIR|CHECKPOINT_DIR")
+    s.add_argument("--tasks", help="comma-separated, from val,test,wikitext,lambada (default: all; none with --lm-eval)")
+    s.add_argument("--wikitext", metavar="PATH", help="a WikiText-103 test file (detokenized) or a JSONL of texts (default: the builtin Wikipedia sample)")
+    s.add_argument("--lambada", metavar="PATH", help="the LAMBADA test JSONL ({\"text\": ...} lines) (default: builtin LAMBADA-style items)")
+    s.add_argument("--data", metavar="DIR", help="prepared data for val/test (default: the run's data.path)")
+    s.add_argument("--stride", type=int, help="tokens each sliding window scores (default: 32, Megatron-LM's --overlapping-eval)")
+    s.add_argument("--batch-size", type=int, help="sequences per forward pass (default: 8)")
+    s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    s.add_argument("--json", metavar="OUT", help="results file (default: RUN_DIR/eval.json, or CHECKPOINT_DIR/eval.json)")
+    s.add_argument("--lm-eval", metavar="TASKS", help="also run these lm-evaluation-harness tasks (needs seqwarm[lm-eval] and the tasks' data)")
+    s.add_argument("--lm-eval-limit", type=int, metavar="N", help="at most N examples per lm-eval task (a quick check)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face GPT2LMHeadModel directory")
+    s.add_argument("path", metavar="RUN_DIR|CHECKPOINT_DIR")
+    s.add_argument("--hf", required=True, metavar="OUT_DIR", help="directory for config.json, model.safetensors and the tokenizer")
+    s.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser(
+        "import-hf",
+        help="make a run that continues training a Hugging Face GPT-2 checkpoint",
+        description="seqwarm import-hf HF_DIR --out RUN_DIR [CONFIG] [section.field=value ...]; then seqwarm train --resume RUN_DIR",
+    )
+    s.add_argument("hf_dir", metavar="HF_DIR", help="a local GPT-2 directory (config.json + weights)")
+    s.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help="training config for the run (the model section comes from HF_DIR)")
+    s.add_argument("--out", required=True, metavar="RUN_DIR")
+    s.add_argument("--force", action="store_true", help="replace a non-empty RUN_DIR")
+    s.set_defaults(func=cmd_import_hf)
+
+    s = sub.add_parser(
         "sweep",
         help="train a grid of runs (resumable) and write the grid report (Table 5 style, LR sensitivity)",
         description="seqwarm sweep CONFIG|SWEEP_FILE [section.field=value ...] --grid 'train.lr=[1e-3,2e-3]' ...",
@@ -196,11 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Overrides may come after options (`train CONFIG --force a.b=1`): argparse leaves those over.
+    # Overrides may come after options (`train CONFIG --force a.b=1`): argparse leaves those over. So
+    # does a CONFIG after an option that follows another positional (`import-hf HF_DIR --out RUN CONFIG`).
     args, extra = parser.parse_known_args(argv)
     if extra:
         target = args.items if hasattr(args, "items") else getattr(args, "overrides", None)
-        if target is None or any("=" not in e or e.startswith("-") for e in extra):
+        config_first = target == [] and hasattr(args, "hf_dir") and not extra[0].startswith("-")
+        if target is None or any("=" not in e or e.startswith("-") for e in extra[int(config_first):]):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         target.extend(extra)
     # Under torchrun, a rank other than 0 names itself: its error may be its own (a file missing on its node).

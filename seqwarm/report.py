@@ -7,6 +7,8 @@ report writes into one output directory:
 - Table 3 (Section 3): the Pearson correlation between the loss ratio and the l1 norm / max
   element of Adam's variance state;
 - a summary: tokens, steps, wall time, validation loss/perplexity, clipped and skipped steps;
+- the zero-shot results of `seqwarm eval` (Tables 2 and 6 style), for the runs that have them
+  (RUN_DIR/eval.json);
 
 as `report.md` and as CSV files, and PNG figures with all runs overlaid (Figures 1 and 4 style).
 Files of an earlier report in that directory are replaced, a figure that is no longer drawn removed.
@@ -49,12 +51,14 @@ from scipy import stats
 
 from seqwarm.config import load_config
 from seqwarm.errors import SeqwarmError
+from seqwarm.evaluate import EVAL_FILE, format_value, metric_label, read_eval
 from seqwarm.train import METRICS, read_metrics
 
 REPORT = "report.md"
 TABLE1_CSV = "table1_loss_ratio.csv"
 TABLE3_CSV = "table3_correlation.csv"
 SUMMARY_CSV = "summary.csv"
+ZEROSHOT_CSV = "zeroshot.csv"
 # Table 1 counts the steps above 1.2; Appendix A.3.1 (Table 5) counts those above 1.5.
 RATIO_THRESHOLDS = (1.2, 1.5)
 # Table 3 correlates the loss ratio with the l1 norm and the max element of sqrt(v_t).
@@ -77,6 +81,7 @@ class Run:
     params: int | None
     finished: bool  # summary.json exists
     notes: tuple[str, ...] = ()
+    evaluation: dict | None = None  # eval.json written by `seqwarm eval`
 
 
 @dataclass(frozen=True)
@@ -273,7 +278,8 @@ def load_run(path: Path, label: str) -> Run:
         notes.append(f"parameters {'from summary.json' if params else 'unknown'}: {e}")
     if not train_rows(rows):
         notes.append(f"no complete train row in {METRICS} yet")
-    return Run(label=label, path=path, rows=rows, params=params, finished=bool(summary), notes=tuple(notes))
+    evaluation = read_eval(path / EVAL_FILE)
+    return Run(label, path, rows, params, bool(summary), tuple(notes), evaluation)
 
 
 def load_runs(run_dirs: Sequence[Path]) -> list[Run]:
@@ -350,6 +356,31 @@ SUMMARY_COLUMNS: list[Column] = [
 ]
 
 
+ZEROSHOT_COLUMNS: list[Column] = [
+    ("run", lambda r: r["run"]),
+    ("step", lambda r: f"{r['step']:,}"),
+    ("task", lambda r: r["task"]),
+    ("dataset", lambda r: r["dataset"]),
+    ("metric", lambda r: metric_label(r["task"], r["metric"])),
+    ("value", lambda r: format_value(r["value"])),
+    ("n", lambda r: r["n"]),
+]
+
+
+def zeroshot_table(run: Run) -> list[dict]:
+    """One row per metric of each task in the run's eval.json (none when the run has not been evaluated)."""
+    if run.evaluation is None:
+        return []
+    step = run.evaluation["checkpoint"]["step"]
+    rows = []
+    for result in run.evaluation["results"].values():
+        n = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in result["counts"].items())
+        for metric, value in result["metrics"].items():
+            rows.append({"run": run.label, "step": step, "task": result["task"], "dataset": result["dataset"],
+                         "metric": metric, "value": value, "n": n})
+    return rows
+
+
 def markdown_table(columns: list[Column], rows: list[dict]) -> str:
     lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
@@ -394,7 +425,7 @@ def draw(plot: Plot, runs: list[Run], path: Path) -> bool:
 
 
 def render_markdown(
-    runs: list[Run], table1: list[dict], table3: list[dict], summary: list[dict], drawn: list[Plot]
+    runs: list[Run], table1: list[dict], table3: list[dict], summary: list[dict], drawn: list[Plot], zeroshot: list[dict]
 ) -> str:
     skipped = [p for p in PLOTS if p not in drawn]
     parts = [
@@ -416,6 +447,17 @@ def render_markdown(
         "step, validation loss/perplexity on full-length sequences (Figure 4a-b), and the steps whose gradient "
         "was clipped (n/a: not logged by the run) or whose update was skipped, with the reasons.",
         markdown_table(SUMMARY_COLUMNS, summary),
+    ]
+    if zeroshot:
+        parts += [
+            "## Zero-shot evaluation",
+            "From `seqwarm eval` (RUN_DIR/eval.json; method in docs/EVALUATION.md), as the paper's Tables 2 and 6: "
+            "perplexity of the held-out splits at full length, WikiText-style perplexity per token and per word "
+            "(Megatron-LM's sliding windows), and strict last-word accuracy. The builtin cloze set is LAMBADA-style, "
+            "not LAMBADA.",
+            markdown_table(ZEROSHOT_COLUMNS, zeroshot),
+        ]
+    parts += [
         "## Figures",
         *[f"![{p.title}]({p.name}.png)" for p in drawn],
     ]
@@ -442,12 +484,17 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
     summary = [
         {"run": run.label, "path": str(run.path), "finished": run.finished, **summary_table(run.rows)} for run in runs
     ]
+    zeroshot = [row for run in runs for row in zeroshot_table(run)]
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         write_csv(out / TABLE1_CSV, table1)
         write_csv(out / TABLE3_CSV, table3)
         write_csv(out / SUMMARY_CSV, summary)
+        if zeroshot:
+            write_csv(out / ZEROSHOT_CSV, zeroshot)
+        else:
+            (out / ZEROSHOT_CSV).unlink(missing_ok=True)  # an earlier report's table would no longer match
         drawn = []
         for plot in PLOTS:
             png = out / f"{plot.name}.png"
@@ -455,7 +502,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
                 drawn.append(plot)
             else:
                 png.unlink(missing_ok=True)  # an earlier report's figure would no longer match
-        (out / REPORT).write_text(render_markdown(runs, table1, table3, summary, drawn))
+        (out / REPORT).write_text(render_markdown(runs, table1, table3, summary, drawn, zeroshot))
     except OSError as e:
         raise ReportError(f"{out}: cannot write the report ({e.strerror or e})") from e
     return out / REPORT

@@ -1,0 +1,424 @@
+"""Hugging Face interoperability: export to `GPT2LMHeadModel`, import from it, lm-evaluation-harness.
+
+seqwarm's GPT is GPT-2's architecture (pre-LayerNorm blocks with eps 1e-5, fused qkv projection
+with biases, tanh-approximated GELU, learned positions, tied output embedding), so a checkpoint
+maps one to one onto `transformers.GPT2LMHeadModel`. Two differences in storage:
+
+- HF's `Conv1D` stores its weight as (in, out), the transpose of `nn.Linear`'s (out, in);
+- seqwarm pads the embedding to a multiple of 64 rows (tensor-core friendly, `GPTConfig.pad_vocab_to`).
+  The padding rows are never looked up (no token id reaches them) and never predicted (their
+  logits are cut off), so export drops them and import fills them with zeros, losslessly.
+
+Export writes safetensors weights, config.json and the exact GPT-2 tokenizer (built offline from
+the files `seqwarm.tokenizer` verifies), so `from_pretrained(OUT_DIR)` works with no network.
+Import writes a run directory whose step-0 checkpoint holds the HF weights and a fresh optimizer,
+written by the trainer's own `build` and `save`, so `seqwarm train --resume RUN_DIR` continues it.
+`transformers` is an optional dependency (`pip install 'seqwarm[hf]'`); lm-eval another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from seqwarm import __version__
+from seqwarm.checkpoint import load_weights
+from seqwarm.config import load_config, save_config
+from seqwarm.errors import ConfigError, SeqwarmError
+from seqwarm.model import VOCAB_SIZE, GPTConfig
+from seqwarm.tokenizer import EOT_ID, gpt2_files
+from seqwarm.trained import Trained, open_trained
+
+HF_HINT = "pip install 'seqwarm[hf]'"
+LM_EVAL_HINT = "pip install 'seqwarm[lm-eval]'"
+LAYER_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, what seqwarm's blocks use
+# Both are the tanh approximation of GELU that seqwarm's MLP computes.
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+PROVENANCE = "seqwarm.json"  # export: which checkpoint; import: which HF directory
+
+# seqwarm parameter -> (HF GPT2LMHeadModel parameter, stored transposed by HF's Conv1D)
+_BLOCK = {
+    "ln_1.weight": ("ln_1.weight", False),
+    "ln_1.bias": ("ln_1.bias", False),
+    "attn.qkv.weight": ("attn.c_attn.weight", True),  # q, k, v stacked in the same order
+    "attn.qkv.bias": ("attn.c_attn.bias", False),
+    "attn.proj.weight": ("attn.c_proj.weight", True),
+    "attn.proj.bias": ("attn.c_proj.bias", False),
+    "ln_2.weight": ("ln_2.weight", False),
+    "ln_2.bias": ("ln_2.bias", False),
+    "mlp.fc.weight": ("mlp.c_fc.weight", True),
+    "mlp.fc.bias": ("mlp.c_fc.bias", False),
+    "mlp.proj.weight": ("mlp.c_proj.weight", True),
+    "mlp.proj.bias": ("mlp.c_proj.bias", False),
+}
+_TOP = {
+    "wpe.weight": "transformer.wpe.weight",
+    "ln_f.weight": "transformer.ln_f.weight",
+    "ln_f.bias": "transformer.ln_f.bias",
+}
+# The causal-mask buffers older GPT-2 checkpoints carry (the original OpenAI conversion among
+# them): constants, not weights, rebuilt by every implementation.
+_MASK_BUFFER = re.compile(r"(^|\.)h\.\d+\.attn\.(masked_)?bias$")
+
+
+def require_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise SeqwarmError(f"this needs the transformers package, which is not installed: {HF_HINT}") from None
+    return transformers
+
+
+def _name_map(n_layer: int) -> dict[str, tuple[str, bool]]:
+    names = {k: (v, False) for k, v in _TOP.items()}
+    for i in range(n_layer):
+        names |= {f"blocks.{i}.{k}": (f"transformer.h.{i}.{v}", t) for k, (v, t) in _BLOCK.items()}
+    return names
+
+
+def to_hf_state(state: dict[str, torch.Tensor], gpt: GPTConfig) -> dict[str, torch.Tensor]:
+    """seqwarm state dict -> GPT2LMHeadModel state dict (embedding padding dropped, output layer tied)."""
+    out = {hf: (state[name].T if transposed else state[name]).contiguous() for name, (hf, transposed) in _name_map(gpt.n_layer).items()}
+    wte = state["wte.weight"][: gpt.vocab_size].contiguous()
+    return out | {"transformer.wte.weight": wte, "lm_head.weight": wte}
+
+
+def from_hf_state(hf_state: dict[str, torch.Tensor], gpt: GPTConfig) -> dict[str, torch.Tensor]:
+    """GPT2LMHeadModel state dict -> seqwarm state dict, refusing what seqwarm's GPT cannot hold.
+
+    An untied output layer (lm_head different from wte) has no counterpart: seqwarm ties them.
+    Any other parameter without a counterpart is refused too. (Shapes follow from config.json,
+    which transformers has checked the weights against.)
+    """
+    hf = {k: v.detach().to(torch.float32) for k, v in hf_state.items() if not _MASK_BUFFER.search(k)}
+    if "transformer.wte.weight" not in hf:
+        raise SeqwarmError("transformer.wte.weight: missing from the Hugging Face checkpoint")
+    wte = hf.pop("transformer.wte.weight")
+    lm_head = hf.pop("lm_head.weight", None)
+    if lm_head is not None and not torch.equal(lm_head, wte):
+        raise SeqwarmError(
+            "lm_head.weight differs from transformer.wte.weight: an untied output layer, which seqwarm's GPT "
+            "(tied input/output embedding) cannot represent"
+        )
+    state = {}
+    for name, (hf_name, transposed) in _name_map(gpt.n_layer).items():
+        if hf_name not in hf:
+            raise SeqwarmError(f"{hf_name}: missing from the Hugging Face checkpoint")
+        tensor = hf.pop(hf_name)
+        state[name] = (tensor.T if transposed else tensor).contiguous()
+    if hf:
+        raise SeqwarmError(f"no seqwarm counterpart for the Hugging Face parameter(s) {', '.join(sorted(hf))}")
+    padded = torch.zeros(gpt.padded_vocab_size, gpt.d_model)
+    padded[: gpt.vocab_size] = wte
+    state["wte.weight"] = padded
+    return state
+
+
+def gpt2_config(gpt: GPTConfig):
+    """The transformers GPT2Config of a seqwarm model."""
+    transformers = require_transformers()
+    return transformers.GPT2Config(
+        vocab_size=gpt.vocab_size,
+        n_positions=gpt.max_seqlen,
+        n_embd=gpt.d_model,
+        n_layer=gpt.n_layer,
+        n_head=gpt.n_head,
+        n_inner=None,  # 4 * n_embd
+        activation_function="gelu_new",  # GELU, tanh approximation, as seqwarm's MLP
+        resid_pdrop=gpt.dropout,
+        embd_pdrop=gpt.dropout,
+        attn_pdrop=gpt.dropout,
+        layer_norm_epsilon=LAYER_NORM_EPS,
+        scale_attn_weights=True,
+        bos_token_id=EOT_ID,
+        eos_token_id=EOT_ID,
+        tie_word_embeddings=True,
+        architectures=["GPT2LMHeadModel"],
+    )
+
+
+def gpt2_config_problems(config) -> list[str]:
+    """What in an HF config.json seqwarm's GPT cannot reproduce (empty: it maps exactly)."""
+    get = lambda key, default=None: getattr(config, key, default)  # noqa: E731
+    problems = []
+    if get("model_type") != "gpt2":
+        return [f"model_type is {get('model_type')!r}, not 'gpt2'"]
+    if get("vocab_size") != VOCAB_SIZE:
+        problems.append(f"vocab_size is {get('vocab_size')}, not GPT-2's {VOCAB_SIZE} (seqwarm uses the GPT-2 BPE)")
+    if get("activation_function") not in TANH_GELUS:
+        problems.append(f"activation_function is {get('activation_function')!r}; seqwarm's MLP is GELU with the tanh approximation ({' or '.join(TANH_GELUS)})")
+    if get("layer_norm_epsilon") != LAYER_NORM_EPS:
+        problems.append(f"layer_norm_epsilon is {get('layer_norm_epsilon')}, seqwarm's LayerNorm uses {LAYER_NORM_EPS}")
+    if get("n_inner") not in (None, 4 * get("n_embd")):
+        problems.append(f"n_inner is {get('n_inner')}; seqwarm's MLP is 4 * n_embd = {4 * get('n_embd')} wide")
+    if get("n_embd") % get("n_head"):
+        problems.append(f"n_embd ({get('n_embd')}) is not divisible by n_head ({get('n_head')})")
+    if not get("scale_attn_weights", True):
+        problems.append("scale_attn_weights is false; seqwarm scales attention scores by 1/sqrt(head size)")
+    if get("scale_attn_by_inverse_layer_idx", False):
+        problems.append("scale_attn_by_inverse_layer_idx is true; seqwarm does not scale attention by layer")
+    if get("add_cross_attention", False):
+        problems.append("add_cross_attention is true; seqwarm's GPT is decoder-only")
+    return problems
+
+
+def gpt2_tokenizer(max_length: int):
+    """The exact GPT-2 BPE as a transformers fast tokenizer, built offline from the verified files.
+
+    Built as a `tokenizers.Tokenizer` (byte-level BPE, GPT-2's pre-tokenization) and wrapped, which
+    works across transformers versions; the files are read as data (DATA.md: handing their paths
+    to `GPT2TokenizerFast(vocab_file=...)` silently yields an empty vocabulary).
+    """
+    transformers = require_transformers()
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    vocab_bpe, encoder_json = gpt2_files()
+    vocab = json.loads(Path(encoder_json).read_text(encoding="utf-8"))
+    lines = Path(vocab_bpe).read_text(encoding="utf-8").split("\n")[1:]  # the first line is a version header
+    merges = [tuple(line.split()) for line in lines if line.strip()]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    eot = "<|endoftext|>"
+    return transformers.GPT2TokenizerFast(
+        tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot, model_max_length=max_length
+    )
+
+
+def _check_out(out: Path, force: bool, option: str) -> None:
+    """Never write into a user's non-empty directory unless --force."""
+    if out.exists() and not out.is_dir():
+        raise SeqwarmError(f"{option} {out}: exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise SeqwarmError(f"{option} {out}: directory exists and is not empty (use --force to replace it)")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Replace `out` by the complete `tmp` (a sibling), so `out` is never half-written."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
+
+
+def _sibling_tmp(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+# --- export --------------------------------------------------------------------------------------
+
+
+def export_hf(path: str | Path | Trained, out: str | Path, *, force: bool = False) -> Path:
+    """`seqwarm export RUN_DIR|CHECKPOINT_DIR --hf OUT_DIR`: GPT2LMHeadModel + tokenizer, safetensors."""
+    out = Path(out)
+    _check_out(out, force, "--hf")
+    trained = path if isinstance(path, Trained) else open_trained(path)
+    transformers = require_transformers()
+    gpt = trained.gpt
+    if gpt.vocab_size != VOCAB_SIZE:
+        raise SeqwarmError(f"{trained.checkpoint}: vocabulary of {gpt.vocab_size} tokens; GPT-2 (and this export) has {VOCAB_SIZE}")
+    model = transformers.GPT2LMHeadModel(gpt2_config(gpt))
+    model.load_state_dict(to_hf_state(load_weights(trained.checkpoint), gpt), strict=True)
+    tmp = _sibling_tmp(out)
+    try:
+        model.save_pretrained(tmp)  # safetensors, the tied output layer stored once
+        gpt2_tokenizer(gpt.max_seqlen).save_pretrained(tmp)
+        provenance = {"seqwarm": __version__, "exported_from": trained.describe()}
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+# --- import --------------------------------------------------------------------------------------
+
+MODEL_FIELDS = ("n_layer", "n_head", "d_model", "max_seqlen")
+
+
+def import_hf(
+    hf_dir: str | Path,
+    out: str | Path,
+    config: str | None = None,
+    overrides: list[str] = (),
+    *,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """`seqwarm import-hf HF_DIR --out RUN_DIR [CONFIG] [key=value ...]`: a run that starts from HF GPT-2 weights.
+
+    The model section comes from config.json (everything but `model.dropout`, which stays the
+    config's); the rest is CONFIG with its overrides, so the run trains on `data.path` with the
+    config's optimizer and curriculum. The run directory gets config.yaml and a checkpoint at step
+    0 (imported weights, fresh Adam state, clock at zero); `seqwarm train --resume RUN_DIR` starts
+    training from there, and `seqwarm eval RUN_DIR` evaluates the imported model as it is.
+    """
+    hf_dir, out = Path(hf_dir), Path(out)
+    _check_out(out, force, "--out")
+    if not (hf_dir / "config.json").is_file():
+        raise SeqwarmError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
+    fixed = [o for o in overrides if o.partition("=")[0].strip() in {f"model.{f}" for f in ("preset", *MODEL_FIELDS)}]
+    if fixed:
+        raise ConfigError(f"{fixed[0].partition('=')[0]}: set by {hf_dir / 'config.json'}; only model.dropout can be chosen on import")
+    transformers = require_transformers()
+    try:
+        hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise SeqwarmError(f"{hf_dir / 'config.json'}: cannot be read by transformers ({_first_line(e)})") from None
+    problems = gpt2_config_problems(hf_config)
+    if problems:
+        raise SeqwarmError(f"{hf_dir / 'config.json'}: not seqwarm's GPT-2 architecture: {'; '.join(problems)}")
+    shape = dict(zip(MODEL_FIELDS, (hf_config.n_layer, hf_config.n_head, hf_config.n_embd, hf_config.n_positions)))
+    cfg = load_config(config, [*overrides, "model.preset=null", *(f"model.{k}={v}" for k, v in shape.items()), f"run.dir={out}"])
+    state = _read_hf_weights(transformers, hf_dir, cfg.model.gpt())
+
+    from seqwarm.train import build, open_data, save  # the trainer writes its own kind of checkpoint
+
+    data = open_data(cfg, progress)
+    tmp = _sibling_tmp(out)
+    try:
+        trainer = build(cfg, tmp, data)
+        trainer.model.load_state_dict(state)
+        save(trainer, 0.0)
+        save_config(cfg, tmp / "config.yaml")
+        provenance = {"seqwarm": __version__, "imported_from": str(hf_dir.resolve()), "hf_config": hf_config.to_dict()}
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
+        os.chmod(tmp, 0o777 & ~_umask())
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _read_hf_weights(transformers, hf_dir: Path, gpt: GPTConfig) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights as a seqwarm state dict; any weight transformers had to invent is an error."""
+    try:
+        model, info = transformers.GPT2LMHeadModel.from_pretrained(hf_dir, local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise SeqwarmError(f"{hf_dir}: cannot load the weights ({_first_line(e)})") from None
+    missing = sorted(k for k in info.get("missing_keys", ()) if not _MASK_BUFFER.search(k))
+    unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not _MASK_BUFFER.search(k))
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    if missing:
+        raise SeqwarmError(f"{hf_dir}: weights missing from the checkpoint: {', '.join(missing)}")
+    if unexpected or mismatched:
+        raise SeqwarmError(f"{hf_dir}: weights seqwarm's GPT cannot hold: {', '.join(unexpected + mismatched)}")
+    return from_hf_state(model.state_dict(), gpt)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+# --- lm-evaluation-harness -----------------------------------------------------------------------
+
+
+def _lm_eval_offline():
+    """lm_eval, imported with the Hugging Face Hub and datasets in offline mode.
+
+    A task's dataset that is not in the local cache then fails at once, instead of a download
+    attempt that hangs on a machine without network. The variables are read when `datasets` and
+    `huggingface_hub` are imported, hence set first; the module constants are also set in case
+    they were imported earlier in this process.
+    """
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import lm_eval
+        from lm_eval import tasks as lm_tasks
+    except ImportError:
+        raise SeqwarmError(f"--lm-eval needs lm-evaluation-harness, which is not installed: {LM_EVAL_HINT}") from None
+    for module, name in (("datasets.config", "HF_DATASETS_OFFLINE"), ("huggingface_hub.constants", "HF_HUB_OFFLINE")):
+        try:
+            setattr(__import__(module, fromlist=[name]), name, True)
+        except ImportError:
+            pass
+    return lm_eval, lm_tasks
+
+
+def lm_eval_precheck(tasks: list[str]):
+    """Check that lm-eval and transformers are installed, the tasks exist and their data is on this
+    machine, before any evaluation. Returns the lm-eval TaskManager to evaluate with."""
+    _, lm_tasks = _lm_eval_offline()
+    require_transformers()  # lm-eval's "hf" model reads the exported directory
+    manager = lm_tasks.TaskManager()
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise SeqwarmError(f"--lm-eval: unknown lm-eval task {', '.join(unknown)} (list them with `lm-eval ls tasks`)")
+    for task in tasks:
+        try:
+            lm_tasks.get_task_dict([task], manager)  # loads the task's dataset: offline, the local cache only
+        except Exception as e:  # lm-eval and datasets raise many kinds; the cause is named below
+            if _is_missing_data(e):
+                raise SeqwarmError(
+                    f"--lm-eval {task}: its dataset is not on this machine and seqwarm evaluates offline "
+                    f"({type(e).__name__}: {_first_line(e)}); download it once where the Hugging Face Hub is reachable "
+                    f"(e.g. `lm-eval run --model hf --model_args pretrained=gpt2 --tasks {task} --limit 1`) into the "
+                    "same HF_HOME / HF_DATASETS_CACHE"
+                ) from None
+            raise SeqwarmError(f"--lm-eval {task}: lm-eval cannot load the task ({type(e).__name__}: {_first_line(e)})") from None
+    return manager
+
+
+def _is_missing_data(e: BaseException) -> bool:
+    """Whether an exception from loading a task's dataset means "not cached and offline"."""
+    text = f"{type(e).__name__} {e}".lower()
+    return isinstance(e, (ConnectionError, FileNotFoundError)) or any(
+        word in text for word in ("offline", "notfound", "not found", "couldn't reach", "connection", "hub")
+    )
+
+
+def run_lm_eval(trained: Trained, tasks: list[str], manager, *, device: torch.device, batch_size: int, limit: int | None = None) -> list:
+    """lm-eval's HF model on the exported checkpoint; one TaskResult per task lm-eval reports."""
+    from seqwarm.evaluate import TaskResult
+
+    lm_eval, _ = _lm_eval_offline()
+    with tempfile.TemporaryDirectory(prefix="seqwarm-lm-eval-") as tmp:
+        exported = export_hf(trained, Path(tmp) / "hf")
+        output = lm_eval.simple_evaluate(
+            model="hf",
+            model_args=f"pretrained={exported},dtype=float32",
+            tasks=tasks,
+            task_manager=manager,
+            device=str(device),
+            batch_size=batch_size,
+            limit=limit,
+        )
+    samples = output.get("n-samples", {})
+    results = []
+    for task, values in output["results"].items():
+        metrics = {  # "acc,none" -> "acc": the metric under lm-eval's default (no) filter
+            key.replace(",none", ""): float(v)
+            for key, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and key != "sample_len"
+        }
+        n = samples.get(task, {}).get("effective", values.get("sample_len"))
+        results.append(
+            TaskResult(
+                task=f"lm-eval/{task}",
+                dataset=f"lm-evaluation-harness {getattr(lm_eval, '__version__', '')}: {task}".strip(),
+                metrics=metrics,
+                counts={"items": int(n)} if n is not None else {},
+                settings={"limit": limit, "batch_size": batch_size},
+            )
+        )
+    return results

@@ -1,0 +1,85 @@
+"""A trained model read back from a run directory or one of its checkpoints (`seqwarm eval`, `export`).
+
+Only `model.safetensors` and `state.json` of a checkpoint are read: the weights and the model
+shape the trainer recorded next to them (`state["model"]`, a `GPTConfig`), plus the clock for the
+step and token count that results are labelled with. The run's `config.yaml` (beside
+`checkpoints/`) is read only when a task needs the run's data (`val`/`test`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+
+from seqwarm.checkpoint import CHECKPOINT_RE, latest_checkpoint, load_weights
+from seqwarm.config import Config, load_config
+from seqwarm.errors import SeqwarmError
+from seqwarm.model import GPT, GPTConfig
+
+
+@dataclass(frozen=True)
+class Trained:
+    checkpoint: Path  # checkpoints/step-XXXXXXXX/
+    run_dir: Path | None  # the run directory the checkpoint belongs to, when it is inside one
+    gpt: GPTConfig
+    step: int
+    tokens: int
+
+    def model(self, device: torch.device | str = "cpu") -> GPT:
+        """The GPT with the checkpoint's weights, in eval mode (no dropout)."""
+        model = GPT(self.gpt)
+        try:
+            model.load_state_dict(load_weights(self.checkpoint))
+        except (OSError, SafetensorError, RuntimeError) as e:
+            raise SeqwarmError(
+                f"{self.checkpoint / 'model.safetensors'}: does not hold the model state.json describes ({_first_line(e)})"
+            ) from None
+        return model.to(device).eval()
+
+    def config(self) -> Config | None:
+        """The run's resolved config (config.yaml), or None for a checkpoint outside a run directory."""
+        if self.run_dir is None or not (self.run_dir / "config.yaml").exists():
+            return None
+        return load_config(self.run_dir / "config.yaml")
+
+    def describe(self) -> dict:
+        """What results are labelled with (eval JSON, export provenance)."""
+        return {"path": str(self.checkpoint), "step": self.step, "tokens": self.tokens}
+
+
+def open_trained(path: str | Path) -> Trained:
+    """A run directory (its latest checkpoint) or a checkpoint directory; SeqwarmError for anything else."""
+    path = Path(path)
+    if not path.is_dir():
+        raise SeqwarmError(f"{path}: no such run or checkpoint directory")
+    if (path / "state.json").exists() and (path / "model.safetensors").exists():
+        checkpoint = path
+    elif (path / "checkpoints").is_dir() or (path / "config.yaml").exists():
+        checkpoint = latest_checkpoint(path)
+        if checkpoint is None:
+            raise SeqwarmError(f"{path}: the run has no checkpoint yet (checkpoints/step-XXXXXXXX/)")
+    elif (path / "config.json").exists():
+        raise SeqwarmError(
+            f"{path}: a Hugging Face model directory, not a seqwarm run; convert it with `seqwarm import-hf {path} --out RUN_DIR`"
+        )
+    else:
+        raise SeqwarmError(f"{path}: not a run directory (no checkpoints/) or a checkpoint directory (no model.safetensors + state.json)")
+    state_file = checkpoint / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+        gpt = GPTConfig(**state["model"])
+        clock = state.get("clock", {})
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SeqwarmError(f"{state_file}: no readable model shape (field 'model': {_first_line(e)})") from None
+    parent = checkpoint.parent
+    run_dir = parent.parent if parent.name == "checkpoints" and CHECKPOINT_RE.match(checkpoint.name) else None
+    return Trained(checkpoint, run_dir, gpt, int(clock.get("step", 0)), int(clock.get("tokens", 0)))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
