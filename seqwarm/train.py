@@ -315,8 +315,10 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
     micro = list(zip(inputs.split(t.micro_batch_size), targets.split(t.micro_batch_size)))
     total = torch.zeros((), device=tr.device)
     for i, (x, y) in enumerate(micro):
-        with autocast, _gradient_sync(tr, last=i == len(micro) - 1):
-            loss = _loss_sum(tr, x, y) / batch.tokens
+        # DDP's no_sync must cover the backward; autocast only the forward (as torch.amp advises).
+        with _gradient_sync(tr, last=i == len(micro) - 1):
+            with autocast:
+                loss = _loss_sum(tr, x, y) / batch.tokens
             tr.scaler.scale(loss * tr.env.world_size if tr.env.enabled else loss).backward()
         total += loss.detach()
     distributed.all_reduce(total)  # the global batch's mean loss, on every rank
@@ -446,7 +448,6 @@ def save(tr: Trainer, time_s: float) -> Path | None:
             "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else None,
             "time_s": time_s,
             "model": tr.cfg.model.gpt().__dict__,
-            "world_size": tr.env.world_size,
         }
         path = save_checkpoint(
             tr.run_dir,
