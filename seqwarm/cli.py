@@ -164,7 +164,7 @@ def cmd_tune(args) -> None:
 
     config, items = split_config_args(args.items)
     result, out = main_tune(config, items, out=args.out, budget_steps=args.budget_steps, progress=not args.no_progress)
-    if result.seqlen_start is None:
+    if not result.recommended:
         print(f"tune: no recommendation ({'; '.join(result.notes)})")
     else:
         verified = "" if result.duration_verified else " (not verified)"

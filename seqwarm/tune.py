@@ -186,6 +186,11 @@ class TuneResult:
     notes: list[str]
 
     @property
+    def recommended(self) -> bool:
+        """Both hyperparameters are known (step 3 can end with no stable T even after step 2 found seqlen_s)."""
+        return self.seqlen_start is not None and self.duration is not None
+
+    @property
     def probe_steps(self) -> int:
         return sum(p.result.steps for p in self.probes)
 
@@ -575,14 +580,14 @@ def write_outputs(result: TuneResult, cfg: Config, info: dict, out: Path, config
     name = Path(config).stem if config else "defaults"
     for stale in (SNIPPET, DEEPSPEED):
         (out / stale).unlink(missing_ok=True)
-    if s is not None:
+    if result.recommended:
         snippet = {"curriculum": curriculum_snippet(cfg, s, t)}
         head = f"# seqwarm tune {name}: {'complete' if result.complete else 'INCOMPLETE (budget ran out)'}"
         (out / SNIPPET).write_text(head + "\n" + yaml.safe_dump(snippet, sort_keys=False))
         (out / DEEPSPEED).write_text(json.dumps(deepspeed_block(cfg, s, t), indent=2) + "\n")
 
     status = "complete" if result.complete else "**incomplete** (the probe budget ran out)"
-    if s is None:
+    if not result.recommended:
         rec = "no recommendation"
     else:
         rec = f"seqlen_s = {s}, T = {t} steps" + ("" if result.duration_verified else " (T not verified)")
@@ -613,7 +618,7 @@ def write_outputs(result: TuneResult, cfg: Config, info: dict, out: Path, config
         markdown_table(PROBE_COLUMNS, list(enumerate(result.probes, 1))),
         "",
     ]
-    if s is not None:
+    if result.recommended:
         overrides = f"curriculum.kind=slw curriculum.seqlen_start={s} curriculum.duration={t}"
         lines += [
             "## seqwarm",

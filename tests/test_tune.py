@@ -299,3 +299,17 @@ def test_tune_end_to_end_and_resume(corpus_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(tn, "train", lambda *a, **k: pytest.fail("a probe ran"))
     assert main([*args, "train.lr=1e-3"]) == 2
     assert "different config" in capsys.readouterr().err
+
+
+def test_no_stable_t_after_a_stable_seqlen_gives_no_recommendation(corpus_dir, tmp_path, monkeypatch, capsys):
+    # Step 2 finds seqlen_s = 8, but every T of step 3 fluctuates: nothing to recommend, and no
+    # snippet may be written (it used to crash building a curriculum with T = None).
+    real_search = tn.search
+    monkeypatch.setattr(tn, "search", lambda probe, plan: real_search(fake_probe(8, 0, begin=plan.begin_steps)[0], plan))
+    out = tmp_path / "tune"
+    assert main(tiny_args(corpus_dir, out, "tune.horizon_steps=10")) == 0
+    assert "no recommendation" in capsys.readouterr().out
+    record = json.loads((out / "tune.json").read_text())
+    assert record["recommendation"]["seqlen_start"] == 8 and record["recommendation"]["duration"] is None
+    assert not (out / "recommendation.yaml").exists() and not (out / "deepspeed.json").exists()
+    assert "no recommendation" in (out / "tune.md").read_text()
