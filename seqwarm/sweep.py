@@ -23,6 +23,7 @@ import itertools
 import json
 import math
 import shutil
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -385,7 +386,7 @@ def write_sweep_report(cells: list[Cell], out: Path) -> Path:
     lines = [
         "# Sweep report",
         "",
-        f"{len(results)} runs: " + ", ".join(f"{n} {s}" for s, n in _counts(r["status"] for r in results).items()) + ".",
+        f"{len(results)} runs: " + ", ".join(f"{n} {s}" for s, n in Counter(r["status"] for r in results).items()) + ".",
         f"Axes: {', '.join(f'`{k}`' for k in keys)}. `*`: unfinished run (its numbers so far).",
         "",
         f"## Steps with loss ratio > {SPIKE} (Appendix A.3.1, Table 5 layout)",
@@ -448,13 +449,6 @@ def write_sweep_report(cells: list[Cell], out: Path) -> Path:
     write_csv(out / RUNS_CSV, [{k: v for k, v in r.items() if not k.startswith("_")} for r in results])
     (out / REPORT).write_text("\n".join(lines))
     return out / REPORT
-
-
-def _counts(items) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for item in items:
-        counts[item] = counts.get(item, 0) + 1
-    return counts
 
 
 def _method_curves(results: list[dict], methods: list[str], method_of) -> dict[str, tuple[dict, float | None]]:
