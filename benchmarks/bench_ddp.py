@@ -1,7 +1,7 @@
 """Tokens/s of the same training on 1 process and on N processes (torchrun, DDP or FSDP2).
 
     python benchmarks/bench_ddp.py                       # tiny config, 1 vs 2 CPU processes, DDP and FSDP2
-    python benchmarks/bench_ddp.py --config demo-baseline --nproc 1 2 4 --steps 30
+    python benchmarks/bench_ddp.py --config proxy --steps 25 train.micro_batch_size=8
 
 Each run trains `--steps` optimizer steps of the config at a fixed global batch (so every run does
 the same work), without validation, and reports the steady-state throughput: tokens trained
@@ -43,7 +43,9 @@ def run(config: str, nproc: int, parallel: str, steps: int, out: Path, extra: li
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:
-        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        # seqwarm's own one-line errors say what is wrong; torchrun's traceback around them does not.
+        errors = [line for line in done.stderr.splitlines() if line.startswith("seqwarm: error")]
+        sys.exit(f"{' '.join(cmd)} failed:\n" + ("\n".join(errors) or done.stderr[-2000:]))
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
 
@@ -70,7 +72,7 @@ def main() -> None:
                 base = base or rate
                 label = parallel if nproc > 1 else "-"
                 threads = max(1, (os.cpu_count() or 1) // nproc)
-                print(f"{nproc:>9} {label:>8} {threads:>12} {rate:>10,.0f} {rate / base:>11.2f}x")
+                print(f"{nproc:>9} {label:>8} {threads:>12} {rate:>10,.0f} {rate / base:>11.2f}x", flush=True)
 
 
 if __name__ == "__main__":
