@@ -41,13 +41,16 @@ class MetricsLog:
     Only rank 0 writes (`enabled=False` elsewhere): every rank computes the same rows.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True):
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True, start_step: int = 0):
         self.file = open(run_dir / METRICS, "a") if enabled else None
         self.tb = None
         if tensorboard and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            # On a resume from the checkpoint of step S, events after S belong to the interrupted
+            # session and are logged again: TensorBoard hides those with step >= purge_step, as
+            # `resume_state` drops them from metrics.jsonl. (A fresh run has nothing to purge.)
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def write(self, row: dict) -> None:
         if self.file is None:
@@ -247,7 +250,7 @@ def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
     autocast = _autocast(tr.device, t.precision)
     bar = _progress_bar(cfg, clock, enabled=progress and cfg.log.progress and tr.env.main)
     tr.model.train()
-    log = MetricsLog(tr.run_dir, cfg.log.tensorboard, enabled=tr.env.main)
+    log = MetricsLog(tr.run_dir, cfg.log.tensorboard, enabled=tr.env.main, start_step=clock.step)
     try:
         if clock.step == 0 and cfg.eval.every_tokens is not None:
             evaluate_and_log(tr, log, start, autocast)  # the curves start at the initial model

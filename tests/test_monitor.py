@@ -145,6 +145,29 @@ def test_tensorboard_mirror(tiny_cfg):
     assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in rows])
 
 
+def test_tensorboard_after_a_resume_has_each_step_once(tiny_cfg):
+    """Steps logged after the last checkpoint are trained again on resume; TensorBoard must not show them twice."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_6(clock):
+        if clock.step == 6:
+            raise Crash
+
+    cfg = tiny_cfg("train.max_steps=8", "checkpoint.every_steps=4", "log.tensorboard=true")
+    with pytest.raises(Crash):
+        train(cfg, progress=False, on_step=crash_at_step_6)  # steps 5 and 6 are logged, then lost
+    train(cfg, resume=True, progress=False)
+    events = EventAccumulator(str(Path(cfg.run.dir) / "tensorboard"))
+    events.Reload()
+    rows = [r for r in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if "loss" in r]
+    assert [e.step for e in events.Scalars("loss")] == [r["step"] for r in rows] == list(range(1, 9))
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([r["loss"] for r in rows])
+
+
 def test_tensorboard_missing_is_a_clear_error(monkeypatch):
     import builtins
 
