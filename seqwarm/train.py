@@ -42,14 +42,20 @@ class MetricsLog:
     """
 
     def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True, start_step: int = 0):
-        self.file = open(run_dir / METRICS, "a") if enabled else None
-        self.tb = None
-        if tensorboard and enabled:
+        self.file = self.tb = None
+        if not enabled:
+            return
+        # On a resume from the checkpoint of step S, what was logged after S belongs to the
+        # interrupted session and is logged again: drop those rows, and have TensorBoard hide those
+        # events (purge_step), so every step appears once. A fresh run has nothing to drop.
+        path = run_dir / METRICS
+        if path.exists():
+            keep = [r for r in read_metrics(path) if r["step"] <= start_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        self.file = open(path, "a")
+        if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # On a resume from the checkpoint of step S, events after S belong to the interrupted
-            # session and are logged again: TensorBoard hides those with step >= purge_step, as
-            # `resume_state` drops them from metrics.jsonl. (A fresh run has nothing to purge.)
             self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
 
     def write(self, row: dict) -> None:
@@ -236,12 +242,6 @@ def restore(tr: Trainer, checkpoint: Path) -> None:
     tr.guard.load_state_dict(state["guard"])
     tr.scaler.load_state_dict(state["scaler"]) if state["scaler"] else None
     tr.time_offset = state["time_s"]
-    if tr.env.main:
-        # Rows logged after this checkpoint belong to the interrupted session: the resumed run
-        # writes them again, so drop them to keep one row per step.
-        rows = read_metrics(tr.run_dir / METRICS)
-        keep = [r for r in rows if r["step"] <= tr.clock.step]
-        (tr.run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in keep))
 
 
 def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
