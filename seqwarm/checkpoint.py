@@ -10,15 +10,15 @@ save leaves the previous checkpoint as the latest, never a half-written one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from seqwarm.files import atomic_directory
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8,})$")
 
@@ -41,50 +41,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    *,
-    model_state: dict[str, torch.Tensor],
-    optimizer_state: dict,
-    rng: dict[str, torch.Tensor],
-    state: dict,
-    keep_last: int,
-) -> Path:
-    """Write `step-XXXXXXXX/` atomically, then delete all but the newest `keep_last` checkpoints.
-
-    The state dicts are in the single-process layout (`seqwarm.distributed.full_*_state`), so a
-    checkpoint does not depend on how many processes wrote it.
-    """
-    root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-    os.chmod(tmp, root.stat().st_mode & 0o777)  # mkdtemp makes it private; match its parent
-    try:
-        save_file(_cpu(model_state), tmp / "model.safetensors")
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer_state)
-        save_file(opt_tensors, tmp / "optimizer.safetensors")
-        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
-        save_file(_cpu(rng), tmp / "rng.safetensors")
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
-        _fsync_dir(tmp)
-        if final.exists():  # re-saving a step after a resume: swap the old one out first
-            old = root / f".{final.name}.old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
 @dataclass
 class Checkpoint:
     """A checkpoint read back: tensors on CPU, in the single-process layout."""
@@ -93,6 +49,28 @@ class Checkpoint:
     optimizer: dict
     rng: dict[str, torch.Tensor]
     state: dict  # state.json: clock, loader, loss ratio, guard, scaler, time, model shape
+
+
+def save_checkpoint(run_dir: Path, step: int, ck: Checkpoint, *, keep_last: int) -> Path:
+    """Write `step-XXXXXXXX/` atomically, then delete all but the newest `keep_last` checkpoints.
+
+    The state dicts are in the single-process layout (`seqwarm.distributed.full_*_state`), so a
+    checkpoint does not depend on how many processes wrote it. Re-saving a step (after a resume)
+    replaces the old directory in one rename.
+    """
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    with atomic_directory(final, mode=root.stat().st_mode & 0o777) as tmp:
+        save_file(_cpu(ck.model), tmp / "model.safetensors")
+        opt_tensors, opt_meta = _flatten_optimizer(ck.optimizer)
+        save_file(opt_tensors, tmp / "optimizer.safetensors")
+        (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
+        save_file(_cpu(ck.rng), tmp / "rng.safetensors")
+        (tmp / "state.json").write_text(json.dumps(ck.state, indent=2))
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
@@ -152,13 +130,3 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a directory's files and its own entries durable (before and after the rename)."""
-    for p in [*(f for f in path.iterdir() if f.is_file()), path]:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -11,22 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from seqwarm.config import resolve_config
 from seqwarm.errors import ConfigError, SeqwarmError
-
-PACKAGED_CONFIGS = Path(__file__).parent / "configs"
-
-
-def resolve_config(name: str) -> Path:
-    """A config file path, or the name of a config shipped with seqwarm (`seqwarm/configs/`)."""
-    path = Path(name)
-    if path.exists():
-        return path
-    for candidate in (PACKAGED_CONFIGS / name, PACKAGED_CONFIGS / f"{name}.yaml"):
-        if candidate.exists():
-            return candidate
-    shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
-    raise ConfigError(f"{name}: no such config file (shipped configs: {shipped})")
-
 
 def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     """`CONFIG key=value ...` -> (CONFIG or None, overrides)."""

@@ -18,7 +18,23 @@ from typing import Any, Literal
 import yaml
 
 from seqwarm.errors import ConfigError
+from seqwarm.files import atomic_write
 from seqwarm.model import PRESETS, GPTConfig
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+"""The configs shipped with seqwarm; `seqwarm train tiny-slw` finds `tiny-slw.yaml` here."""
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file path, or the name of a config shipped with seqwarm (`seqwarm/configs/`)."""
+    path = Path(name)
+    if path.exists():
+        return path
+    for candidate in (PACKAGED_CONFIGS / str(name), PACKAGED_CONFIGS / f"{name}.yaml"):
+        if candidate.exists():
+            return candidate
+    shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"{name}: no such config file (shipped configs: {shipped})")
 
 
 @dataclass
@@ -390,7 +406,8 @@ def config_from_dict(raw: dict) -> Config:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """The resolved config as YAML (atomically: a crash leaves the old file or the new one)."""
+    atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def field_docs() -> dict[str, str]:

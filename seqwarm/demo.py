@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from seqwarm.cli import PACKAGED_CONFIGS
-from seqwarm.config import load_config
+from seqwarm.config import PACKAGED_CONFIGS, load_config
 from seqwarm.data.prepare import ensure_builtin
 from seqwarm.errors import SeqwarmError
 from seqwarm.report import write_report

@@ -18,3 +18,9 @@ class DivergedError(SeqwarmError):
 
     Not a mistake in the input but an outcome: `seqwarm sweep` records it and goes on with the grid.
     """
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]

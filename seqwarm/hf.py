@@ -291,7 +291,7 @@ def import_hf(
     try:
         trainer = build(cfg, tmp, data)
         trainer.model.load_state_dict(state)
-        save(trainer, 0.0)
+        save(trainer)
         save_config(cfg, tmp / "config.yaml")
         provenance = {"seqwarm": __version__, "imported_from": str(hf_dir.resolve()), "hf_config": hf_config.to_dict()}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")

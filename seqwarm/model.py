@@ -15,7 +15,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-VOCAB_SIZE = 50257  # GPT-2 BPE
+from seqwarm.loss import IGNORE_INDEX, linear_cross_entropy
+from seqwarm.tokenizer import VOCAB_SIZE
+
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class GPT(nn.Module):
             x = block(x)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, ignore_index: int = -100) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
         """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size); with targets (B, T), the
         summed cross-entropy over targets != ignore_index instead, without materializing the logits.
 
@@ -161,68 +163,6 @@ class GPT(nn.Module):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-
-
-class _LinearCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of `hidden @ weight.T` against targets, one chunk of tokens at a time.
-
-    The logits of a GPT-2 batch dwarf everything else (tokens x 50257 floats, several copies for
-    log-softmax and its gradients). Here each chunk's logits live only while that chunk is
-    processed: its gradients with respect to `hidden` and `weight` are computed right away in the
-    forward pass (the gradient of cross-entropy is softmax - onehot) and scaled in `backward`. The
-    arithmetic is the same as the plain path; the peak memory is one chunk's logits.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, targets, vocab_size: int, chunk_size: int, ignore_index: int):
-        acc = torch.promote_types(weight.dtype, torch.float32)  # at least fp32 for sums and softmax
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=acc, device=weight.device)
-        total = torch.zeros((), dtype=acc, device=hidden.device)
-        for start in range(0, hidden.shape[0], chunk_size):
-            h, y = hidden[start : start + chunk_size], targets[start : start + chunk_size]
-            logits = (h @ weight[:vocab_size].T).to(acc)  # (c, V): padded vocabulary rows never predicted
-            lse = torch.logsumexp(logits, dim=-1)
-            valid = y != ignore_index
-            y = torch.where(valid, y, 0)
-            total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * valid).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
-            probs[torch.arange(len(y), device=y.device), y] -= 1.0
-            dlogits = (probs * valid[:, None]).to(h.dtype)
-            grad_hidden[start : start + chunk_size] = dlogits @ weight[:vocab_size]
-            grad_weight[:vocab_size] += dlogits.T @ h
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_total, grad_weight * grad_total, None, None, None, None
-
-
-def linear_cross_entropy(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    vocab_size: int = VOCAB_SIZE,
-    chunk_size: int = 512,
-    ignore_index: int = -100,
-) -> torch.Tensor:
-    """sum over targets != ignore_index of -log softmax(hidden @ weight[:vocab_size].T)[target].
-
-    hidden (..., C), targets (...). With gradients enabled it uses the chunked function above;
-    without (evaluation), it skips the gradient work.
-    """
-    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _LinearCrossEntropy.apply(hidden, weight, targets, vocab_size, chunk_size, ignore_index)
-    acc = torch.promote_types(weight.dtype, torch.float32)
-    total = torch.zeros((), dtype=acc, device=hidden.device)
-    for start in range(0, hidden.shape[0], chunk_size):
-        logits = (hidden[start : start + chunk_size] @ weight[:vocab_size].T).to(acc)
-        total += F.cross_entropy(logits, targets[start : start + chunk_size], ignore_index=ignore_index, reduction="sum")
-    return total
 
 
 # Sizes, as (n_layer, d_model, n_head, max_seqlen). The paper's models (Sections 3 and 5) and small

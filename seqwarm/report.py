@@ -52,7 +52,7 @@ from scipy import stats
 from seqwarm.config import load_config
 from seqwarm.errors import SeqwarmError
 from seqwarm.evaluate import EVAL_FILE, format_value, metric_label, read_eval
-from seqwarm.train import METRICS, read_metrics
+from seqwarm.metrics import METRICS, read_metrics
 
 REPORT = "report.md"
 TABLE1_CSV = "table1_loss_ratio.csv"

@@ -1,4 +1,4 @@
-"""Process-level settings that make CPU training faster."""
+"""The process's device and the process-level settings that make CPU training faster."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import ctypes
 import ctypes.util
 import functools
 import sys
+
+import torch
+
+from seqwarm.errors import ConfigError
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -32,3 +36,20 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 31))
+
+
+def resolve_device(name: str, local_rank: int = 0, *, option: str = "train.device") -> torch.device:
+    """`auto`, `cpu` or `cuda` -> the device to run on: cpu, or this process's GPU (LOCAL_RANK under torchrun).
+
+    `option` names the setting in the error a user sees (`train.device`, or `--device` of eval).
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"{option}: cuda requested but no CUDA device is available")
+    if name == "cpu":
+        return torch.device("cpu")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK {local_rank}: this machine has {torch.cuda.device_count()} CUDA devices")
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)

@@ -35,11 +35,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from seqwarm.checkpoint import checkpoint_dir, latest_checkpoint
-from seqwarm.config import Config, check_key, load_config
+from seqwarm.config import Config, check_key, load_config, resolve_config
 from seqwarm.distributed import env_from_torchrun
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.report import eval_rows, fmt, loss_ratio_table, markdown_table, write_csv, write_report
-from seqwarm.train import METRICS, open_data, read_metrics, train
+from seqwarm.metrics import METRICS, read_metrics
+from seqwarm.train import open_data, train
 
 METHOD = "method"
 DIVERGED = "diverged.json"  # written into a run directory that stopped on a non-finite loss
@@ -148,8 +149,6 @@ def load_sweep_file(path: Path) -> Sweep:
         raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))} (config, overrides, out, grid, methods)")
     config = spec.get("config")
     if config is not None:
-        from seqwarm.cli import resolve_config
-
         local = path.parent / config
         config = str(local if local.exists() else resolve_config(config))
     overrides = spec.get("overrides") or {}

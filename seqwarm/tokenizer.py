@@ -10,10 +10,6 @@ from __future__ import annotations
 import functools
 from importlib import resources
 
-import tiktoken
-from tiktoken.load import data_gym_to_mergeable_bpe_ranks
-from tiktoken_ext.openai_public import r50k_pat_str
-
 from seqwarm.errors import DataError
 
 # The sha256 tiktoken itself pins for the gpt2 encoding's files.
@@ -32,8 +28,13 @@ def gpt2_files() -> tuple[str, str]:
 
 
 @functools.cache
-def gpt2_encoding() -> tiktoken.Encoding:
-    """The `gpt2` tiktoken encoding, built offline and checksum-verified."""
+def gpt2_encoding():
+    """The `gpt2` tiktoken encoding (`tiktoken.Encoding`), built offline and checksum-verified."""
+    # Imported here: the constants above are read by modules (the model, the loss) that never encode.
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    from tiktoken_ext.openai_public import r50k_pat_str
+
     vocab_bpe, encoder_json = gpt2_files()
     try:
         ranks = data_gym_to_mergeable_bpe_ranks(

@@ -9,80 +9,38 @@ and whether training is over (token-wise termination, Section 5.1).
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from seqwarm import __version__, distributed
-from seqwarm.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from seqwarm.config import Config, load_config, save_config
+from seqwarm import __version__, distributed, rundir
+from seqwarm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seqwarm.config import Config, load_config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
-from seqwarm.data.loader import IGNORE_INDEX, Batch, SequenceIndex, TokenData, TrainLoader
 from seqwarm.data.prepare import ensure_builtin
-from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
+from seqwarm.data.loader import Batch, SequenceIndex, TokenData, TrainLoader
 from seqwarm.distributed import DistEnv
+from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
+from seqwarm.loss import IGNORE_INDEX
+from seqwarm.metrics import METRICS, MetricsLog, read_metrics, run_summary
 from seqwarm.model import GPT
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
-from seqwarm.runtime import keep_freed_memory
+from seqwarm.runtime import keep_freed_memory, resolve_device
 from seqwarm.schedule import Clock, finished, learning_rate
 
-METRICS = "metrics.jsonl"
-
-
-class MetricsLog:
-    """metrics.jsonl (one JSON object per line), mirrored to TensorBoard when asked.
-
-    Only rank 0 writes (`enabled=False` elsewhere): every rank computes the same rows.
-    """
-
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True, start_step: int = 0):
-        self.file = self.tb = None
-        if not enabled:
-            return
-        # On a resume from the checkpoint of step S, what was logged after S belongs to the
-        # interrupted session and is logged again: drop those rows, and have TensorBoard hide those
-        # events (purge_step), so every step appears once. A fresh run has nothing to drop.
-        path = run_dir / METRICS
-        if path.exists():
-            keep = [r for r in read_metrics(path) if r["step"] <= start_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        self.file = open(path, "a")
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1)
-
-    def write(self, row: dict) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, row["step"])
-
-    def flush(self) -> None:
-        if self.file is not None:
-            self.file.flush()
-        if self.tb is not None:
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+STATE_FORMAT = "seqwarm-checkpoint-v1"
+"""The layout of a checkpoint's state.json; a checkpoint with another one is refused, not misread."""
 
 
 @dataclass
 class Trainer:
-    """Everything `fit` works on; each stateful part has `state_dict()`/`load_state_dict()`."""
+    """Everything `fit` works on. `state_dict()` is the whole run's state, what a checkpoint holds."""
 
     cfg: Config
     run_dir: Path
@@ -94,26 +52,53 @@ class Trainer:
     scaler: torch.amp.GradScaler
     loader: TrainLoader
     val: SequenceIndex
-    seqlen: SeqlenSchedule
-    batch_size: BatchSchedule
+    seqlen_schedule: SeqlenSchedule  # step -> training length (pure: nothing to save)
+    batch_schedule: BatchSchedule  # trained tokens -> global batch size (pure: nothing to save)
     clock: Clock
     loss_ratio: LossRatio
     guard: NonFiniteGuard
     time_offset: float = 0.0  # wall seconds of earlier sessions of this run (resume)
+    session_start: float = field(default_factory=time.perf_counter)
 
+    def wall_s(self) -> float:
+        """Wall seconds this run has trained, over all its sessions."""
+        return self.time_offset + time.perf_counter() - self.session_start
 
-def resolve_device(name: str, env: DistEnv = DistEnv()) -> torch.device:
-    """cpu, or this process's GPU (LOCAL_RANK under torchrun)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no CUDA device is available")
-    if name == "cpu":
-        return torch.device("cpu")
-    if env.local_rank >= torch.cuda.device_count():
-        raise ConfigError(f"LOCAL_RANK {env.local_rank}: this machine has {torch.cuda.device_count()} CUDA devices")
-    torch.cuda.set_device(env.local_rank)
-    return torch.device("cuda", env.local_rank)
+    def _stateful(self) -> dict:
+        """The parts whose state.json entry is their own `state_dict()`; a new stateful part is added here only."""
+        return {"clock": self.clock, "loader": self.loader, "loss_ratio": self.loss_ratio, "guard": self.guard}
+
+    def state_dict(self) -> Checkpoint:
+        """The run's whole state in the single-process layout (a collective under torchrun: call it on every rank).
+
+        Tensors are complete on rank 0 only; the JSON part describes the clock, the data position, the
+        monitors, the loss scaler, the elapsed time and the model's shape.
+        """
+        state = {"format": STATE_FORMAT, "seqwarm": __version__}
+        state |= {name: part.state_dict() for name, part in self._stateful().items()}
+        state["scaler"] = self.scaler.state_dict() if self.scaler.is_enabled() else None
+        state["time_s"] = self.wall_s()
+        state["model"] = self.cfg.model.gpt().__dict__
+        return Checkpoint(
+            model=distributed.full_model_state(self.model),
+            optimizer=distributed.full_optimizer_state(self.model, self.optimizer),
+            rng=distributed.gather_dicts(rng_state(self.env.rank), self.env),  # each rank's dropout stream
+            state=state,
+        )
+
+    def load_state_dict(self, ck: Checkpoint) -> None:
+        """Continue from a checkpoint written by any number of processes (its tensors are unsharded)."""
+        state = ck.state
+        distributed.load_full_state(self.model, self.optimizer, ck.model, ck.optimizer)
+        if not set_rng_state(ck.rng, self.env.rank):
+            # More processes than wrote the checkpoint: a fresh dropout stream, still a function of the run.
+            torch.manual_seed(self.cfg.run.seed + self.env.rank + 7919 * state["clock"]["step"])
+        for name, part in self._stateful().items():
+            part.load_state_dict(state[name])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.time_offset = state["time_s"]
+        self.session_start = time.perf_counter()
 
 
 def check_parallel(cfg: Config, env: DistEnv) -> None:
@@ -125,10 +110,10 @@ def check_parallel(cfg: Config, env: DistEnv) -> None:
             f"train.global_batch_size ({t.global_batch_size}) must be a multiple of processes x train.micro_batch_size "
             f"({env.world_size} x {t.micro_batch_size} = {unit})"
         )
-    if c.kind == "bsz_warmup" and c.batch_size_start < unit:
+    if c.kind == "bsz_warmup" and c.batch_size_start % unit:
         raise ConfigError(
-            f"curriculum.batch_size_start ({c.batch_size_start}) is below one micro-batch per process "
-            f"({env.world_size} x {t.micro_batch_size} = {unit})"
+            f"curriculum.batch_size_start ({c.batch_size_start}) must be a multiple of processes x train.micro_batch_size "
+            f"({env.world_size} x {t.micro_batch_size} = {unit}): the batch grows in whole micro-batches per process"
         )
 
 
@@ -138,7 +123,7 @@ def open_data(cfg: Config, progress: bool = True) -> TokenData:
 
 
 def build(cfg: Config, run_dir: Path, data: TokenData, env: DistEnv = DistEnv(), device: torch.device | None = None) -> Trainer:
-    device = device or resolve_device(cfg.train.device, env)
+    device = device or resolve_device(cfg.train.device, env.local_rank)
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
     if cfg.train.num_threads:
@@ -180,31 +165,36 @@ def build(cfg: Config, run_dir: Path, data: TokenData, env: DistEnv = DistEnv(),
             train_index, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail, rank=env.rank, world_size=env.world_size
         ),
         val=val_index,
-        seqlen=SeqlenSchedule(cfg.curriculum),
-        batch_size=BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size * env.world_size),
+        seqlen_schedule=SeqlenSchedule(cfg.curriculum),
+        batch_schedule=BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size * env.world_size),
         clock=Clock(),
         loss_ratio=LossRatio(),
         guard=NonFiniteGuard(cfg.monitor.on_nonfinite, cfg.monitor.max_consecutive_skips),
     )
 
 
-def train(cfg: Config, *, resume: bool = False, force: bool = False, progress: bool = True, on_step=None) -> dict:
+def train(
+    cfg: Config, *, resume: bool = False, force: bool = False, progress: bool = True, on_step: Callable[[Clock], None] | None = None
+) -> dict:
     """Validate, set up the run directory, train. Returns the run summary.
 
-    Nothing in the run directory is touched until the config and the data have been checked.
-    Under torchrun every process calls this; rank 0 alone writes to the run directory.
+    Nothing in the run directory is touched until the config and the data have been checked. On
+    `resume`, `cfg` may differ from the run's config.yaml only in what does not change what is
+    computed (`seqwarm.rundir.resume_changes`). Under torchrun every process calls this; rank 0
+    alone writes to the run directory.
     """
     env = distributed.env_from_torchrun()
     check_parallel(cfg, env)
     run_dir = Path(cfg.run.dir)
-    checkpoint = None
+    checkpoint, changes = None, {}
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is None:
             raise SeqwarmError(f"{run_dir}: no checkpoint to resume from (start over with --force)")
+        changes = rundir.resume_changes(rundir.read_config(run_dir), cfg)
     elif run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise SeqwarmError(f"{run_dir}: run directory exists; use --resume to continue it or --force to replace it")
-    device = resolve_device(cfg.train.device, env)
+    device = resolve_device(cfg.train.device, env.local_rank)
     joined = distributed.init(env, device, cfg.train.dist_timeout_s)
     try:
         if env.main:  # rank 0 prepares the builtin corpus, if needed, before the others read it
@@ -214,83 +204,120 @@ def train(cfg: Config, *, resume: bool = False, force: bool = False, progress: b
             data = open_data(cfg, progress=False)
         trainer = build(cfg, run_dir, data, env, device)
         if checkpoint is not None:
-            restore(trainer, checkpoint)
+            trainer.load_state_dict(read_checkpoint(checkpoint))
+            if env.main and changes:
+                rundir.record_resume(run_dir, trainer.clock, changes)
         elif env.main:
             if force and run_dir.exists():
                 shutil.rmtree(run_dir)
             run_dir.mkdir(parents=True, exist_ok=True)
         if env.main:
-            save_config(cfg, run_dir / "config.yaml")
+            rundir.write_config(run_dir, cfg)
         distributed.barrier(env)
-        return fit(trainer, progress=progress, on_step=on_step)
+        return fit(trainer, progress=progress, hook=FitHook(on_step=on_step) if on_step else None)
     finally:
         if joined:
             distributed.shutdown()
 
 
-def restore(tr: Trainer, checkpoint: Path) -> None:
-    """Continue from a checkpoint, written by any number of processes (its tensors are unsharded)."""
-    ck = load_checkpoint(checkpoint)
-    distributed.load_full_state(tr.model, tr.optimizer, ck.model, ck.optimizer)
-    if not set_rng_state(ck.rng, tr.env.rank):
-        # More processes than wrote the checkpoint: a fresh dropout stream, still a function of the run.
-        torch.manual_seed(tr.cfg.run.seed + tr.env.rank + 7919 * ck.state["clock"]["step"])
-    state = ck.state
-    tr.clock.load_state_dict(state["clock"])
-    tr.loader.load_state_dict(state["loader"])
-    tr.loss_ratio.load_state_dict(state["loss_ratio"])
-    tr.guard.load_state_dict(state["guard"])
-    tr.scaler.load_state_dict(state["scaler"]) if state["scaler"] else None
-    tr.time_offset = state["time_s"]
+def read_checkpoint(path: Path) -> Checkpoint:
+    """A checkpoint of this format, read back; SeqwarmError naming the file when it is of another one."""
+    ck = load_checkpoint(path)
+    found = ck.state.get("format", STATE_FORMAT)  # seqwarm 0.1.0 wrote this layout without naming it
+    if found != STATE_FORMAT:
+        raise SeqwarmError(
+            f"{Path(path) / 'state.json'}: checkpoint format {found!r} (written by seqwarm {ck.state.get('seqwarm', '?')}); "
+            f"this seqwarm {__version__} reads {STATE_FORMAT!r}"
+        )
+    return ck
 
 
-def fit(tr: Trainer, *, progress: bool = True, on_step=None) -> dict:
+class FitHook:
+    """Seams into `fit` for benchmarks, tests and a caller's own instruments; the default does nothing.
+
+    `phase(name)` is a context manager around each part of a step (`data`, `lr`, `train_step`, `tick`,
+    `metrics`, `adam`, `log`), so a profiler or a timer sees the real loop; `on_step(clock)` runs
+    after every step (raising from it stops training as a crash would).
+    """
+
+    def __init__(self, on_step: Callable[[Clock], None] | None = None):
+        self._on_step = on_step
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def on_step(self, clock: Clock) -> None:
+        if self._on_step is not None:
+            self._on_step(clock)
+
+
+def fit(tr: Trainer, *, progress: bool = True, hook: FitHook | None = None) -> dict:
+    """Train until the stopping rule says so; write summary.json. Returns the summary (on every rank)."""
+    for _ in training_steps(tr, progress=progress, hook=hook):
+        pass
+    summary = write_summary(tr) if tr.env.main else None
+    return distributed.broadcast(summary, tr.env)
+
+
+def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None = None) -> Iterator[dict]:
+    """The loop of `fit`, one optimizer step per iteration: yields each step's metrics row.
+
+    A generator, so that a benchmark can interleave the steps of several trainers, and time them
+    through `hook.phase`, while running exactly this code.
+    """
     cfg, t, clock = tr.cfg, tr.cfg.train, tr.clock
-    start = time.perf_counter() - tr.time_offset
+    hook = hook or FitHook()
+    phase = hook.phase
+    tr.session_start = time.perf_counter()
     autocast = _autocast(tr.device, t.precision)
     bar = _progress_bar(cfg, clock, enabled=progress and cfg.log.progress and tr.env.main)
     tr.model.train()
     log = MetricsLog(tr.run_dir, cfg.log.tensorboard, enabled=tr.env.main, start_step=clock.step)
     try:
         if clock.step == 0 and cfg.eval.every_tokens is not None:
-            evaluate_and_log(tr, log, start, autocast)  # the curves start at the initial model
+            evaluate_and_log(tr, log, autocast)  # the curves start at the initial model
         while not finished(clock, t):
-            seqlen = tr.seqlen(clock.step)  # SLW/Shortformer: a function of the step (Section 4)
-            batch = tr.loader.next_batch(tr.batch_size(clock.tokens), seqlen)  # bsz warmup: of the tokens
-            lr = learning_rate(clock.after(batch.tokens, t), t)
-            step = train_step(tr, batch, lr, autocast)
-            prev_tokens = clock.tokens
-            # A skipped update trained on nothing: the step counts (pacing moves on, the batch is
-            # dropped) but its tokens do not.
-            clock.tick(batch.tokens if step.applied else 0, t)
-
-            row = step_row(tr, batch, seqlen, lr, step) | adam_row(tr, step)
-            row["time_s"] = time.perf_counter() - start
-            log.write(row)
+            with phase("data"):
+                seqlen = tr.seqlen_schedule(clock.step)  # SLW/Shortformer: a function of the step (Section 4)
+                batch = tr.loader.next_batch(tr.batch_schedule(clock.tokens), seqlen)  # bsz warmup: of the tokens
+            with phase("lr"):
+                lr = learning_rate(clock.after(batch.tokens, t), t)
+            with phase("train_step"):
+                result = train_step(tr, batch, lr, autocast)
+            with phase("tick"):
+                prev_tokens = clock.tokens
+                # A skipped update trained on nothing: the step counts (pacing moves on, the batch is
+                # dropped) but its tokens do not.
+                clock.tick(batch.tokens if result.applied else 0, t)
+            with phase("metrics"):
+                row = step_row(tr, batch, seqlen, lr, result)
+            with phase("adam"):
+                row |= adam_row(tr, result)
+            with phase("log"):
+                row["time_s"] = tr.wall_s()
+                log.write(row)
             # A loss-scale overflow is fp16's normal way to find its scale, not a failure.
-            reason = None if step.overflow else tr.guard.observe(step.applied)
+            reason = None if result.overflow else tr.guard.observe(result.applied)
             if reason:
                 raise DivergedError(
-                    f"step {clock.step}: loss {step.loss}, gradient norm {step.grad_norm}; the update was not "
+                    f"step {clock.step}: loss {result.loss}, gradient norm {result.grad_norm}; the update was not "
                     f"applied; stopping: {reason} (the last checkpoint is intact)"
                 )
 
             if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or finished(clock, t):
                 log.flush()
-                evaluate_and_log(tr, log, start, autocast)
+                evaluate_and_log(tr, log, autocast)
             if (cfg.checkpoint.every_steps and clock.step % cfg.checkpoint.every_steps == 0) or finished(clock, t):
                 log.flush()
-                save(tr, time.perf_counter() - start)
+                save(tr)
             bar.update(clock.tokens - prev_tokens if t.max_tokens else 1)
             if clock.step % cfg.log.every_steps == 0:
-                bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
-            if on_step is not None:
-                on_step(clock)
+                bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+            hook.on_step(clock)
+            yield row
     finally:
         log.close()
-    bar.close()
-    summary = write_summary(tr, time.perf_counter() - start) if tr.env.main else None
-    return distributed.broadcast(summary, tr.env)
+        bar.close()
 
 
 @dataclass(frozen=True)
@@ -364,7 +391,7 @@ def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return tr.engine(x, y, ignore_index=IGNORE_INDEX)
 
 
-def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, step: StepResult) -> dict:
+def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, result: StepResult) -> dict:
     """The metrics row of the step that just ticked the clock (Section 3's instruments included)."""
     t = tr.cfg.train
     row = {
@@ -373,19 +400,19 @@ def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, step: StepResult
         "seqlen": seqlen,
         "batch_size": len(batch.starts),
         "lr": lr,
-        "loss": step.loss,
-        "loss_ratio": tr.loss_ratio(step.loss),
-        "grad_norm": step.grad_norm,
-        "clipped": step.applied and 0 < t.grad_clip < step.grad_norm,
+        "loss": result.loss,
+        "loss_ratio": tr.loss_ratio(result.loss),
+        "grad_norm": result.grad_norm,
+        "clipped": result.applied and 0 < t.grad_clip < result.grad_norm,
     }
-    if not step.applied:
-        row["skipped"] = "fp16 overflow" if step.overflow else "non-finite"
+    if not result.applied:
+        row["skipped"] = "fp16 overflow" if result.overflow else "non-finite"
     return row
 
 
-def adam_row(tr: Trainer, step: StepResult) -> dict:
+def adam_row(tr: Trainer, result: StepResult) -> dict:
     """Adam's variance/momentum statistics, on the steps `monitor.adam_every_steps` selects."""
-    if not step.applied or tr.clock.step % tr.cfg.monitor.adam_every_steps:
+    if not result.applied or tr.clock.step % tr.cfg.monitor.adam_every_steps:
         return {}
     stats = adam_statistics(tr.optimizer)
     if stats is None:
@@ -419,96 +446,42 @@ def evaluate(tr: Trainer, autocast) -> float:
     return total / count
 
 
-def evaluate_and_log(tr: Trainer, log: MetricsLog, start: float, autocast) -> None:
+def evaluate_and_log(tr: Trainer, log: MetricsLog, autocast) -> None:
     """Validate and append an eval row to the metrics."""
     val_loss = evaluate(tr, autocast)
     row = {
         "step": tr.clock.step,
         "tokens": tr.clock.tokens,
-        "time_s": time.perf_counter() - start,
+        "time_s": tr.wall_s(),
         "val/loss": val_loss,
         "val/ppl": math.exp(min(val_loss, 50.0)),
     }
     log.write(row)
 
 
-def save(tr: Trainer, time_s: float) -> Path | None:
+def save(tr: Trainer) -> Path | None:
     """A checkpoint of the whole run; a collective under torchrun (rank 0 writes full, unsharded tensors)."""
     bad = torch.tensor([0.0 if all_finite(distributed.local(p) for p in tr.model.parameters()) else 1.0], device=tr.device)
     if distributed.all_reduce(bad, op="max").item():  # every rank decides alike
         raise SeqwarmError(f"step {tr.clock.step}: the weights are not finite; not saving a checkpoint of them")
-    model_state = distributed.full_model_state(tr.model)
-    optimizer_state = distributed.full_optimizer_state(tr.model, tr.optimizer)
-    rng = distributed.gather_dicts(rng_state(tr.env.rank), tr.env)  # each rank's dropout stream
-    path = None
-    if tr.env.main:
-        state = {
-            "seqwarm": __version__,
-            "clock": tr.clock.state_dict(),
-            "loader": tr.loader.state_dict(),
-            "loss_ratio": tr.loss_ratio.state_dict(),
-            "guard": tr.guard.state_dict(),
-            "scaler": tr.scaler.state_dict() if tr.scaler.is_enabled() else None,
-            "time_s": time_s,
-            "model": tr.cfg.model.gpt().__dict__,
-        }
-        path = save_checkpoint(
-            tr.run_dir,
-            tr.clock.step,
-            model_state=model_state,
-            optimizer_state=optimizer_state,
-            rng=rng,
-            state=state,
-            keep_last=tr.cfg.checkpoint.keep_last,
-        )
+    ck = tr.state_dict()
+    path = save_checkpoint(tr.run_dir, tr.clock.step, ck, keep_last=tr.cfg.checkpoint.keep_last) if tr.env.main else None
     distributed.barrier(tr.env)
     return path
 
 
-def write_summary(tr: Trainer, wall_s: float) -> dict:
+def write_summary(tr: Trainer) -> dict:
     """summary.json: the run's totals, its validation results and its stability record (Section 3)."""
-    rows = read_metrics(tr.run_dir / METRICS)
-    train_rows = [r for r in rows if "loss" in r]
-    eval_rows = [r for r in rows if "val/loss" in r]
-    best = min(eval_rows, key=lambda r: r["val/loss"]) if eval_rows else None
-    last = eval_rows[-1] if eval_rows else None
-    ratios = [r["loss_ratio"] for r in train_rows if math.isfinite(r["loss_ratio"])]
-    var_max = [r["adam/var_max"] for r in train_rows if "adam/var_max" in r]
-    n = max(len(train_rows), 1)
     summary = {
         "run_dir": str(tr.run_dir),
         "steps": tr.clock.step,
         "tokens": tr.clock.tokens,
-        "wall_s": wall_s,
+        "wall_s": tr.wall_s(),
         "params": sum(p.numel() for p in tr.model.parameters()),
-        "final_val_loss": last["val/loss"] if last else None,
-        "final_val_ppl": last["val/ppl"] if last else None,
-        "best_val_loss": best["val/loss"] if best else None,
-        "best_val_ppl": best["val/ppl"] if best else None,
-        "max_loss_ratio": max(ratios, default=None),
-        "steps_loss_ratio_gt_1.2": sum(x > 1.2 for x in ratios),
-        "pct_steps_loss_ratio_gt_1.2": 100.0 * sum(x > 1.2 for x in ratios) / n,
-        "steps_loss_ratio_gt_1.5": sum(x > 1.5 for x in ratios),
-        "pct_steps_loss_ratio_gt_1.5": 100.0 * sum(x > 1.5 for x in ratios) / n,
-        "max_adam_var_max": max(var_max, default=None),
-        "clip_count": sum(bool(r.get("clipped")) for r in train_rows),
-        "skipped_steps": sum("skipped" in r for r in train_rows),
+        **run_summary(read_metrics(tr.run_dir / METRICS)),
     }
-    (tr.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rundir.write_summary(tr.run_dir, summary)
     return summary
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a metrics.jsonl; a last line cut by a crash is ignored."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _crossed(before: int, after: int, every: int | None) -> bool:
@@ -540,7 +513,7 @@ def main_train(config_path: str | None, overrides: list[str], *, resume: str | N
     if resume is not None:
         if config_path is not None:
             raise ConfigError("train: give either CONFIG or --resume RUN_DIR, not both")
-        cfg = load_config(Path(resume) / "config.yaml", [*overrides, f"run.dir={resume}"])
+        cfg = load_config(rundir.config_path(Path(resume)), [*overrides, f"run.dir={resume}"])
     else:
         cfg = load_config(config_path, overrides)
     return train(cfg, resume=resume is not None, force=force)

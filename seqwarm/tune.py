@@ -35,7 +35,8 @@ from seqwarm.distributed import env_from_torchrun
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.plan import plan_steps
 from seqwarm.report import markdown_table
-from seqwarm.train import METRICS, open_data, read_metrics, train
+from seqwarm.metrics import METRICS, read_metrics
+from seqwarm.train import open_data, train
 
 PROBE = "probe.json"  # a finished probe's result: the cache a rerun reads instead of training again
 REPORT = "tune.md"

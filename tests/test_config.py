@@ -3,7 +3,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seqwarm.cli import PACKAGED_CONFIGS, main
+from seqwarm.cli import main
+from seqwarm.config import PACKAGED_CONFIGS
 from seqwarm.config import field_docs, load_config
 from seqwarm.errors import ConfigError
 from seqwarm.sweep import build_cells, is_sweep_file, load_sweep_file

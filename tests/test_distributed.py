@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from seqwarm.errors import ConfigError
-from seqwarm.train import read_metrics, train
+from seqwarm.metrics import read_metrics
+from seqwarm.train import train
 
 # SLW is active during all 10 steps (T = 8: lengths 8 ... 64), two micro-batches per process.
 ARGS = ["train.max_steps=10", "train.global_batch_size=8", "train.micro_batch_size=2", "train.num_threads=1"]

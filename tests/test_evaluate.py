@@ -24,7 +24,8 @@ from seqwarm.evaluate import (
 )
 from seqwarm.report import write_report
 from seqwarm.tokenizer import gpt2_encoding
-from seqwarm.train import read_metrics, train
+from seqwarm.metrics import read_metrics
+from seqwarm.train import train
 
 CPU = torch.device("cpu")
 

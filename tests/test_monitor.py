@@ -8,7 +8,8 @@ import torch
 from seqwarm import checkpoint as ckpt
 from seqwarm.errors import SeqwarmError
 from seqwarm.monitor import LossRatio, NonFiniteGuard, adam_statistics
-from seqwarm.train import read_metrics, train
+from seqwarm.metrics import read_metrics
+from seqwarm.train import train
 
 
 def test_adam_statistics_by_hand():

@@ -7,7 +7,8 @@ import pytest
 from seqwarm import checkpoint as ckpt
 from seqwarm.errors import SeqwarmError
 from seqwarm.plan import plan_steps
-from seqwarm.train import read_metrics, train
+from seqwarm.metrics import read_metrics
+from seqwarm.train import train
 
 
 def train_rows(run_dir):

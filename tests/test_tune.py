@@ -9,7 +9,7 @@ from seqwarm.cli import main
 from seqwarm.config import CurriculumConfig
 from seqwarm.errors import ConfigError, DivergedError
 from seqwarm.plan import plan_steps
-from seqwarm.train import read_metrics
+from seqwarm.metrics import read_metrics
 
 # --- the fluctuation rule on hand-made perplexity sequences -------------------------------------------
 

@@ -1,0 +1,147 @@
+"""metrics.jsonl: the one stream of a run's numbers, written by training and read by everything else.
+
+One JSON object per line. A train row has `step`, `tokens`, `seqlen`, `batch_size`, `lr`, `loss`,
+`loss_ratio`, `grad_norm`, `clipped`, `time_s` and, on the steps the monitor samples, Adam's
+statistics (`adam/var_l1`, `adam/var_max`, `adam/mom_l1`); an eval row has `step`, `tokens`,
+`time_s`, `val/loss` and `val/ppl`. This module is the ground floor: training writes through
+`MetricsLog`; `report`, `sweep` and `tune` read with `read_metrics` and summarise with the
+functions below, so a statistic such as Table 1's loss-ratio counts is computed in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from seqwarm.files import atomic_write
+
+METRICS = "metrics.jsonl"
+# Table 1 counts the steps above 1.2; Appendix A.3.1 (Table 5) counts those above 1.5.
+RATIO_THRESHOLDS = (1.2, 1.5)
+
+
+class MetricsLog:
+    """Appends rows to RUN_DIR/metrics.jsonl, mirrored to TensorBoard when asked.
+
+    Only rank 0 writes (`enabled=False` elsewhere): every rank computes the same rows.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True, start_step: int = 0):
+        self.file = self.tb = None
+        if not enabled:
+            return
+        # On a resume from the checkpoint of step S, what was logged after S belongs to the
+        # interrupted session and is logged again: drop those rows, and have TensorBoard hide those
+        # events (purge_step), so every step appears once. A fresh run has nothing to drop.
+        path = Path(run_dir) / METRICS
+        if path.exists():
+            keep = [r for r in read_metrics(path) if r["step"] <= start_step]
+            atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
+        self.file = open(path, "a")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
+
+    def write(self, row: dict) -> None:
+        if self.file is None:
+            return
+        self.file.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, row["step"])
+
+    def flush(self) -> None:
+        if self.file is not None:
+            self.file.flush()
+        if self.tb is not None:
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of a metrics.jsonl; a last line cut by a crash (or any line that is not an object) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+# --- summaries (pure functions of the rows) ------------------------------------------------------
+
+
+def number(value: object) -> float | None:
+    """A logged number as a float (NaN and infinities included); None for a missing or non-numeric value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def finite(value: object) -> float | None:
+    x = number(value)
+    return x if x is not None and math.isfinite(x) else None
+
+
+def train_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "loss" in r]
+
+
+def eval_rows(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if "val/loss" in r]
+
+
+def loss_ratio_table(rows: list[dict]) -> dict:
+    """One run's row of Table 1 (Section 3): steps above each loss-ratio threshold and the max ratio.
+
+    The loss ratio of a step is its training loss over the minimum loss of all previous steps
+    (`seqwarm.monitor.LossRatio`). Counts and the maximum are over finite ratios; percentages are
+    of all logged train steps (None when there are none).
+    """
+    train = train_rows(rows)
+    ratios = [x for r in train if (x := finite(r.get("loss_ratio"))) is not None]
+    table = {"steps": len(train)}
+    for t in RATIO_THRESHOLDS:
+        count = sum(x > t for x in ratios)
+        table[f"steps_loss_ratio_gt_{t}"] = count
+        table[f"pct_steps_loss_ratio_gt_{t}"] = 100 * count / len(train) if train else None
+    table["max_loss_ratio"] = max(ratios, default=None)
+    return table
+
+
+def run_summary(rows: list[dict]) -> dict:
+    """The outcome and stability record of a run's rows, as summary.json stores it (Section 3).
+
+    Validation results (final and best), Table 1's loss-ratio counts, the largest Adam variance
+    element, and the clipped and skipped steps.
+    """
+    train, evals = train_rows(rows), eval_rows(rows)
+    best = min(evals, key=lambda r: r["val/loss"]) if evals else None
+    last = evals[-1] if evals else None
+    ratios = loss_ratio_table(rows)
+    del ratios["steps"]
+    return {
+        "final_val_loss": last["val/loss"] if last else None,
+        "final_val_ppl": last["val/ppl"] if last else None,
+        "best_val_loss": best["val/loss"] if best else None,
+        "best_val_ppl": best["val/ppl"] if best else None,
+        "max_loss_ratio": ratios.pop("max_loss_ratio"),
+        **ratios,
+        "max_adam_var_max": max((r["adam/var_max"] for r in train if "adam/var_max" in r), default=None),
+        "clip_count": sum(bool(r.get("clipped")) for r in train),
+        "skipped_steps": sum("skipped" in r for r in train),
+    }
