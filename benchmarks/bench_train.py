@@ -66,7 +66,7 @@ import seqwarm.model
 import seqwarm.runtime
 import seqwarm.train
 from seqwarm.config import Config, config_from_dict
-from seqwarm.data.loader import TokenData
+from seqwarm.data.format import TokenData
 from seqwarm.data.prepare import prepare
 from seqwarm.model import PRESETS, VOCAB_SIZE
 from seqwarm.schedule import finished, learning_rate

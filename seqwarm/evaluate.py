@@ -38,7 +38,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from seqwarm import __version__
-from seqwarm.data.loader import IGNORE_INDEX, SequenceIndex, TokenData
+from seqwarm.data.format import TokenData
+from seqwarm.data.loader import SequenceIndex
+from seqwarm.loss import IGNORE_INDEX
 from seqwarm.data.prepare import ensure_builtin, read_documents
 from seqwarm.errors import ConfigError, DataError
 from seqwarm.model import GPT

@@ -284,7 +284,8 @@ def import_hf(
     cfg = load_config(config, [*overrides, "model.preset=null", *(f"model.{k}={v}" for k, v in shape.items()), f"run.dir={out}"])
     state = _read_hf_weights(transformers, hf_dir, cfg.model.gpt())
 
-    from seqwarm.train import build, open_data, save  # the trainer writes its own kind of checkpoint
+    from seqwarm.data.corpus import open_data
+    from seqwarm.train import build, save  # the trainer writes its own kind of checkpoint
 
     data = open_data(cfg, progress)
     tmp = _sibling_tmp(out)

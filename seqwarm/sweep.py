@@ -40,7 +40,8 @@ from seqwarm.distributed import env_from_torchrun
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.report import eval_rows, fmt, loss_ratio_table, markdown_table, write_csv, write_report
 from seqwarm.metrics import METRICS, read_metrics
-from seqwarm.train import open_data, train
+from seqwarm.data.corpus import open_data
+from seqwarm.train import train
 
 METHOD = "method"
 DIVERGED = "diverged.json"  # written into a run directory that stopped on a non-finite loss

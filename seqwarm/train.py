@@ -23,8 +23,9 @@ from seqwarm import __version__, distributed, rundir
 from seqwarm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seqwarm.config import Config, load_config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
-from seqwarm.data.prepare import ensure_builtin
-from seqwarm.data.loader import Batch, SequenceIndex, TokenData, TrainLoader
+from seqwarm.data.corpus import open_data
+from seqwarm.data.format import TokenData
+from seqwarm.data.loader import Batch, SequenceIndex, TrainLoader
 from seqwarm.distributed import DistEnv
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.loss import IGNORE_INDEX
@@ -115,11 +116,6 @@ def check_parallel(cfg: Config, env: DistEnv) -> None:
             f"curriculum.batch_size_start ({c.batch_size_start}) must be a multiple of processes x train.micro_batch_size "
             f"({env.world_size} x {t.micro_batch_size} = {unit}): the batch grows in whole micro-batches per process"
         )
-
-
-def open_data(cfg: Config, progress: bool = True) -> TokenData:
-    path = ensure_builtin(progress) if cfg.data.path == "builtin" else cfg.data.path
-    return TokenData(path, verify=cfg.data.verify, vocab_size=cfg.model.gpt().vocab_size)
 
 
 def build(cfg: Config, run_dir: Path, data: TokenData, env: DistEnv = DistEnv(), device: torch.device | None = None) -> Trainer:

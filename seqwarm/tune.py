@@ -36,7 +36,8 @@ from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.plan import plan_steps
 from seqwarm.report import markdown_table
 from seqwarm.metrics import METRICS, read_metrics
-from seqwarm.train import open_data, train
+from seqwarm.data.corpus import open_data
+from seqwarm.train import train
 
 PROBE = "probe.json"  # a finished probe's result: the cache a rerun reads instead of training again
 REPORT = "tune.md"

@@ -3,7 +3,9 @@ import pytest
 
 from seqwarm.config import CurriculumConfig
 from seqwarm.curriculum import SeqlenSchedule
-from seqwarm.data.loader import IGNORE_INDEX, SequenceIndex, TokenData, TrainLoader, permute
+from seqwarm.data.format import TokenData
+from seqwarm.data.loader import SequenceIndex, TrainLoader, permute
+from seqwarm.loss import IGNORE_INDEX
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 100, 1000, 4097])

@@ -6,81 +6,21 @@ targets), so consecutive sequences share one token and every token is a target e
 Sequences are visited in a pseudo-random order drawn from the seed, a new one each epoch, computed
 on the fly (a Feistel permutation), so memory grows with the batch, not with the corpus. Each step
 truncates its sequences to the pacing length; with `drop_tail: false` the truncated tails are
-queued and trained on first in the following steps (see `curriculum.split_segment`).
+queued and trained on first in the following steps (see `curriculum.split_segments`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from seqwarm.curriculum import split_segments, truncate
-from seqwarm.data.prepare import SPLITS, TOKEN_DTYPE
 from seqwarm.errors import DataError
+from seqwarm.loss import IGNORE_INDEX
 from seqwarm.tokenizer import EOT_ID
-
-IGNORE_INDEX = -100  # target value of padding: no loss, not counted as a trained token
-
-
-class TokenData:
-    """A directory written by `seqwarm prepare`, validated against its meta.json."""
-
-    def __init__(self, path: str | Path, *, verify: str = "full", vocab_size: int | None = None):
-        self.path = Path(path)
-        meta_path = self.path / "meta.json"
-        if not self.path.exists():
-            raise DataError(f"data.path: {self.path} does not exist (create it with `seqwarm prepare`)")
-        if not meta_path.exists():
-            raise DataError(f"data.path: {meta_path} is missing; not a directory written by `seqwarm prepare`")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-            splits = self.meta["splits"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise DataError(f"{meta_path}: unreadable metadata ({e})") from e
-        if vocab_size is not None and self.meta.get("vocab_size") != vocab_size:
-            raise DataError(
-                f"{meta_path}: vocabulary size {self.meta.get('vocab_size')} differs from the model's {vocab_size}"
-            )
-        self.splits: dict[str, np.ndarray] = {}
-        for name in SPLITS:
-            info = splits.get(name)
-            if info is None:
-                raise DataError(f"{meta_path}: split {name!r} is missing")
-            file = self.path / info["file"]
-            if not file.exists():
-                raise DataError(f"{file}: token file is missing")
-            itemsize = np.dtype(TOKEN_DTYPE).itemsize
-            if file.stat().st_size != info["tokens"] * itemsize:
-                raise DataError(f"{file}: size does not match meta.json ({info['tokens']} tokens); the file is corrupted")
-            if verify == "full" and _sha256(file) != info["sha256"]:
-                raise DataError(f"{file}: sha256 does not match meta.json; the file is corrupted (re-run `seqwarm prepare`)")
-            self.splits[name] = (
-                np.memmap(file, dtype=TOKEN_DTYPE, mode="r") if info["tokens"] else np.empty(0, TOKEN_DTYPE)
-            )
-        if len(self.splits["train"]) == 0:
-            raise DataError(f"{self.path / splits['train']['file']}: the train split is empty")
-
-    def sequences(self, split: str, seqlen: int) -> SequenceIndex:
-        index = SequenceIndex(self.splits[split], seqlen)
-        if len(index) == 0:
-            raise DataError(
-                f"{self.path / self.meta['splits'][split]['file']}: {len(self.splits[split])} tokens, "
-                f"shorter than one sequence of {seqlen + 1}"
-            )
-        return index
-
-
-def _sha256(file: Path) -> str:
-    h = hashlib.sha256()
-    with file.open("rb") as f:
-        while chunk := f.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,10 @@ from tqdm import tqdm
 
 from seqwarm import __version__
 from seqwarm.data.builtin import BUILD, Document, load_builtin
+from seqwarm.data.format import FORMAT, SPLITS, TOKEN_DTYPE
 from seqwarm.errors import DataError
 from seqwarm.tokenizer import EOT_ID, TOKENIZER_NAME, VOCAB_SIZE, gpt2_encoding
 
-TOKEN_DTYPE = np.uint16  # the GPT-2 vocabulary (50257) fits
-SPLITS = ("train", "val", "test")
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".json"}
 
@@ -81,7 +80,7 @@ def prepare(
                 for d in held:
                     f.write(json.dumps({"source": d.source, "text": d.text}) + "\n")
         meta = {
-            "format": "seqwarm-tokens-v1",
+            "format": FORMAT,
             "created_by": f"seqwarm {__version__}",
             "tokenizer": TOKENIZER_NAME,
             "vocab_size": VOCAB_SIZE,
