@@ -39,7 +39,17 @@ def run(config: str, nproc: int, parallel: str, steps: int, out: Path, extra: li
     if nproc == 1:
         cmd = [sys.executable, "-m", "seqwarm", "train", *args]
     else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "seqwarm", "train", *args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "seqwarm",
+            "train",
+            *args,
+        ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode:

@@ -11,20 +11,23 @@ shape it measures:
    (1) is the machinery's overhead and nothing else;
 3. tokens/s during a real warmup, at a few short lengths (SLW with a duration so long that the
    length stays at `seqlen_start`), since the point of SLW is the cheap early steps;
-4. where a step's time goes: pacing (`SeqlenSchedule.__call__`), batch assembly and truncation
-   (`TrainLoader.next_batch`), bookkeeping (`Clock.after` + `learning_rate`, `Clock.tick`, the
-   metrics row with `LossRatio` and `json.dumps`, the loop's checks), the stability monitor's
-   Adam statistics, and `train_step`, itself split into the Transformer body's forward pass, the
-   chunked output layer + loss (`linear_cross_entropy`), AdamW, and the rest (mostly the body's
-   backward pass).
+4. where a step's time goes, by the phases `fit` names: `data` (pacing, `SeqlenSchedule.__call__`,
+   then the batch schedule and batch assembly with truncation, `TrainLoader.next_batch`), `lr`
+   (`Clock.after` + `learning_rate`), `train_step`, `tick` (`Clock.tick`), `metrics` (the row,
+   with `LossRatio`), `adam` (the stability monitor's Adam statistics) and `log` (`MetricsLog.write`,
+   `json.dumps`); `loop` is the rest of the step (the guard, the eval and checkpoint tests, the
+   progress bar, the generator itself). `train_step` is split further into the Transformer body's
+   forward pass, the chunked output layer + loss (`linear_cross_entropy`), AdamW, and the rest
+   (mostly the body's backward pass).
 
-To time the phases, the loop body of `seqwarm.train.fit` is repeated here, calling the same
-functions in the same order, with `time.perf_counter()` between them (fit's one hook, `on_step`,
-sees whole steps, not their phases). Evaluation and checkpoints are left out: they happen every N
-tokens or steps, not every step. Inside `train_step`, three calls are wrapped with timers instead
-(`GPT.trunk`, `seqwarm.model.linear_cross_entropy`, `optimizer.step`); train.py is not
-changed. For the tiny shape, `fit` itself is also timed, from its metrics rows, as a check that
-the repeated loop runs at the speed of the real one.
+What is timed is `fit`'s own loop, not a copy of it: each run is a `seqwarm.trainer.training_steps`
+generator (the loop of `fit`, one step per `next()`), driven with a `FitHook` whose `phase(name)`
+adds `time.perf_counter()` seconds to that phase. A step's time is taken around its `next()`.
+Inside the phases, four callables of each built trainer are wrapped with timers
+(`Trainer.seqlen_schedule`, `GPT.trunk`, `optimizer.step`, and the `linear_cross_entropy` that
+`seqwarm.model` looks up in its own namespace); seqwarm itself is not changed. Evaluation and
+checkpoints are configured off (and checked absent afterwards): they happen every N tokens or
+steps, not every step.
 
 The baseline and its SLW twin are built side by side and their timed steps alternate, so that a
 slow stretch of a shared machine hits both alike. The `cpu/wall` column (this process's CPU
@@ -47,7 +50,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -64,26 +66,15 @@ import torch
 import seqwarm
 import seqwarm.model
 import seqwarm.runtime
-import seqwarm.train
+import seqwarm.trainer
+from seqwarm.checkpoint import latest_checkpoint
 from seqwarm.config import Config, config_from_dict
 from seqwarm.data.format import TokenData
 from seqwarm.data.prepare import prepare
-from seqwarm.model import PRESETS, VOCAB_SIZE
-from seqwarm.schedule import finished, learning_rate
-from seqwarm.train import (
-    METRICS,
-    MetricsLog,
-    Trainer,
-    _autocast,
-    _crossed,
-    _progress_bar,
-    adam_row,
-    build,
-    fit,
-    read_metrics,
-    step_row,
-    train_step,
-)
+from seqwarm.metrics import METRICS, eval_rows, read_metrics
+from seqwarm.model import PRESETS
+from seqwarm.tokenizer import VOCAB_SIZE
+from seqwarm.trainer import FitHook, build, training_steps
 
 
 @dataclass(frozen=True)
@@ -104,32 +95,43 @@ SHAPES = {
     "gpt2-117m": Shape("gpt2-117m", global_batch=1, micro_batch=1, short_lengths=(64, 256), warmup_steps=2, steps=3),
 }
 
-# Phases of a step, in the order `fit` runs them, as (group, what is timed).
+# Phases of a step, in the order `fit` runs them, as (group, what is timed): the names of
+# `FitHook.phase`, then `loop`, what the step's `next()` spends outside them.
 PHASES = {
-    "pacing": ("slw", "SeqlenSchedule.__call__"),
-    "batch": ("slw", "TrainLoader.next_batch: draw, read, truncate"),
+    "data": ("slw", "pacing, batch schedule, TrainLoader.next_batch"),
     "lr": ("bookkeeping", "Clock.after + learning_rate"),
     "train_step": ("train_step", "forward, backward, clip, AdamW"),
     "tick": ("bookkeeping", "Clock.tick"),
-    "adam_stats": ("monitor", "adam_row: adam_statistics + read-back (every step by default)"),
-    "metrics_row": ("bookkeeping", "LossRatio, row dict, MetricsLog.write (json.dumps)"),
-    "loop_checks": ("bookkeeping", "finished, guard, _crossed, checkpoint test, progress bar"),
+    "metrics": ("bookkeeping", "step_row: the row dict, LossRatio"),
+    "adam": ("monitor", "adam_row: adam_statistics + read-back (every step by default)"),
+    "log": ("bookkeeping", "wall_s, MetricsLog.write (json.dumps)"),
+    "loop": ("bookkeeping", "outside the phases: guard, eval/checkpoint tests, progress bar"),
 }
+HOOK_PHASES = tuple(p for p in PHASES if p != "loop")
 GROUPS = {
     "slw": "SLW machinery: pacing + batch assembly/truncation",
-    "bookkeeping": "bookkeeping: lr, tick, metrics row, loop checks",
+    "bookkeeping": "bookkeeping: lr, tick, metrics, log, loop",
     "monitor": "stability monitor: Adam statistics",
 }
-# Inside train_step, from timers wrapped around three of its calls; "rest" is what is left.
+# Inside two phases, from timers wrapped around callables of the built trainer; the part named in
+# RESIDUAL has no timer of its own: it is what is left of its phase.
 INNER = {
-    "body_forward": "GPT.trunk: embeddings, blocks, final LayerNorm",
-    "output_loss": "linear_cross_entropy: output layer, loss and their gradients",
-    "adamw": "optimizer.step (AdamW)",
-    "rest": "the rest: body backward, gradient clipping, zero_grad",
+    "data": {
+        "pacing": "SeqlenSchedule.__call__",
+        "batch": "BatchSchedule + TrainLoader.next_batch: draw, read, truncate",
+    },
+    "train_step": {
+        "body_forward": "GPT.trunk: embeddings, blocks, final LayerNorm",
+        "output_loss": "linear_cross_entropy: output layer, loss and their gradients",
+        "adamw": "optimizer.step (AdamW)",
+        "rest": "the rest: body backward, gradient clipping, zero_grad",
+    },
 }
+RESIDUAL = {"data": "batch", "train_step": "rest"}
 
-# Far beyond anything the benchmark reaches: as max_tokens, training never finishes on its own; as
-# the SLW duration, the length stays at seqlen_start.
+# Far beyond anything the benchmark reaches: as max_tokens and max_steps, training never finishes
+# (and so never evaluates or saves) inside the measurement; as the SLW duration, the length stays
+# at seqlen_start.
 NEVER = 10**15
 
 
@@ -143,7 +145,7 @@ class Result:
     wall_s: float
     cpu_s: float = 0.0  # CPU time of this process (all threads) during the timed steps
     step_s: list[float] = field(default_factory=list)
-    phase_s: dict[str, float] = field(default_factory=dict)
+    phase_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     inner_s: dict[str, float] = field(default_factory=dict)
     gflop_per_token: float = 0.0
 
@@ -157,12 +159,12 @@ class Result:
 
     @property
     def median_step_ms(self) -> float:
-        return 1e3 * statistics.median(self.step_s) if self.step_s else math.nan  # fit() gives no per-step times
+        return 1e3 * statistics.median(self.step_s)
 
     @property
     def cpu_per_wall(self) -> float:
         """~ torch's thread count when this process had the cores to itself; lower under contention."""
-        return self.cpu_s / self.wall_s if self.cpu_s else math.nan
+        return self.cpu_s / self.wall_s
 
     def phase_ms(self, phase: str) -> float:
         return 1e3 * self.phase_s[phase] / self.steps
@@ -170,9 +172,9 @@ class Result:
     def group_ms(self, group: str) -> float:
         return sum(self.phase_ms(p) for p, (g, _) in PHASES.items() if g == group)
 
-    def inner_ms(self, part: str) -> float:
-        if part == "rest":
-            return self.phase_ms("train_step") - sum(self.inner_ms(p) for p in INNER if p != "rest")
+    def inner_ms(self, phase: str, part: str) -> float:
+        if part == RESIDUAL[phase]:
+            return self.phase_ms(phase) - sum(self.inner_ms(phase, p) for p in INNER[phase] if p != part)
         return 1e3 * self.inner_s[part] / self.steps
 
     def as_dict(self) -> dict:
@@ -186,12 +188,13 @@ class Result:
 
 # --- data --------------------------------------------------------------------------------------
 
+# The synthetic corpus's vocabulary, space-separated (make_corpus splits it).
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
     "you were her she there been one all we their has would when if so no will more about can time said could them "
     "model sequence length warmup training loss batch learning rate stable spike variance adam token step river "
     "mountain city garden winter summer letter story king queen ship house road light night morning evening"
-).split()
+)
 
 
 def make_corpus(root: Path, *, docs: int = 200, words_per_doc: int = 1500, seed: int = 0) -> Path:
@@ -204,7 +207,7 @@ def make_corpus(root: Path, *, docs: int = 200, words_per_doc: int = 1500, seed:
     src.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     for i in range(docs):
-        words = rng.choice(WORDS, size=words_per_doc)
+        words = rng.choice(WORDS.split(), size=words_per_doc)
         sentences = [" ".join(words[j : j + 12]).capitalize() + "." for j in range(0, len(words), 12)]
         paragraphs = [" ".join(sentences[j : j + 5]) for j in range(0, len(sentences), 5)]
         (src / f"doc{i:03d}.txt").write_text("\n\n".join(paragraphs))
@@ -214,7 +217,7 @@ def make_corpus(root: Path, *, docs: int = 200, words_per_doc: int = 1500, seed:
 # --- configs and the timed loop --------------------------------------------------------------------
 
 
-def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict, **train) -> Config:
+def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict) -> Config:
     return config_from_dict(
         {
             "run": {"dir": str(run_dir)},
@@ -224,12 +227,15 @@ def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict, **tra
                 "global_batch_size": shape.global_batch,
                 "micro_batch_size": shape.micro_batch,
                 "warmup_steps": 3000,  # the paper's; the LR is in its linear warmup throughout
+                # training_steps evaluates and saves a checkpoint when training finishes: never here.
                 "max_tokens": NEVER,
+                "max_steps": NEVER,
                 "device": "cpu",
                 "precision": "fp32",
-                **train,
             },
             "curriculum": curriculum,
+            "eval": {"every_tokens": None},  # no periodic evaluation (nor one of the initial model)
+            "checkpoint": {"every_steps": None},  # no periodic checkpoint
             "log": {"progress": False},
         }
     )
@@ -250,10 +256,10 @@ def curricula(shape: Shape) -> list[tuple[str, int, dict]]:
 
 
 class InnerTimers:
-    """Seconds spent in calls that train_step makes, by wrapping the callables it looks up."""
+    """Seconds spent in calls that fit's phases make, by wrapping the callables they look up."""
 
     def __init__(self):
-        self.seconds = {part: 0.0 for part in INNER if part != "rest"}
+        self.seconds = {part: 0.0 for parts in INNER.values() for part in parts if part not in RESIDUAL.values()}
 
     def wrap(self, part: str, fn):
         def timed(*args, **kwargs):
@@ -267,106 +273,89 @@ class InnerTimers:
 
 
 TIMERS = InnerTimers()
-# GPT.forward looks `linear_cross_entropy` up in seqwarm.model's namespace at each call.
+# linear_cross_entropy is defined in seqwarm.loss; GPT.forward looks it up in seqwarm.model's
+# namespace at each call, so that is the name to replace.
 seqwarm.model.linear_cross_entropy = TIMERS.wrap("output_loss", seqwarm.model.linear_cross_entropy)
 
 
-def run_steps(tr: Trainer, steps: int, log: MetricsLog, bar, start: float, result: Result | None) -> None:
-    """`steps` iterations of fit's loop body; with `result`, add each phase's time to it.
+class PhaseTimer(FitHook):
+    """A FitHook that adds up the wall seconds `fit`'s loop spends in each of its phases.
 
-    The same calls as `seqwarm.train.fit`, in its order, minus evaluation and checkpointing (which
-    the configs here never trigger) and with one `perf_counter()` between phases. The marks are
-    contiguous, so the phases add up to the step's wall time exactly. When fit changes, change this
-    with it; the tiny table's `fit() end to end` row shows whether the two still run at one speed.
+    The phases of a step follow one another and never nest, so the hook is itself the context
+    manager `phase` returns: two `perf_counter()` calls per phase and no generator machinery
+    (as `contextlib.contextmanager` would add), so the timing costs the loop as little as it can.
     """
-    cfg, t, clock = tr.cfg, tr.cfg.train, tr.clock
-    autocast = _autocast(tr.device, t.precision)
-    for _ in range(steps):
-        inner_before = dict(TIMERS.seconds)
-        m0 = time.perf_counter()
-        if finished(clock, t):
-            raise RuntimeError("benchmark configs must not finish")
-        m1 = time.perf_counter()
-        seqlen = tr.seqlen(clock.step)
-        m2 = time.perf_counter()
-        batch = tr.loader.next_batch(t.global_batch_size, seqlen)
-        m3 = time.perf_counter()
-        lr = learning_rate(clock.after(batch.tokens, t), t)
-        m4 = time.perf_counter()
-        step = train_step(tr, batch, lr, autocast)
-        m5 = time.perf_counter()
-        prev_tokens = clock.tokens
-        clock.tick(batch.tokens if step.applied else 0, t)
-        m6 = time.perf_counter()
-        row = step_row(tr, batch, seqlen, lr, step)
-        m7 = time.perf_counter()
-        row |= adam_row(tr, step)
-        m8 = time.perf_counter()
-        row["time_s"] = time.perf_counter() - start
-        log.write(row)
-        m9 = time.perf_counter()
-        reason = None if step.overflow else tr.guard.observe(step.applied)
-        if reason:
-            raise RuntimeError(f"step {clock.step}: loss {step.loss}, gradient norm {step.grad_norm}: {reason}")
-        if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or finished(clock, t):
-            raise RuntimeError("benchmark configs must not evaluate")
-        if (cfg.checkpoint.every_steps and clock.step % cfg.checkpoint.every_steps == 0) or finished(clock, t):
-            raise RuntimeError("benchmark configs must not checkpoint")
-        bar.update(clock.tokens - prev_tokens if t.max_tokens else 1)
-        if clock.step % cfg.log.every_steps == 0:
-            bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{step.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
-        m10 = time.perf_counter()
 
-        if result is None:
-            continue
-        assert batch.inputs.shape[1] == result.seqlen, (batch.inputs.shape, result.seqlen)
-        for phase, seconds in (
-            ("loop_checks", (m1 - m0) + (m10 - m9)),
-            ("pacing", m2 - m1),
-            ("batch", m3 - m2),
-            ("lr", m4 - m3),
-            ("train_step", m5 - m4),
-            ("tick", m6 - m5),
-            ("adam_stats", m8 - m7),
-            ("metrics_row", (m7 - m6) + (m9 - m8)),
-        ):
-            result.phase_s[phase] = result.phase_s.get(phase, 0.0) + seconds
-        for part, seconds in TIMERS.seconds.items():
-            result.inner_s[part] = result.inner_s.get(part, 0.0) + seconds - inner_before[part]
-        result.step_s.append(m10 - m0)
-        result.tokens += batch.tokens
-        result.steps += 1
+    def __init__(self):
+        super().__init__()
+        self.seconds = dict.fromkeys(HOOK_PHASES, 0.0)
+        self._name, self._t0 = "", 0.0
+
+    def phase(self, name: str) -> PhaseTimer:
+        if name not in self.seconds:
+            raise KeyError(f"fit has a phase {name!r} that this benchmark does not know: add it to PHASES")
+        self._name = name
+        return self
+
+    def __enter__(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        self.seconds[self._name] += time.perf_counter() - self._t0
 
 
 class Run:
-    """A built Trainer plus what `fit` keeps open around its loop (metrics log, progress bar)."""
+    """A built Trainer and fit's loop over it (`training_steps`), stepped one `next()` at a time."""
 
     def __init__(self, shape: Shape, name: str, seqlen: int, curriculum: dict, data: TokenData, workdir: Path):
-        run_dir = workdir / f"{shape.preset}-{len(list(workdir.iterdir()))}"
-        run_dir.mkdir()
-        cfg = make_config(shape, data.path, run_dir, curriculum)
-        self.tr = build(cfg, run_dir, data)
+        self.shape = shape
+        self.run_dir = workdir / f"{shape.preset}-{len(list(workdir.iterdir()))}"
+        self.run_dir.mkdir()
+        cfg = make_config(shape, data.path, self.run_dir, curriculum)
+        self.tr = build(cfg, self.run_dir, data)
+        # Instance attributes, looked up by fit's loop at each call (GradScaler.step calls optimizer.step).
+        self.tr.seqlen_schedule = TIMERS.wrap("pacing", self.tr.seqlen_schedule)
         self.tr.model.trunk = TIMERS.wrap("body_forward", self.tr.model.trunk)
-        # GradScaler.step calls optimizer.step, which an instance attribute overrides.
         self.tr.optimizer.step = TIMERS.wrap("adamw", self.tr.optimizer.step)
-        self.tr.model.train()
+        self.hook = PhaseTimer()
+        self.steps = training_steps(self.tr, progress=False, hook=self.hook)
         self.result = Result(name, shape.preset, seqlen, steps=0, tokens=0, wall_s=0.0)
         self.result.gflop_per_token = cfg.model.gpt().flops_per_token(seqlen) / 1e9
-        self.bar = _progress_bar(cfg, self.tr.clock, enabled=False)  # what fit makes with log.progress: false
-        self.log = MetricsLog(run_dir, cfg.log.tensorboard)
-        self.start = time.perf_counter()
 
-    def steps(self, n: int, *, timed: bool) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
-        run_steps(self.tr, n, self.log, self.bar, self.start, self.result if timed else None)
-        if timed:
-            self.result.wall_s += time.perf_counter() - wall
-            self.result.cpu_s += time.process_time() - cpu
+    def step(self, *, timed: bool) -> None:
+        """One step of fit's loop; with `timed`, its wall, CPU and phase times are added to the result.
+
+        The first `next()` also runs what fit does before its first step (opening the metrics log,
+        the progress bar): the untimed warm-up steps take it.
+        """
+        phases, inner, tokens = dict(self.hook.seconds), dict(TIMERS.seconds), self.tr.clock.tokens
+        cpu = time.process_time()
+        wall = time.perf_counter()
+        row = next(self.steps)
+        wall = time.perf_counter() - wall
+        cpu = time.process_time() - cpu
+        if not timed:
+            return
+        r = self.result
+        # What the rows say the step trained must be what this run claims to measure.
+        if (row["seqlen"], row["batch_size"], row.get("skipped")) != (r.seqlen, self.shape.global_batch, None):
+            raise RuntimeError(f"{r.name}: unexpected step {row}")
+        for phase, seconds in self.hook.seconds.items():
+            r.phase_s[phase] += seconds - phases[phase]
+        r.phase_s["loop"] += wall - sum(self.hook.seconds[p] - phases[p] for p in HOOK_PHASES)
+        for part, seconds in TIMERS.seconds.items():
+            r.inner_s[part] = r.inner_s.get(part, 0.0) + seconds - inner[part]
+        r.step_s.append(wall)
+        r.wall_s += wall
+        r.cpu_s += cpu
+        r.tokens += self.tr.clock.tokens - tokens
+        r.steps += 1
 
     def close(self) -> Result:
-        self.log.close()
-        self.bar.close()
-        del self.tr
+        self.steps.close()  # fit's `finally`: closes the metrics log and the progress bar
+        if eval_rows(read_metrics(self.run_dir / METRICS)) or latest_checkpoint(self.run_dir):
+            raise RuntimeError(f"{self.result.name}: the run evaluated or saved a checkpoint inside the measurement")
+        del self.steps, self.tr
         return self.result
 
 
@@ -378,34 +367,15 @@ def measure(shape: Shape, specs: list[tuple[str, int, dict]], data: TokenData, w
     """
     runs = [Run(shape, name, seqlen, cur, data, workdir) for name, seqlen, cur in specs]
     for run in runs:
-        run.steps(shape.warmup_steps, timed=False)  # grows the heap, creates AdamW's state
+        for _ in range(shape.warmup_steps):  # grows the heap, creates AdamW's state
+            run.step(timed=False)
     for _ in range(shape.steps):
         for run in runs:
-            run.steps(1, timed=True)
+            run.step(timed=True)
     results = [run.close() for run in runs]
     del runs
     gc.collect()  # a gpt2-117m trainer holds ~2 GB (weights, gradients, AdamW state)
     return results
-
-
-def measure_fit(shape: Shape, data: TokenData, workdir: Path) -> Result:
-    """tokens/s of `seqwarm.train.fit` itself, from the time_s of its metrics rows (baseline)."""
-    run_dir = workdir / f"{shape.preset}-fit"
-    run_dir.mkdir()
-    total = shape.warmup_steps + shape.steps
-    cfg = make_config(shape, data.path, run_dir, {"kind": "none"}, max_steps=total)
-    tr = build(cfg, run_dir, data)
-    fit(tr, progress=False)  # ends with one evaluation and one checkpoint, after the last row's time_s
-    rows = [r for r in read_metrics(run_dir / METRICS) if "loss" in r]
-    first, last = rows[shape.warmup_steps - 1], rows[-1]
-    steps = last["step"] - first["step"]
-    seqlen = full_length(shape)
-    tokens, wall_s = last["tokens"] - first["tokens"], last["time_s"] - first["time_s"]
-    result = Result("fit() end to end", shape.preset, seqlen, steps, tokens, wall_s)
-    result.gflop_per_token = cfg.model.gpt().flops_per_token(seqlen) / 1e9
-    del tr
-    gc.collect()
-    return result
 
 
 # --- the malloc tuning, in child processes ----------------------------------------------------------
@@ -434,7 +404,7 @@ def measure_malloc(data: Path, steps: int | None, repeats: int) -> list[dict]:
             cmd = [sys.executable, __file__, "--child", "--data", str(data)]
             cmd += [] if tuned else ["--no-malloc-tuning"]
             cmd += ["--steps", str(steps)] if steps else []
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"child run failed: {' '.join(cmd)}\n{proc.stderr}")
             out.append(json.loads(proc.stdout.strip().splitlines()[-1]) | {"tuned": tuned})
@@ -507,7 +477,8 @@ def print_throughput(shape: Shape, results: list[Result]) -> None:
 
 
 def print_phases(base: Result, slw: Result) -> None:
-    w = 15 + max(len(what) for what in [*(what for _, what in PHASES.values()), *INNER.values()])
+    whats = [what for _, what in PHASES.values()] + [what for parts in INNER.values() for what in parts.values()]
+    w = 15 + max(map(len, whats))
     print(f"  phases of a full-length step ({base.shape}): ms/step and % of the step")
     print(f"  {'phase':<{w}} {'baseline':>17} {'slw, start = end':>17}")
 
@@ -517,9 +488,8 @@ def print_phases(base: Result, slw: Result) -> None:
 
     for phase, (_, what) in PHASES.items():
         row(f"{phase:<12} {what}", [r.phase_ms(phase) for r in (base, slw)])
-        if phase == "train_step":
-            for part, what in INNER.items():
-                row(f"  {part:<12} {what}", [r.inner_ms(part) for r in (base, slw)])
+        for part, what in INNER.get(phase, {}).items():
+            row(f"  {part:<12} {what}", [r.inner_ms(phase, part) for r in (base, slw)])
     row("step", [r.step_ms for r in (base, slw)])
     print("  grouped:")
     for group, what in GROUPS.items():
@@ -543,8 +513,8 @@ def print_warmup_shares(results: list[Result]) -> None:
             r.group_ms("slw") + r.group_ms("bookkeeping"),
             r.group_ms("monitor"),
             r.phase_ms("train_step"),
-            r.inner_ms("output_loss"),
-            r.inner_ms("adamw"),
+            r.inner_ms("train_step", "output_loss"),
+            r.inner_ms("train_step", "adamw"),
         )
         cells = "".join(f" {m:>9.2f} ({100 * m / r.step_ms:5.2f}%)" for m in ms)
         print(f"  {r.name:<18} {r.tokens // r.steps:>8}{cells}")
@@ -601,7 +571,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     if args.no_malloc_tuning:
         # build() calls the name it imported, so that is the one to replace.
-        seqwarm.train.keep_freed_memory = lambda: False
+        seqwarm.trainer.keep_freed_memory = lambda: False
     if args.child:
         child_main(args)
         return
@@ -630,8 +600,6 @@ def main(argv=None) -> None:
             # lengths after them, together (not all four at once: two gpt2-117m trainers are ~4 GB).
             results = measure(shape, specs[:2], data, workdir)
             results += measure(shape, specs[2:], data, workdir)
-            if name == "tiny":
-                results.append(measure_fit(shape, data, workdir))
             print_throughput(shape, results)
             print_phases(results[0], results[1])
             print_warmup_shares([results[0], *results[2 : 2 + len(shape.short_lengths)]])

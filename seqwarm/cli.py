@@ -14,6 +14,7 @@ from pathlib import Path
 from seqwarm.config import resolve_config
 from seqwarm.errors import ConfigError, SeqwarmError
 
+
 def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     """`CONFIG key=value ...` -> (CONFIG or None, overrides)."""
     if items and "=" not in items[0]:
@@ -22,7 +23,8 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_prepare(args) -> None:
-    from seqwarm.data.prepare import builtin_data_dir, ensure_builtin, prepare
+    from seqwarm.data.builtin.corpus import builtin_data_dir, ensure_builtin, prepare_builtin
+    from seqwarm.data.prepare import prepare
 
     if args.corpus and args.inputs:
         raise SeqwarmError("prepare: give either --corpus builtin or input files, not both")
@@ -33,16 +35,18 @@ def cmd_prepare(args) -> None:
     if inputs == ["builtin"] and not args.out and not args.force:
         path = ensure_builtin(progress=True)
     else:
-        path = prepare(
-            inputs, out, val_fraction=args.val_fraction, test_fraction=args.test_fraction, force=args.force, progress=True
-        )
+        fractions = dict(val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+        if inputs == ["builtin"]:
+            path = prepare_builtin(out, **fractions, force=args.force, progress=True)
+        else:
+            path = prepare(inputs, out, **fractions, force=args.force, progress=True)
     meta = json.loads((path / "meta.json").read_text())
     counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
     print(f"prepared {path}: tokens {counts}")
 
 
 def cmd_train(args) -> None:
-    from seqwarm.train import main_train
+    from seqwarm.trainer import main_train
 
     config, overrides = split_config_args(args.items)
     if config is None and args.resume is None:
@@ -84,7 +88,8 @@ def _comma_list(value: str | None) -> list[str] | None:
 
 
 def cmd_eval(args) -> None:
-    from seqwarm.evaluate import format_table, main_eval
+    from seqwarm.eval.results import format_table
+    from seqwarm.eval.runner import main_eval
 
     options = {k: v for k, v in (("stride", args.stride), ("batch_size", args.batch_size)) if v is not None}
     results, doc, out = main_eval(
@@ -122,7 +127,8 @@ def cmd_import_hf(args) -> None:
 
 
 def cmd_sweep(args) -> None:
-    from seqwarm.sweep import main_sweep
+    from seqwarm.sweep.runner import main_sweep
+    from seqwarm.trainer import train
 
     target, overrides = split_config_args(args.items)
     report = main_sweep(
@@ -130,6 +136,7 @@ def cmd_sweep(args) -> None:
         overrides,
         args.grid,
         args.out,
+        train_fn=train,
         report_only=args.report_only,
         prune_checkpoints=args.prune_checkpoints,
         progress=not args.no_progress,
@@ -146,10 +153,13 @@ def _rank() -> int:
 
 
 def cmd_tune(args) -> None:
-    from seqwarm.tune import main_tune
+    from seqwarm.trainer import train
+    from seqwarm.tune.runner import main_tune
 
     config, items = split_config_args(args.items)
-    result, out = main_tune(config, items, out=args.out, budget_steps=args.budget_steps, progress=not args.no_progress)
+    result, out = main_tune(
+        config, items, train_fn=train, out=args.out, budget_steps=args.budget_steps, progress=not args.no_progress
+    )
     if not result.recommended:
         print(f"tune: no recommendation ({'; '.join(result.notes)})")
     else:
@@ -188,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="train a tiny baseline and a tiny SLW model on the builtin corpus and compare")
     s.add_argument("--out", default="runs/demo", help="directory for the two runs (default: runs/demo)")
     s.add_argument("--force", action="store_true", help="replace earlier demo runs in --out")
-    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to both runs, e.g. train.max_tokens=200000")
+    s.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="applied to both runs, e.g. train.max_tokens=200000"
+    )
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("report", help="Table 1/Table 3 stability tables and figures comparing runs")
@@ -202,22 +214,42 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a run's latest checkpoint (or a checkpoint directory); method: docs/EVALUATION.md",
     )
     s.add_argument("path", metavar="RUN_DIR|CHECKPOINT_DIR")
-    s.add_argument("--tasks", help="comma-separated, from val,test,wikitext,lambada (default: all; none with --lm-eval)")
-    s.add_argument("--wikitext", metavar="PATH", help="a WikiText-103 test file (detokenized) or a JSONL of texts (default: the builtin Wikipedia sample)")
-    s.add_argument("--lambada", metavar="PATH", help="the LAMBADA test JSONL ({\"text\": ...} lines) (default: builtin LAMBADA-style items)")
+    s.add_argument(
+        "--tasks", help="comma-separated, from val,test,wikitext,lambada (default: all; none with --lm-eval)"
+    )
+    s.add_argument(
+        "--wikitext",
+        metavar="PATH",
+        help="a WikiText-103 test file (detokenized) or a JSONL of texts (default: the builtin Wikipedia sample)",
+    )
+    s.add_argument(
+        "--lambada",
+        metavar="PATH",
+        help='the LAMBADA test JSONL ({"text": ...} lines) (default: builtin LAMBADA-style items)',
+    )
     s.add_argument("--data", metavar="DIR", help="prepared data for val/test (default: the run's data.path)")
-    s.add_argument("--stride", type=int, help="tokens each sliding window scores (default: 32, Megatron-LM's --overlapping-eval)")
+    s.add_argument(
+        "--stride", type=int, help="tokens each sliding window scores (default: 32, Megatron-LM's --overlapping-eval)"
+    )
     s.add_argument("--batch-size", type=int, help="sequences per forward pass (default: 8)")
     s.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    s.add_argument("--json", metavar="OUT", help="results file (default: RUN_DIR/eval.json, or CHECKPOINT_DIR/eval.json)")
-    s.add_argument("--lm-eval", metavar="TASKS", help="also run these lm-evaluation-harness tasks (needs seqwarm[lm-eval] and the tasks' data)")
+    s.add_argument(
+        "--json", metavar="OUT", help="results file (default: RUN_DIR/eval.json, or CHECKPOINT_DIR/eval.json)"
+    )
+    s.add_argument(
+        "--lm-eval",
+        metavar="TASKS",
+        help="also run these lm-evaluation-harness tasks (needs seqwarm[lm-eval] and the tasks' data)",
+    )
     s.add_argument("--lm-eval-limit", type=int, metavar="N", help="at most N examples per lm-eval task (a quick check)")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face GPT2LMHeadModel directory")
     s.add_argument("path", metavar="RUN_DIR|CHECKPOINT_DIR")
-    s.add_argument("--hf", required=True, metavar="OUT_DIR", help="directory for config.json, model.safetensors and the tokenizer")
+    s.add_argument(
+        "--hf", required=True, metavar="OUT_DIR", help="directory for config.json, model.safetensors and the tokenizer"
+    )
     s.add_argument("--force", action="store_true", help="replace a non-empty OUT_DIR")
     s.set_defaults(func=cmd_export)
 
@@ -227,7 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="seqwarm import-hf HF_DIR --out RUN_DIR [CONFIG] [section.field=value ...]; then seqwarm train --resume RUN_DIR",
     )
     s.add_argument("hf_dir", metavar="HF_DIR", help="a local GPT-2 directory (config.json + weights)")
-    s.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]", help="training config for the run (the model section comes from HF_DIR)")
+    s.add_argument(
+        "items",
+        nargs="*",
+        metavar="CONFIG [KEY=VALUE ...]",
+        help="training config for the run (the model section comes from HF_DIR)",
+    )
     s.add_argument("--out", required=True, metavar="RUN_DIR")
     s.add_argument("--force", action="store_true", help="replace a non-empty RUN_DIR")
     s.set_defaults(func=cmd_import_hf)
@@ -238,8 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="seqwarm sweep CONFIG|SWEEP_FILE [section.field=value ...] --grid 'train.lr=[1e-3,2e-3]' ...",
     )
     s.add_argument("items", nargs="*", metavar="CONFIG|SWEEP_FILE [KEY=VALUE ...]")
-    s.add_argument("--grid", action="append", default=[], metavar="KEY=[V1,V2,...]", help="an axis of the grid (repeatable)")
-    s.add_argument("--out", help="directory of the runs and the report (default: the sweep file's out, or runs/sweep-CONFIG)")
+    s.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=[V1,V2,...]", help="an axis of the grid (repeatable)"
+    )
+    s.add_argument(
+        "--out", help="directory of the runs and the report (default: the sweep file's out, or runs/sweep-CONFIG)"
+    )
     s.add_argument("--report-only", action="store_true", help="write the report from the runs on disk; train nothing")
     s.add_argument("--prune-checkpoints", action="store_true", help="delete a run's checkpoints once it has finished")
     s.add_argument("--no-progress", action="store_true", help="no per-run progress bars")
@@ -266,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         target = args.items if hasattr(args, "items") else getattr(args, "overrides", None)
         config_first = target == [] and hasattr(args, "hf_dir") and not extra[0].startswith("-")
-        if target is None or any("=" not in e or e.startswith("-") for e in extra[int(config_first):]):
+        if target is None or any("=" not in e or e.startswith("-") for e in extra[int(config_first) :]):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         target.extend(extra)
     # Under torchrun, a rank other than 0 names itself: its error may be its own (a file missing on its node).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,16 +26,26 @@ PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 """The configs shipped with seqwarm; `seqwarm train tiny-slw` finds `tiny-slw.yaml` here."""
 
 
+def shipped_config(name: str | Path) -> Path | None:
+    """The config shipped with seqwarm under this name (`tiny-slw` or `tiny-slw.yaml`), if there is one."""
+    if Path(name).parent != Path("."):  # a path with a directory is never a shipped name
+        return None
+    for candidate in (PACKAGED_CONFIGS / str(name), PACKAGED_CONFIGS / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def resolve_config(name: str | Path) -> Path:
     """A config file path, or the name of a config shipped with seqwarm (`seqwarm/configs/`)."""
     path = Path(name)
     if path.exists():
         return path
-    for candidate in (PACKAGED_CONFIGS / str(name), PACKAGED_CONFIGS / f"{name}.yaml"):
-        if candidate.exists():
-            return candidate
-    shipped = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
-    raise ConfigError(f"{name}: no such config file (shipped configs: {shipped})")
+    shipped = shipped_config(name)
+    if shipped is None:
+        names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"{name}: no such config file (shipped configs: {names})")
+    return shipped
 
 
 @dataclass
@@ -80,7 +91,9 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
         if self.gpt().d_model % self.gpt().n_head:
-            raise ConfigError(f"model.d_model ({self.gpt().d_model}) must be divisible by model.n_head ({self.gpt().n_head})")
+            raise ConfigError(
+                f"model.d_model ({self.gpt().d_model}) must be divisible by model.n_head ({self.gpt().n_head})"
+            )
 
     def gpt(self) -> GPTConfig:
         n_layer, d_model, n_head, max_seqlen = PRESETS[self.preset] if self.preset else (None,) * 4
@@ -143,7 +156,14 @@ class TrainConfig:
     """Seconds a collective waits for the other processes before failing (a dead or stuck rank ends the run)."""
 
     def __post_init__(self):
-        for name in ("global_batch_size", "micro_batch_size", "max_tokens", "max_steps", "lr_decay_tokens", "lr_decay_steps"):
+        for name in (
+            "global_batch_size",
+            "micro_batch_size",
+            "max_tokens",
+            "max_steps",
+            "lr_decay_tokens",
+            "lr_decay_steps",
+        ):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"train.{name}: must be positive, got {value}")
@@ -154,7 +174,9 @@ class TrainConfig:
                 f"train.micro_batch_size ({self.micro_batch_size}) must divide train.global_batch_size ({self.global_batch_size})"
             )
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"train.min_lr/train.lr: need 0 <= min_lr <= lr and lr > 0, got min_lr={self.min_lr}, lr={self.lr}")
+            raise ConfigError(
+                f"train.min_lr/train.lr: need 0 <= min_lr <= lr and lr > 0, got min_lr={self.min_lr}, lr={self.lr}"
+            )
         if self.warmup_steps < 0 or self.warmup_tokens < 0:
             raise ConfigError("train.warmup_steps/train.warmup_tokens: must be >= 0")
         if self.warmup_steps and self.warmup_tokens:
@@ -217,7 +239,9 @@ class CurriculumConfig:
             return
         if self.kind == "bsz_warmup":
             if self.batch_size_start is None or self.batch_size_start <= 0:
-                raise ConfigError(f"curriculum.batch_size_start: a positive batch size is required for bsz_warmup, got {self.batch_size_start}")
+                raise ConfigError(
+                    f"curriculum.batch_size_start: a positive batch size is required for bsz_warmup, got {self.batch_size_start}"
+                )
             if self.batch_warmup_tokens is None or self.batch_warmup_tokens <= 0:
                 raise ConfigError(
                     f"curriculum.batch_warmup_tokens: a positive token count is required for bsz_warmup, got {self.batch_warmup_tokens}"
@@ -229,9 +253,13 @@ class CurriculumConfig:
             raise ConfigError(
                 f"curriculum.multiple_of ({self.multiple_of}) must not exceed curriculum.seqlen_start ({self.seqlen_start})"
             )
-        if self.seqlen_end is not None and self.seqlen_start > self.seqlen_end:
+        if self.seqlen_start % self.multiple_of:
+            # Section 5.1: every length a multiple of 8. Rounding the start up or down silently would
+            # train at a length nobody asked for, so the config says which one it means.
+            m, lo = self.multiple_of, self.seqlen_start - self.seqlen_start % self.multiple_of
             raise ConfigError(
-                f"curriculum.seqlen_start ({self.seqlen_start}) must be <= curriculum.seqlen_end ({self.seqlen_end})"
+                f"curriculum.seqlen_start ({self.seqlen_start}) must be a multiple of curriculum.multiple_of ({m}): "
+                f"use {lo} or {lo + m}"
             )
         if self.kind == "slw" and self.pacing == "discrete":
             if not self.stages:
@@ -240,12 +268,34 @@ class CurriculumConfig:
                 raise ConfigError("curriculum.stages: each stage is [until_step > 0, seqlen > 0]")
             if any(a[0] >= b[0] for a, b in zip(self.stages, self.stages[1:])):
                 raise ConfigError("curriculum.stages: until_step values must increase")
+            bad = [s[1] for s in self.stages if s[1] % self.multiple_of or s[1] < self.seqlen_start]
+            if bad:
+                raise ConfigError(
+                    f"curriculum.stages: stage length {bad[0]} must be a multiple of curriculum.multiple_of "
+                    f"({self.multiple_of}) and >= curriculum.seqlen_start ({self.seqlen_start}); a stage trains at "
+                    "exactly its length"
+                )
         else:
             what = "Shortformer's first-stage steps" if self.kind == "shortformer" else "T"
             if self.duration is None or self.duration <= 0:
-                raise ConfigError(f"curriculum.duration: {what} must be a positive number of steps, got {self.duration}")
+                raise ConfigError(
+                    f"curriculum.duration: {what} must be a positive number of steps, got {self.duration}"
+                )
             if self.pacing == "root" and self.root_degree <= 0:
                 raise ConfigError(f"curriculum.root_degree: must be positive, got {self.root_degree}")
+        if self.seqlen_end is not None:
+            self.check_lengths()
+
+    def check_lengths(self) -> None:
+        """The checks that need seqlen_end (`Config` calls this once it has filled in the default)."""
+        if self.kind not in ("slw", "shortformer"):
+            return
+        if self.seqlen_start > self.seqlen_end:
+            raise ConfigError(
+                f"curriculum.seqlen_start ({self.seqlen_start}) must be <= curriculum.seqlen_end ({self.seqlen_end})"
+            )
+        if self.kind == "slw" and self.pacing == "discrete" and any(s[1] > self.seqlen_end for s in self.stages):
+            raise ConfigError(f"curriculum.stages: a stage length exceeds curriculum.seqlen_end ({self.seqlen_end})")
 
 
 @dataclass
@@ -312,7 +362,9 @@ class LogConfig:
             try:
                 import tensorboard  # noqa: F401  (torch's SummaryWriter needs it)
             except ImportError:
-                raise ConfigError("log.tensorboard: the tensorboard package is missing; pip install 'seqwarm[tensorboard]'") from None
+                raise ConfigError(
+                    "log.tensorboard: the tensorboard package is missing; pip install 'seqwarm[tensorboard]'"
+                ) from None
 
 
 @dataclass
@@ -329,22 +381,25 @@ class Config:
 
     def __post_init__(self):
         max_seqlen = self.model.gpt().max_seqlen
-        if self.curriculum.seqlen_end is None:
-            self.curriculum.seqlen_end = max_seqlen
         cur = self.curriculum
+        if cur.seqlen_end is None:
+            cur.seqlen_end = max_seqlen
+            cur.check_lengths()
         if cur.seqlen_end > max_seqlen:
             raise ConfigError(f"curriculum.seqlen_end ({cur.seqlen_end}) exceeds model.max_seqlen ({max_seqlen})")
-        if cur.kind in ("slw", "shortformer") and cur.seqlen_start > cur.seqlen_end:
-            raise ConfigError(f"curriculum.seqlen_start ({cur.seqlen_start}) must be <= curriculum.seqlen_end ({cur.seqlen_end})")
-        if cur.kind == "slw" and cur.pacing == "discrete" and any(s[1] > cur.seqlen_end for s in cur.stages):
-            raise ConfigError(f"curriculum.stages: a stage length exceeds curriculum.seqlen_end ({cur.seqlen_end})")
-        if cur.kind == "bsz_warmup" and not (
-            self.train.micro_batch_size <= cur.batch_size_start <= self.train.global_batch_size
-        ):
-            raise ConfigError(
-                f"curriculum.batch_size_start ({cur.batch_size_start}) must lie between train.micro_batch_size "
-                f"({self.train.micro_batch_size}) and train.global_batch_size ({self.train.global_batch_size})"
-            )
+        if cur.kind == "bsz_warmup":
+            micro, batch = self.train.micro_batch_size, self.train.global_batch_size
+            if not micro <= cur.batch_size_start <= batch:
+                raise ConfigError(
+                    f"curriculum.batch_size_start ({cur.batch_size_start}) must lie between train.micro_batch_size "
+                    f"({micro}) and train.global_batch_size ({batch})"
+                )
+            if cur.batch_size_start % micro:
+                # The batch grows in whole micro-batches; a start between two would silently train the one below.
+                raise ConfigError(
+                    f"curriculum.batch_size_start ({cur.batch_size_start}) must be a multiple of train.micro_batch_size "
+                    f"({micro}): the batch grows in whole micro-batches"
+                )
         if self.train.device == "cpu" and self.train.precision == "fp16":
             raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
         if self.eval.batch_size is None:
@@ -358,10 +413,11 @@ class Config:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Read a YAML config (or start from defaults when path is None) and apply `a.b=value` overrides."""
+    """Read a YAML config — a path, or the name of a shipped one (`tiny-slw`) — or start from the defaults
+    when path is None, and apply `a.b=value` overrides."""
     raw: dict = {}
     if path is not None:
-        path = Path(path)
+        path = Path(path) if Path(path).exists() else shipped_config(path) or Path(path)
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except OSError as e:
@@ -428,11 +484,13 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-def _all_keys() -> list[str]:
+@functools.cache
+def _all_keys() -> tuple[str, ...]:
+    """Every `section.field`; computed once (type hints are slow, and every override checks its key)."""
     keys = []
     for f in dataclasses.fields(Config):
         keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(typing.get_type_hints(Config)[f.name])]
-    return keys
+    return tuple(keys)
 
 
 def check_key(section: str, name: str) -> None:

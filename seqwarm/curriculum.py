@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from seqwarm.config import CurriculumConfig
@@ -60,9 +59,66 @@ def round_seqlen(raw: float, multiple_of: int, seqlen_start: int, seqlen_end: in
 
 @dataclass(frozen=True)
 class SeqlenSchedule:
-    """The training length at each step: `schedule(step) -> int`. Pure; no state to save."""
+    """The training length at each step: `schedule(step) -> int`, step counted from 0. Pure; no state to save.
+
+    Built from a config's curriculum section, or directly, for use in any training loop:
+
+        schedule = SeqlenSchedule.linear(seqlen_start=8, seqlen_end=1024, duration=60_000)
+        inputs, targets = truncate(rows, schedule(step))
+    """
 
     cfg: CurriculumConfig
+
+    @classmethod
+    def linear(cls, *, seqlen_start: int, seqlen_end: int, duration: int, multiple_of: int = 8) -> SeqlenSchedule:
+        """The paper's pacing (Section 4): seqlen_s + (seqlen_e - seqlen_s) * min(t / T, 1), T = duration."""
+        return cls(
+            CurriculumConfig(
+                kind="slw",
+                pacing="linear",
+                seqlen_start=seqlen_start,
+                seqlen_end=seqlen_end,
+                duration=duration,
+                multiple_of=multiple_of,
+            )
+        )
+
+    @classmethod
+    def root(
+        cls, *, seqlen_start: int, seqlen_end: int, duration: int, root_degree: float = 2.0, multiple_of: int = 8
+    ) -> SeqlenSchedule:
+        """Root pacing (DeepSpeed's fixed_root): seqlen_s + (seqlen_e - seqlen_s) * min(t / T, 1) ** (1 / r)."""
+        return cls(
+            CurriculumConfig(
+                kind="slw",
+                pacing="root",
+                seqlen_start=seqlen_start,
+                seqlen_end=seqlen_end,
+                duration=duration,
+                root_degree=root_degree,
+                multiple_of=multiple_of,
+            )
+        )
+
+    @classmethod
+    def discrete(cls, *, stages: list[list[int]], seqlen_end: int, multiple_of: int = 8) -> SeqlenSchedule:
+        """Stages `[[until_step, seqlen], ...]`, then seqlen_end (Shortformer's two stages are `[[T, 128]]`)."""
+        start = min(seqlen for _, seqlen in stages) if stages else multiple_of
+        return cls(
+            CurriculumConfig(
+                kind="slw",
+                pacing="discrete",
+                stages=[list(s) for s in stages],
+                seqlen_start=start,
+                seqlen_end=seqlen_end,
+                multiple_of=multiple_of,
+            )
+        )
+
+    @classmethod
+    def constant(cls, seqlen: int) -> SeqlenSchedule:
+        """Every step at full length: the baseline."""
+        return cls(CurriculumConfig(kind="none", seqlen_end=seqlen))
 
     def __call__(self, step: int) -> int:
         c = self.cfg
@@ -111,6 +167,16 @@ class BatchSchedule:
     global_batch_size: int
     unit: int  # micro_batch_size x world_size
 
+    @classmethod
+    def warmup(cls, *, batch_size_start: int, batch_size_end: int, warmup_tokens: int, unit: int = 1) -> BatchSchedule:
+        """GPT-3's batch-size warmup from batch_size_start to batch_size_end sequences over warmup_tokens."""
+        cfg = CurriculumConfig(kind="bsz_warmup", batch_size_start=batch_size_start, batch_warmup_tokens=warmup_tokens)
+        return cls(cfg, batch_size_end, unit)
+
+    @classmethod
+    def constant(cls, batch_size: int) -> BatchSchedule:
+        return cls(CurriculumConfig(kind="none"), batch_size, 1)
+
     def __call__(self, tokens: int) -> int:
         c = self.cfg
         if c.kind != "bsz_warmup":
@@ -127,17 +193,6 @@ def truncate(batch: torch.Tensor, seqlen: int) -> tuple[torch.Tensor, torch.Tens
     return batch[:, :seqlen], batch[:, 1 : seqlen + 1]
 
 
-def split_segments(starts: np.ndarray, lengths: np.ndarray, seqlen: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Serve at most `seqlen` targets of each segment (start, n): return (served, tail_starts, tail_lengths).
-
-    A tail starts where the served part stops, so its first input token is the last served target
-    and every target token is served exactly once. Segments that fit entirely leave no tail.
-    """
-    served = np.minimum(lengths, seqlen)
-    rest = lengths > served
-    return served, (starts + served)[rest], (lengths - served)[rest]
-
-
 __all__ = [
     "BatchSchedule",
     "SeqlenSchedule",
@@ -146,6 +201,5 @@ __all__ = [
     "linear_pacing",
     "root_pacing",
     "round_seqlen",
-    "split_segments",
     "truncate",
 ]

@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from seqwarm.config import PACKAGED_CONFIGS, load_config
-from seqwarm.data.prepare import ensure_builtin
+from seqwarm.data.builtin.corpus import ensure_builtin
 from seqwarm.errors import SeqwarmError
 from seqwarm.report import write_report
-from seqwarm.train import train
+from seqwarm.tables import text_table
+from seqwarm.trainer import train
 
 RUNS = (("baseline", "demo-baseline.yaml"), ("slw", "demo-slw.yaml"))
 
@@ -28,8 +29,14 @@ def run_demo(out: Path, *, force: bool = False, overrides: list[str] = ()) -> di
     summaries = {}
     for name, cfg in configs.items():
         c = cfg.curriculum
-        what = f"SLW {c.seqlen_start} -> {c.seqlen_end} over T={c.duration} steps" if c.kind == "slw" else f"full length {c.seqlen_end}"
-        print(f"\n[{name}] {what}, batch {cfg.train.global_batch_size}, lr {cfg.train.lr:g}, {cfg.train.max_tokens:,} tokens")
+        what = (
+            f"SLW {c.seqlen_start} -> {c.seqlen_end} over T={c.duration} steps"
+            if c.kind == "slw"
+            else f"full length {c.seqlen_end}"
+        )
+        print(
+            f"\n[{name}] {what}, batch {cfg.train.global_batch_size}, lr {cfg.train.lr:g}, {cfg.train.max_tokens:,} tokens"
+        )
         summaries[name] = train(cfg, force=force)
     print()
     print(format_comparison(summaries))
@@ -51,8 +58,7 @@ def format_comparison(summaries: dict[str, dict]) -> str:
         ("steps with loss ratio > 1.2", "steps_loss_ratio_gt_1.2", "{:,}"),
     ]
     names = list(summaries)
-    lines = [f"{'':<28}" + "".join(f"{n:>14}" for n in names)]
+    table = [["", *names]]
     for label, key, fmt in rows:
-        cells = [fmt.format(summaries[n][key]) if summaries[n][key] is not None else "-" for n in names]
-        lines.append(f"{label:<28}" + "".join(f"{c:>14}" for c in cells))
-    return "\n".join(lines)
+        table.append([label, *(fmt.format(summaries[n][key]) if summaries[n][key] is not None else "-" for n in names)])
+    return text_table(table, right=range(1, len(names) + 1), rule=False)

@@ -182,7 +182,9 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     return {"state": {ids[name]: value for name, value in named["state"].items()}, "param_groups": groups}
 
 
-def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict, optimizer_state: dict | None) -> None:
+def load_full_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict, optimizer_state: dict | None
+) -> None:
     """Load single-process-layout state dicts into a plain, DDP-wrapped or FSDP2-sharded model."""
     if not is_sharded(model):
         model.load_state_dict(model_state)

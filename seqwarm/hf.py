@@ -1,4 +1,4 @@
-"""Hugging Face interoperability: export to `GPT2LMHeadModel`, import from it, lm-evaluation-harness.
+"""Hugging Face interoperability: export to `transformers.GPT2LMHeadModel`, and import from it.
 
 seqwarm's GPT is GPT-2's architecture (pre-LayerNorm blocks with eps 1e-5, fused qkv projection
 with biases, tanh-approximated GELU, learned positions, tied output embedding), so a checkpoint
@@ -13,16 +13,14 @@ Export writes safetensors weights, config.json and the exact GPT-2 tokenizer (bu
 the files `seqwarm.tokenizer` verifies), so `from_pretrained(OUT_DIR)` works with no network.
 Import writes a run directory whose step-0 checkpoint holds the HF weights and a fresh optimizer,
 written by the trainer's own `build` and `save`, so `seqwarm train --resume RUN_DIR` continues it.
-`transformers` is an optional dependency (`pip install 'seqwarm[hf]'`); lm-eval another.
+Both directories appear whole or not at all (`seqwarm.files.atomic_directory`). `transformers` is an
+optional dependency (`pip install 'seqwarm[hf]'`); `seqwarm.eval.harness` runs lm-eval on an export.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -30,13 +28,13 @@ import torch
 from seqwarm import __version__
 from seqwarm.checkpoint import load_weights
 from seqwarm.config import load_config, save_config
-from seqwarm.errors import ConfigError, SeqwarmError
-from seqwarm.model import VOCAB_SIZE, GPTConfig
-from seqwarm.tokenizer import EOT_ID, gpt2_files
-from seqwarm.trained import Trained, open_trained
+from seqwarm.errors import ConfigError, SeqwarmError, first_line
+from seqwarm.files import atomic_directory
+from seqwarm.model import GPTConfig
+from seqwarm.saved import SavedModel, open_saved
+from seqwarm.tokenizer import EOT_ID, VOCAB_SIZE, gpt2_files
 
 HF_HINT = "pip install 'seqwarm[hf]'"
-LM_EVAL_HINT = "pip install 'seqwarm[lm-eval]'"
 LAYER_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, what seqwarm's blocks use
 # Both are the tanh approximation of GELU that seqwarm's MLP computes.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
@@ -84,7 +82,10 @@ def _name_map(n_layer: int) -> dict[str, tuple[str, bool]]:
 
 def to_hf_state(state: dict[str, torch.Tensor], gpt: GPTConfig) -> dict[str, torch.Tensor]:
     """seqwarm state dict -> GPT2LMHeadModel state dict (embedding padding dropped, output layer tied)."""
-    out = {hf: (state[name].T if transposed else state[name]).contiguous() for name, (hf, transposed) in _name_map(gpt.n_layer).items()}
+    out = {
+        hf: (state[name].T if transposed else state[name]).contiguous()
+        for name, (hf, transposed) in _name_map(gpt.n_layer).items()
+    }
     wte = state["wte.weight"][: gpt.vocab_size].contiguous()
     return out | {"transformer.wte.weight": wte, "lm_head.weight": wte}
 
@@ -152,7 +153,9 @@ def gpt2_config_problems(config) -> list[str]:
     if get("vocab_size") != VOCAB_SIZE:
         problems.append(f"vocab_size is {get('vocab_size')}, not GPT-2's {VOCAB_SIZE} (seqwarm uses the GPT-2 BPE)")
     if get("activation_function") not in TANH_GELUS:
-        problems.append(f"activation_function is {get('activation_function')!r}; seqwarm's MLP is GELU with the tanh approximation ({' or '.join(TANH_GELUS)})")
+        problems.append(
+            f"activation_function is {get('activation_function')!r}; seqwarm's MLP is GELU with the tanh approximation ({' or '.join(TANH_GELUS)})"
+        )
     if get("layer_norm_epsilon") != LAYER_NORM_EPS:
         problems.append(f"layer_norm_epsilon is {get('layer_norm_epsilon')}, seqwarm's LayerNorm uses {LAYER_NORM_EPS}")
     if get("n_inner") not in (None, 4 * get("n_embd")):
@@ -172,7 +175,7 @@ def gpt2_tokenizer(max_length: int):
     """The exact GPT-2 BPE as a transformers fast tokenizer, built offline from the verified files.
 
     Built as a `tokenizers.Tokenizer` (byte-level BPE, GPT-2's pre-tokenization) and wrapped, which
-    works across transformers versions; the files are read as data (DATA.md: handing their paths
+    works across transformers versions; the files are read as data (docs/DATA.md: handing their paths
     to `GPT2TokenizerFast(vocab_file=...)` silently yields an empty vocabulary).
     """
     transformers = require_transformers()
@@ -200,46 +203,27 @@ def _check_out(out: Path, force: bool, option: str) -> None:
         raise SeqwarmError(f"{option} {out}: directory exists and is not empty (use --force to replace it)")
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Replace `out` by the complete `tmp` (a sibling), so `out` is never half-written."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
-def _sibling_tmp(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-
-
 # --- export --------------------------------------------------------------------------------------
 
 
-def export_hf(path: str | Path | Trained, out: str | Path, *, force: bool = False) -> Path:
+def export_hf(path: str | Path | SavedModel, out: str | Path, *, force: bool = False) -> Path:
     """`seqwarm export RUN_DIR|CHECKPOINT_DIR --hf OUT_DIR`: GPT2LMHeadModel + tokenizer, safetensors."""
     out = Path(out)
     _check_out(out, force, "--hf")
-    trained = path if isinstance(path, Trained) else open_trained(path)
+    saved = path if isinstance(path, SavedModel) else open_saved(path)
     transformers = require_transformers()
-    gpt = trained.gpt
+    gpt = saved.gpt
     if gpt.vocab_size != VOCAB_SIZE:
-        raise SeqwarmError(f"{trained.checkpoint}: vocabulary of {gpt.vocab_size} tokens; GPT-2 (and this export) has {VOCAB_SIZE}")
+        raise SeqwarmError(
+            f"{saved.checkpoint}: vocabulary of {gpt.vocab_size} tokens; GPT-2 (and this export) has {VOCAB_SIZE}"
+        )
     model = transformers.GPT2LMHeadModel(gpt2_config(gpt))
-    model.load_state_dict(to_hf_state(load_weights(trained.checkpoint), gpt), strict=True)
-    tmp = _sibling_tmp(out)
-    try:
+    model.load_state_dict(to_hf_state(load_weights(saved.checkpoint), gpt), strict=True)
+    with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)  # safetensors, the tied output layer stored once
         gpt2_tokenizer(gpt.max_seqlen).save_pretrained(tmp)
-        provenance = {"seqwarm": __version__, "exported_from": trained.describe()}
+        provenance = {"seqwarm": __version__, "exported_from": saved.describe()}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
-        _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -271,44 +255,45 @@ def import_hf(
         raise SeqwarmError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
     fixed = [o for o in overrides if o.partition("=")[0].strip() in {f"model.{f}" for f in ("preset", *MODEL_FIELDS)}]
     if fixed:
-        raise ConfigError(f"{fixed[0].partition('=')[0]}: set by {hf_dir / 'config.json'}; only model.dropout can be chosen on import")
+        raise ConfigError(
+            f"{fixed[0].partition('=')[0]}: set by {hf_dir / 'config.json'}; only model.dropout can be chosen on import"
+        )
     transformers = require_transformers()
     try:
         hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
-        raise SeqwarmError(f"{hf_dir / 'config.json'}: cannot be read by transformers ({_first_line(e)})") from None
+        raise SeqwarmError(f"{hf_dir / 'config.json'}: cannot be read by transformers ({first_line(e)})") from None
     problems = gpt2_config_problems(hf_config)
     if problems:
         raise SeqwarmError(f"{hf_dir / 'config.json'}: not seqwarm's GPT-2 architecture: {'; '.join(problems)}")
     shape = dict(zip(MODEL_FIELDS, (hf_config.n_layer, hf_config.n_head, hf_config.n_embd, hf_config.n_positions)))
-    cfg = load_config(config, [*overrides, "model.preset=null", *(f"model.{k}={v}" for k, v in shape.items()), f"run.dir={out}"])
+    cfg = load_config(
+        config, [*overrides, "model.preset=null", *(f"model.{k}={v}" for k, v in shape.items()), f"run.dir={out}"]
+    )
     state = _read_hf_weights(transformers, hf_dir, cfg.model.gpt())
 
     from seqwarm.data.corpus import open_data
-    from seqwarm.train import build, save  # the trainer writes its own kind of checkpoint
+    from seqwarm.trainer import build, save  # the trainer writes its own kind of checkpoint
 
     data = open_data(cfg, progress)
-    tmp = _sibling_tmp(out)
-    try:
+    with atomic_directory(out) as tmp:
         trainer = build(cfg, tmp, data)
         trainer.model.load_state_dict(state)
         save(trainer)
         save_config(cfg, tmp / "config.yaml")
         provenance = {"seqwarm": __version__, "imported_from": str(hf_dir.resolve()), "hf_config": hf_config.to_dict()}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())
-        _move_into_place(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
 def _read_hf_weights(transformers, hf_dir: Path, gpt: GPTConfig) -> dict[str, torch.Tensor]:
     """The checkpoint's weights as a seqwarm state dict; any weight transformers had to invent is an error."""
     try:
-        model, info = transformers.GPT2LMHeadModel.from_pretrained(hf_dir, local_files_only=True, output_loading_info=True)
+        model, info = transformers.GPT2LMHeadModel.from_pretrained(
+            hf_dir, local_files_only=True, output_loading_info=True
+        )
     except (OSError, ValueError, RuntimeError) as e:
-        raise SeqwarmError(f"{hf_dir}: cannot load the weights ({_first_line(e)})") from None
+        raise SeqwarmError(f"{hf_dir}: cannot load the weights ({first_line(e)})") from None
     missing = sorted(k for k in info.get("missing_keys", ()) if not _MASK_BUFFER.search(k))
     unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not _MASK_BUFFER.search(k))
     mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
@@ -317,109 +302,3 @@ def _read_hf_weights(transformers, hf_dir: Path, gpt: GPTConfig) -> dict[str, to
     if unexpected or mismatched:
         raise SeqwarmError(f"{hf_dir}: weights seqwarm's GPT cannot hold: {', '.join(unexpected + mismatched)}")
     return from_hf_state(model.state_dict(), gpt)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
-
-
-# --- lm-evaluation-harness -----------------------------------------------------------------------
-
-
-def _lm_eval_offline():
-    """lm_eval, imported with the Hugging Face Hub and datasets in offline mode.
-
-    A task's dataset that is not in the local cache then fails at once, instead of a download
-    attempt that hangs on a machine without network. The variables are read when `datasets` and
-    `huggingface_hub` are imported, hence set first; the module constants are also set in case
-    they were imported earlier in this process.
-    """
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        import lm_eval
-        from lm_eval import tasks as lm_tasks
-    except ImportError:
-        raise SeqwarmError(f"--lm-eval needs lm-evaluation-harness, which is not installed: {LM_EVAL_HINT}") from None
-    for module, name in (("datasets.config", "HF_DATASETS_OFFLINE"), ("huggingface_hub.constants", "HF_HUB_OFFLINE")):
-        try:
-            setattr(__import__(module, fromlist=[name]), name, True)
-        except ImportError:
-            pass
-    return lm_eval, lm_tasks
-
-
-def lm_eval_precheck(tasks: list[str]):
-    """Check that lm-eval and transformers are installed, the tasks exist and their data is on this
-    machine, before any evaluation. Returns the lm-eval TaskManager to evaluate with."""
-    _, lm_tasks = _lm_eval_offline()
-    require_transformers()  # lm-eval's "hf" model reads the exported directory
-    manager = lm_tasks.TaskManager()
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise SeqwarmError(f"--lm-eval: unknown lm-eval task {', '.join(unknown)} (list them with `lm-eval ls tasks`)")
-    for task in tasks:
-        try:
-            lm_tasks.get_task_dict([task], manager)  # loads the task's dataset: offline, the local cache only
-        except Exception as e:  # lm-eval and datasets raise many kinds; the cause is named below
-            if _is_missing_data(e):
-                raise SeqwarmError(
-                    f"--lm-eval {task}: its dataset is not on this machine and seqwarm evaluates offline "
-                    f"({type(e).__name__}: {_first_line(e)}); download it once where the Hugging Face Hub is reachable "
-                    f"(e.g. `lm-eval run --model hf --model_args pretrained=gpt2 --tasks {task} --limit 1`) into the "
-                    "same HF_HOME / HF_DATASETS_CACHE"
-                ) from None
-            raise SeqwarmError(f"--lm-eval {task}: lm-eval cannot load the task ({type(e).__name__}: {_first_line(e)})") from None
-    return manager
-
-
-def _is_missing_data(e: BaseException) -> bool:
-    """Whether an exception from loading a task's dataset means "not cached and offline"."""
-    text = f"{type(e).__name__} {e}".lower()
-    return isinstance(e, (ConnectionError, FileNotFoundError)) or any(
-        word in text for word in ("offline", "notfound", "not found", "couldn't reach", "connection", "hub")
-    )
-
-
-def run_lm_eval(trained: Trained, tasks: list[str], manager, *, device: torch.device, batch_size: int, limit: int | None = None) -> list:
-    """lm-eval's HF model on the exported checkpoint; one TaskResult per task lm-eval reports."""
-    from seqwarm.evaluate import TaskResult
-
-    lm_eval, _ = _lm_eval_offline()
-    with tempfile.TemporaryDirectory(prefix="seqwarm-lm-eval-") as tmp:
-        exported = export_hf(trained, Path(tmp) / "hf")
-        output = lm_eval.simple_evaluate(
-            model="hf",
-            model_args=f"pretrained={exported},dtype=float32",
-            tasks=tasks,
-            task_manager=manager,
-            device=str(device),
-            batch_size=batch_size,
-            limit=limit,
-        )
-    samples = output.get("n-samples", {})
-    results = []
-    for task, values in output["results"].items():
-        metrics = {  # "acc,none" -> "acc": the metric under lm-eval's default (no) filter
-            key.replace(",none", ""): float(v)
-            for key, v in values.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and key != "sample_len"
-        }
-        n = samples.get(task, {}).get("effective", values.get("sample_len"))
-        results.append(
-            TaskResult(
-                task=f"lm-eval/{task}",
-                dataset=f"lm-evaluation-harness {getattr(lm_eval, '__version__', '')}: {task}".strip(),
-                metrics=metrics,
-                counts={"items": int(n)} if n is not None else {},
-                settings={"limit": limit, "batch_size": batch_size},
-            )
-        )
-    return results

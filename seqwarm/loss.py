@@ -73,5 +73,7 @@ def linear_cross_entropy(
     total = torch.zeros((), dtype=acc, device=hidden.device)
     for start in range(0, hidden.shape[0], chunk_size):
         logits = (hidden[start : start + chunk_size] @ weight[:vocab_size].T).to(acc)
-        total += F.cross_entropy(logits, targets[start : start + chunk_size], ignore_index=ignore_index, reduction="sum")
+        total += F.cross_entropy(
+            logits, targets[start : start + chunk_size], ignore_index=ignore_index, reduction="sum"
+        )
     return total

@@ -19,7 +19,6 @@ from seqwarm.loss import IGNORE_INDEX, linear_cross_entropy
 from seqwarm.tokenizer import VOCAB_SIZE
 
 
-
 @dataclass(frozen=True)
 class GPTConfig:
     n_layer: int
@@ -139,7 +138,9 @@ class GPT(nn.Module):
             x = block(x)
         return self.ln_f(x)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, ignore_index: int = IGNORE_INDEX
+    ) -> torch.Tensor:
         """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size); with targets (B, T), the
         summed cross-entropy over targets != ignore_index instead, without materializing the logits.
 
@@ -148,7 +149,9 @@ class GPT(nn.Module):
         """
         hidden = self.trunk(idx)
         if targets is not None:
-            return linear_cross_entropy(hidden, self.wte.weight, targets, vocab_size=self.cfg.vocab_size, ignore_index=ignore_index)
+            return linear_cross_entropy(
+                hidden, self.wte.weight, targets, vocab_size=self.cfg.vocab_size, ignore_index=ignore_index
+            )
         logits = F.linear(hidden, self.wte.weight)  # tied output embedding, (B, T, padded_vocab)
         return logits[..., : self.cfg.vocab_size]
 

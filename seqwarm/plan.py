@@ -1,7 +1,7 @@
 """`seqwarm plan`: the schedule a config will follow, step by step, without training or data.
 
-It runs the very functions training uses (pacing, loader bookkeeping, clock, LR, stopping), so
-what it prints is what `train` will do.
+It runs the very functions training uses (pacing, the sequence order of `seqwarm.data.order`, the
+clock, the LR, the stopping rule), so what it prints is what `train` will do.
 """
 
 from __future__ import annotations
@@ -9,22 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from seqwarm.config import Config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
-from seqwarm.data.loader import TrainLoader
+from seqwarm.data.order import SequenceOrder
 from seqwarm.schedule import Clock, finished, learning_rate
-
-
-@dataclass(frozen=True)
-class _VirtualIndex:
-    """Stands in for the corpus: plan needs the sequence length, never the tokens."""
-
-    seqlen: int
-
-    def __len__(self) -> int:
-        return 1 << 62
+from seqwarm.tables import text_table
 
 
 def plan_steps(cfg: Config) -> Iterator[dict]:
@@ -33,18 +23,26 @@ def plan_steps(cfg: Config) -> Iterator[dict]:
     gpt = cfg.model.gpt()
     seqlen_of = SeqlenSchedule(cfg.curriculum)
     batch_size_of = BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size)
-    loader = TrainLoader(_VirtualIndex(cfg.curriculum.seqlen_end), seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail)
+    # The corpus's size only changes which sequences are drawn, never how many tokens each serves.
+    order = SequenceOrder(1 << 62, cfg.curriculum.seqlen_end, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail)
     clock = Clock()
     while not finished(clock, t):
         seqlen = seqlen_of(clock.step)
         batch_size = batch_size_of(clock.tokens)
-        _, served = loader.next_segments(batch_size, seqlen)
+        _, served = order.next_segments(batch_size, seqlen)
         tokens = int(served.sum())
         lr = learning_rate(clock.after(tokens, t), t)
         clock.tick(tokens, t)
         # Padded rows cost a full-length forward/backward too.
         flops = len(served) * seqlen * gpt.flops_per_token(seqlen)
-        yield {"step": clock.step, "seqlen": seqlen, "batch_size": batch_size, "tokens": clock.tokens, "lr": lr, "flops": flops}
+        yield {
+            "step": clock.step,
+            "seqlen": seqlen,
+            "batch_size": batch_size,
+            "tokens": clock.tokens,
+            "lr": lr,
+            "flops": flops,
+        }
 
 
 def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, out=None) -> dict:
@@ -60,7 +58,8 @@ def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, ou
         "steps": len(rows),
         "tokens": rows[-1]["tokens"],
         "flops": total_flops,
-        "full_length_step": SeqlenSchedule(cfg.curriculum).full_length_step,
+        # In the rows' numbering: row k is the k-th step, which trains at schedule(k - 1).
+        "full_length_step": SeqlenSchedule(cfg.curriculum).full_length_step + 1,
         "params": cfg.model.gpt().n_params(),
     }
     if jsonl:
@@ -68,9 +67,19 @@ def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, ou
             out.write(json.dumps(r) + "\n")
         out.write(json.dumps({"summary": summary}) + "\n")
         return summary
-    out.write(f"{'step':>9} {'seqlen':>7} {'batch':>6} {'tokens':>15} {'lr':>10} {'flops':>10}\n")
+    table = [["step", "seqlen", "batch", "tokens", "lr", "flops"]]
     for r in shown:
-        out.write(f"{r['step']:>9} {r['seqlen']:>7} {r['batch_size']:>6} {r['tokens']:>15,} {r['lr']:>10.3e} {r['flops']:>10.3e}\n")
+        table.append(
+            [
+                str(r["step"]),
+                str(r["seqlen"]),
+                str(r["batch_size"]),
+                f"{r['tokens']:,}",
+                f"{r['lr']:.3e}",
+                f"{r['flops']:.3e}",
+            ]
+        )
+    out.write(text_table(table, right=range(6), rule=False) + "\n")
     stop = f"max_tokens {cfg.train.max_tokens:,}" if cfg.train.max_tokens else f"max_steps {cfg.train.max_steps:,}"
     out.write(
         f"total: {summary['steps']:,} steps to reach {stop}; {summary['tokens']:,} tokens, "

@@ -36,11 +36,11 @@ Decisions:
 from __future__ import annotations
 
 import csv
+import io
 import json
-import math
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,16 +51,25 @@ from scipy import stats
 
 from seqwarm.config import load_config
 from seqwarm.errors import SeqwarmError
-from seqwarm.evaluate import EVAL_FILE, format_value, metric_label, read_eval
-from seqwarm.metrics import METRICS, read_metrics
+from seqwarm.eval.results import EVAL_FILE, format_counts, format_value, metric_label, read_eval
+from seqwarm.files import atomic_write
+from seqwarm.metrics import (
+    METRICS,
+    RATIO_THRESHOLDS,
+    eval_rows,
+    finite,
+    loss_ratio_table,
+    number,
+    read_metrics,
+    train_rows,
+)
+from seqwarm.tables import Column, markdown_table
 
 REPORT = "report.md"
 TABLE1_CSV = "table1_loss_ratio.csv"
 TABLE3_CSV = "table3_correlation.csv"
 SUMMARY_CSV = "summary.csv"
 ZEROSHOT_CSV = "zeroshot.csv"
-# Table 1 counts the steps above 1.2; Appendix A.3.1 (Table 5) counts those above 1.5.
-RATIO_THRESHOLDS = (1.2, 1.5)
 # Table 3 correlates the loss ratio with the l1 norm and the max element of sqrt(v_t).
 ADAM_VARIANCE = ("adam/var_l1", "adam/var_max")
 MIN_POINTS = 3  # fewer points leave r meaningless (two points always give |r| = 1)
@@ -124,43 +133,6 @@ MARKERS_BELOW = 50  # a series this short (eval rows) shows its points, so a sin
 
 
 # --- the tables (pure functions of one run's metrics rows) ---------------------------------------
-
-
-def number(value: object) -> float | None:
-    """A logged number as a float (NaN and infinities included); None for a missing or non-numeric value."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def finite(value: object) -> float | None:
-    x = number(value)
-    return x if x is not None and math.isfinite(x) else None
-
-
-def train_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "loss" in r]
-
-
-def eval_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if "val/loss" in r]
-
-
-def loss_ratio_table(rows: list[dict]) -> dict:
-    """One run's row of Table 1 (Section 3): steps above each loss-ratio threshold and the max ratio.
-
-    The loss ratio of a step is its training loss over the minimum loss of all previous steps
-    (`seqwarm.monitor.LossRatio`); percentages are of all logged train steps.
-    """
-    train = train_rows(rows)
-    ratios = [x for r in train if (x := finite(r.get("loss_ratio"))) is not None]
-    table = {"steps": len(train)}
-    for t in RATIO_THRESHOLDS:
-        count = sum(x > t for x in ratios)
-        table[f"steps_loss_ratio_gt_{t}"] = count
-        table[f"pct_steps_loss_ratio_gt_{t}"] = 100 * count / len(train) if train else None
-    table["max_loss_ratio"] = max(ratios, default=None)
-    return table
 
 
 def paired(rows: list[dict], x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -326,8 +298,6 @@ def fmt_skipped(row: dict) -> str:
     return f"{row['skipped_steps']:,}" + (f" ({reasons})" if reasons else "")
 
 
-Column = tuple[str, Callable[[dict], str]]
-
 TABLE1_COLUMNS: list[Column] = [
     ("run", lambda r: r["run"]),
     ("parameters", lambda r: fmt_params(r["params"])),
@@ -374,25 +344,29 @@ def zeroshot_table(run: Run) -> list[dict]:
     step = run.evaluation["checkpoint"]["step"]
     rows = []
     for result in run.evaluation["results"].values():
-        n = ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in result["counts"].items())
+        n = format_counts(result["counts"])
         for metric, value in result["metrics"].items():
-            rows.append({"run": run.label, "step": step, "task": result["task"], "dataset": result["dataset"],
-                         "metric": metric, "value": value, "n": n})
+            rows.append(
+                {
+                    "run": run.label,
+                    "step": step,
+                    "task": result["task"],
+                    "dataset": result["dataset"],
+                    "metric": metric,
+                    "value": value,
+                    "n": n,
+                }
+            )
     return rows
 
 
-def markdown_table(columns: list[Column], rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(name for name, _ in columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def write_csv(path: Path, rows: list[dict]) -> None:
-    """Raw values (None as an empty cell), one column per key."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    """Raw values (None as an empty cell), one column per key; written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, text.getvalue())
 
 
 def series(rows: list[dict], plot: Plot) -> tuple[list[float], list[float]]:
@@ -420,12 +394,19 @@ def draw(plot: Plot, runs: list[Run], path: Path) -> bool:
     ax.set(xlabel=AXIS_LABELS[plot.x], ylabel=AXIS_LABELS[plot.y], title=plot.title)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    atomic_write(path, png.getvalue())
     return True
 
 
 def render_markdown(
-    runs: list[Run], table1: list[dict], table3: list[dict], summary: list[dict], drawn: list[Plot], zeroshot: list[dict]
+    runs: list[Run],
+    table1: list[dict],
+    table3: list[dict],
+    summary: list[dict],
+    drawn: list[Plot],
+    zeroshot: list[dict],
 ) -> str:
     skipped = [p for p in PLOTS if p not in drawn]
     parts = [
@@ -502,7 +483,7 @@ def write_report(run_dirs: list[Path], out: Path) -> Path:
                 drawn.append(plot)
             else:
                 png.unlink(missing_ok=True)  # an earlier report's figure would no longer match
-        (out / REPORT).write_text(render_markdown(runs, table1, table3, summary, drawn, zeroshot))
+        atomic_write(out / REPORT, render_markdown(runs, table1, table3, summary, drawn, zeroshot))
     except OSError as e:
         raise ReportError(f"{out}: cannot write the report ({e.strerror or e})") from e
     return out / REPORT

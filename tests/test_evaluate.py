@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,21 +12,26 @@ import torch
 
 from seqwarm.cli import main
 from seqwarm.config import load_config
-from seqwarm.evaluate import (
+from seqwarm.eval.harness import harness_results
+from seqwarm.eval.results import (
     EVAL_FILE,
-    lambada_hits,
-    lambada_split,
-    lambada_style_items,
-    lambada_tokens,
-    sliding_windows,
-    window_nll,
-    wikitext_detokenize,
-    word_count,
+    FORMAT,
+    TaskResult,
+    default_json_path,
+    format_counts,
+    format_table,
+    format_value,
+    metric_label,
+    read_eval,
+    results_json,
+    write_eval,
 )
+from seqwarm.eval.scoring import lambada_hits, sliding_windows, window_nll
+from seqwarm.eval.texts import lambada_split, lambada_style_items, lambada_tokens, wikitext_detokenize, word_count
+from seqwarm.metrics import read_metrics
 from seqwarm.report import write_report
 from seqwarm.tokenizer import gpt2_encoding
-from seqwarm.metrics import read_metrics
-from seqwarm.train import train
+from seqwarm.trainer import train
 
 CPU = torch.device("cpu")
 
@@ -80,7 +86,7 @@ def test_wikitext_scorer_gives_the_hand_computed_perplexity():
 
 
 def test_wikitext_detokenizer_and_word_count():
-    raw = " = Valkyria = \n \n Senjō no Valkyria 3 : Unrecorded Chronicles is a 3 @,@ 000 @-@ year ( long ) game ; it 's \" fine \" . \n"
+    raw = ' = Valkyria = \n \n Senjō no Valkyria 3 : Unrecorded Chronicles is a 3 @,@ 000 @-@ year ( long ) game ; it \'s " fine " . \n'
     assert wikitext_detokenize(raw) == (
         ' = Valkyria =\n\nSenjō no Valkyria 3: Unrecorded Chronicles is a 3,000-year (long) game; it\'s "fine".\n'
     )
@@ -134,6 +140,88 @@ def test_lambada_style_items_end_on_a_sentence_final_word():
     assert items[1].endswith("'said the Rabbit") and len(items[1].split()) >= 40
 
 
+# --- results: eval.json and the table, on plain data --------------------------------------------------
+
+CHECKPOINT = {"path": "runs/r/checkpoints/step-00000010", "step": 10, "tokens": 4000}
+
+
+def result(task: str, **metrics: float) -> TaskResult:
+    return TaskResult(task=task, dataset=f"{task} data", metrics=metrics, counts={"tokens": 1234})
+
+
+def test_results_merge_into_an_earlier_eval_of_the_same_checkpoint(tmp_path):
+    first = results_json(CHECKPOINT, {"n_layer": 2}, "cpu", [result("val", ppl=5.0), result("test", ppl=6.0)])
+    assert first["format"] == FORMAT and first["device"] == "cpu" and list(first["results"]) == ["val", "test"]
+    assert first["results"]["val"] == asdict(result("val", ppl=5.0))
+
+    # The same checkpoint again: new tasks are added, re-evaluated ones replaced, the rest kept.
+    again = results_json(
+        CHECKPOINT, {"n_layer": 2}, "cpu", [result("test", ppl=7.0), result("lambada", acc=0.5)], first
+    )
+    assert list(again["results"]) == ["val", "test", "lambada"]
+    assert again["results"]["test"]["metrics"] == {"ppl": 7.0} and again["results"]["val"] == first["results"]["val"]
+    assert first["results"]["test"]["metrics"] == {"ppl": 6.0}  # the earlier document is not modified
+
+    # A newer checkpoint starts afresh.
+    newer = results_json({**CHECKPOINT, "step": 20}, {"n_layer": 2}, "cpu", [result("lambada", acc=1.0)], again)
+    assert list(newer["results"]) == ["lambada"]
+
+
+def test_eval_json_round_trips_and_foreign_json_is_ignored(tmp_path):
+    doc = results_json(CHECKPOINT, {}, "cpu", [result("val", ppl=5.0)])
+    out = tmp_path / "new" / "dir" / EVAL_FILE
+    write_eval(out, doc)  # creates the directory, as `--json OUT` may need
+    assert read_eval(out) == doc and out.read_text().endswith("}\n")
+    assert [p.name for p in out.parent.iterdir()] == [EVAL_FILE]  # no temporary file left
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something-else"}))
+    (tmp_path / "broken.json").write_text("{")
+    assert read_eval(tmp_path / "other.json") is None and read_eval(tmp_path / "broken.json") is None
+    assert read_eval(tmp_path / "missing.json") is None
+
+
+def test_default_json_path_keeps_a_checkpoints_results_with_it(tmp_path):
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000010"
+    checkpoint.mkdir(parents=True)
+    assert default_json_path(tmp_path / "run", checkpoint) == tmp_path / "run" / EVAL_FILE
+    assert default_json_path(checkpoint, checkpoint) == checkpoint / EVAL_FILE
+
+
+def test_format_table_one_row_per_metric_with_the_counts_once():
+    wiki = TaskResult(
+        "wikitext",
+        "WikiText",
+        {"ppl": 30748.25, "word_ppl": 182634.3712, "loss": 10.33361},
+        {"tokens": 69, "scored_tokens": 68},
+    )
+    harness = TaskResult("lm-eval/piqa", "lm-evaluation-harness: piqa", {"acc": 0.5}, {"items": 4})
+    lines = format_table([wiki, asdict(harness)]).split("\n")  # TaskResults or their stored dicts
+    assert lines[0].split() == ["task", "dataset", "metric", "value", "n"] and set(lines[1]) == {"-", " "}
+    assert lines[2].split("  ")[0] == "wikitext" and lines[2].endswith("69 tokens, 68 scored tokens")
+    assert [line.split("  ")[0] for line in lines[3:5]] == ["", ""]  # task and dataset only on its first row
+    values = [line[lines[0].index("value") - 5 : lines[0].index("value") + 5].strip() for line in lines[2:]]
+    assert values == ["30,748.25", "182,634.37", "10.3336", "0.5000"]  # right-aligned in one column
+    assert "perplexity per word (adjusted)" in lines[3]
+    assert "accuracy (strict)" not in lines[5] and "  acc  " in lines[5]  # lm-eval's metrics keep their names
+    assert metric_label("lambada", "acc") == "accuracy (strict)" and metric_label("lm-eval/x", "acc") == "acc"
+    assert format_counts({"target_tokens": 1602, "items": 1400}) == "1,602 target tokens, 1,400 items"
+    assert (format_value(99.99994), format_value(100.0), format_value(-0.5)) == ("99.9999", "100.00", "-0.5000")
+
+
+def test_harness_results_keep_the_default_filters_metrics():
+    output = {
+        "results": {
+            "piqa": {"alias": "piqa", "acc,none": 0.75, "acc_stderr,none": 0.1, "sample_len": 8, "flag": True},
+            "arc": {"acc,none": 0.5},
+        },
+        "n-samples": {"piqa": {"original": 10, "effective": 8}},
+    }
+    piqa, arc = harness_results(output, version="0.4.13", limit=8, batch_size=2)
+    assert (piqa.task, piqa.dataset) == ("lm-eval/piqa", "lm-evaluation-harness 0.4.13: piqa")
+    assert piqa.metrics == {"acc": 0.75, "acc_stderr": 0.1} and piqa.counts == {"items": 8}
+    assert piqa.settings == {"limit": 8, "batch_size": 2}
+    assert arc.metrics == {"acc": 0.5} and arc.counts == {}  # no sample count reported
+
+
 # --- the command on a tiny trained run -------------------------------------------------------------
 
 
@@ -141,9 +229,14 @@ def test_lambada_style_items_end_on_a_sentence_final_word():
 def tiny_run(corpus_dir, tmp_path_factory):
     """A tiny run whose training validation covers the whole val split (to compare with `eval val`)."""
     cfg = load_config(
-        "configs/tiny-slw.yaml",
-        [f"data.path={corpus_dir}", f"run.dir={tmp_path_factory.mktemp('eval') / 'run'}", "train.num_threads=1",
-         "train.max_tokens=3000", "eval.max_sequences=100000"],
+        "tiny-slw",
+        [
+            f"data.path={corpus_dir}",
+            f"run.dir={tmp_path_factory.mktemp('eval') / 'run'}",
+            "train.num_threads=1",
+            "train.max_tokens=3000",
+            "eval.max_sequences=100000",
+        ],
     )
     train(cfg, progress=False)
     return Path(cfg.run.dir)
@@ -155,13 +248,28 @@ def texts(tmp_path_factory):
     wiki = d / "wiki.test.tokens"
     wiki.write_text(" = Valkyria = \n \n The game 's story ( a war ) began in 1 @,@ 935 . \n" * 3)
     lambada = d / "lambada_test.jsonl"
-    lambada.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["the river ran past the old mill", "she opened the letter and read the story"]))
+    lambada.write_text(
+        "".join(
+            json.dumps({"text": t}) + "\n"
+            for t in ["the river ran past the old mill", "she opened the letter and read the story"]
+        )
+    )
     return wiki, lambada
 
 
 def test_eval_command_writes_results_and_the_report_shows_them(tiny_run, texts, capsys, tmp_path):
     wiki, lambada = texts
-    args = ["eval", str(tiny_run), "--wikitext", str(wiki), "--lambada", str(lambada), "--stride", "16", "--no-progress"]
+    args = [
+        "eval",
+        str(tiny_run),
+        "--wikitext",
+        str(wiki),
+        "--lambada",
+        str(lambada),
+        "--stride",
+        "16",
+        "--no-progress",
+    ]
     assert main([*args, "--tasks", "val,wikitext"]) == 0
     assert main([*args, "--tasks", "lambada,test", "--batch-size", "2"]) == 0  # merged into the same file
     out = capsys.readouterr().out
@@ -199,7 +307,22 @@ def test_eval_command_writes_results_and_the_report_shows_them(tiny_run, texts, 
 def test_eval_checkpoint_dir_and_json_option(tiny_run, texts, tmp_path):
     checkpoint = sorted((tiny_run / "checkpoints").iterdir())[-1]
     out = tmp_path / "r.json"
-    assert main(["eval", str(checkpoint), "--tasks", "lambada", "--lambada", str(texts[1]), "--json", str(out), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(checkpoint),
+                "--tasks",
+                "lambada",
+                "--lambada",
+                str(texts[1]),
+                "--json",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["checkpoint"]["path"] == str(checkpoint)
     assert main(["eval", str(checkpoint), "--tasks", "lambada", "--lambada", str(texts[1]), "--no-progress"]) == 0
     assert (checkpoint / EVAL_FILE).exists()  # a checkpoint's results stay with it, not in the run's eval.json
@@ -212,8 +335,19 @@ def test_eval_checkpoint_dir_and_json_option(tiny_run, texts, tmp_path):
         (["eval", "{tmp}/hfdir"], "seqwarm import-hf"),
         (["eval", "{run}", "--tasks", "val,hellaswag"], "--tasks: unknown task hellaswag"),
         (["eval", "{run}", "--tasks", "wikitext", "--stride", "0"], "--stride: must be between 1 and"),
-        (["eval", "{run}", "--tasks", "lambada", "--lambada", "{tmp}/missing.jsonl"], "--lambada: {tmp}/missing.jsonl: no such file"),
-        (["eval", "{run}", "--tasks", "lambada", "--lambada", "{tmp}/bad.jsonl"], "bad.jsonl:1: expected a JSON object"),
+        pytest.param(
+            ["eval", "{run}", "--tasks", "val", "--device", "cuda"],
+            "--device: cuda requested but no CUDA device is available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA"),
+        ),
+        (
+            ["eval", "{run}", "--tasks", "lambada", "--lambada", "{tmp}/missing.jsonl"],
+            "--lambada: {tmp}/missing.jsonl: no such file",
+        ),
+        (
+            ["eval", "{run}", "--tasks", "lambada", "--lambada", "{tmp}/bad.jsonl"],
+            "bad.jsonl:1: expected a JSON object",
+        ),
     ],
 )
 def test_eval_refuses_bad_input_in_one_line(tiny_run, tmp_path, capsys, args, message):

@@ -14,13 +14,13 @@ from safetensors.torch import load_file, save_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it: nothing here may reach the Hub
 
+from seqwarm.checkpoint import latest_checkpoint  # noqa: E402
 from seqwarm.cli import main  # noqa: E402
 from seqwarm.config import load_config  # noqa: E402
 from seqwarm.hf import export_hf, from_hf_state, to_hf_state  # noqa: E402
 from seqwarm.model import GPT, GPTConfig  # noqa: E402
 from seqwarm.tokenizer import gpt2_encoding  # noqa: E402
-from seqwarm.checkpoint import latest_checkpoint  # noqa: E402
-from seqwarm.train import train  # noqa: E402
+from seqwarm.trainer import train  # noqa: E402
 
 needs_transformers = pytest.mark.skipif(find_spec("transformers") is None, reason="needs seqwarm[hf] (transformers)")
 SHAPE = GPTConfig(n_layer=2, n_head=2, d_model=32, max_seqlen=64)
@@ -42,7 +42,9 @@ def write_checkpoint(model: GPT, path: Path, step: int = 7, tokens: int = 4480) 
     """A checkpoint directory as far as eval/export read it: weights and state.json."""
     path.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, path / "model.safetensors")
-    (path / "state.json").write_text(json.dumps({"model": asdict(model.cfg), "clock": {"step": step, "tokens": tokens}}))
+    (path / "state.json").write_text(
+        json.dumps({"model": asdict(model.cfg), "clock": {"step": step, "tokens": tokens}})
+    )
     return path
 
 
@@ -94,7 +96,9 @@ def test_export_matches_seqwarm_logits_and_greedy_continuation(exported):
         assert (ours - theirs).abs().max().item() <= 1e-4
         prompt = ids[:, :8]
         a = greedy(model, prompt, 16)
-        b = hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False, pad_token_id=50256)
+        b = hf.generate(
+            prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False, pad_token_id=50256
+        )
     assert torch.equal(a, b)
     provenance = json.loads((out / "seqwarm.json").read_text())
     assert provenance["exported_from"]["step"] == 7
@@ -116,13 +120,15 @@ def test_import_round_trips_and_the_run_resumes(exported, corpus_dir, tmp_path, 
     model, _, hf_dir = exported
     run = tmp_path / "run"
     overrides = [f"data.path={corpus_dir}", "train.max_tokens=1500", "train.num_threads=1", "model.dropout=0.1"]
-    assert main(["import-hf", str(hf_dir), "--out", str(run), "configs/tiny-slw.yaml", *overrides]) == 0
+    assert main(["import-hf", str(hf_dir), "--out", str(run), "tiny-slw", *overrides]) == 0
     assert f"seqwarm train --resume {run}" in capsys.readouterr().out
     checkpoint = latest_checkpoint(run)
     assert checkpoint.name == "step-00000000"
     state = load_file(checkpoint / "model.safetensors")
     for name, tensor in model.state_dict().items():
-        expected = torch.cat([tensor[:50257], torch.zeros(tensor.shape[0] - 50257, 32)]) if name == "wte.weight" else tensor
+        expected = (
+            torch.cat([tensor[:50257], torch.zeros(tensor.shape[0] - 50257, 32)]) if name == "wte.weight" else tensor
+        )
         assert torch.equal(state[name], expected), name
     cfg = load_config(run / "config.yaml")
     gpt = cfg.model.gpt()
@@ -135,7 +141,7 @@ def test_import_round_trips_and_the_run_resumes(exported, corpus_dir, tmp_path, 
 
     # Importing into a run directory that exists is refused, and leaves it alone.
     before = sorted(p.name for p in run.iterdir())
-    assert main(["import-hf", str(hf_dir), "configs/tiny-slw.yaml", *overrides, "--out", str(run)]) == 2
+    assert main(["import-hf", str(hf_dir), "tiny-slw", *overrides, "--out", str(run)]) == 2
     assert "--out" in capsys.readouterr().err and sorted(p.name for p in run.iterdir()) == before
 
 
@@ -157,7 +163,7 @@ def test_import_refuses_another_architecture(exported, tmp_path, capsys, change,
         (hf / f.name).write_bytes(f.read_bytes())
     config = json.loads((hf / "config.json").read_text()) | change
     (hf / "config.json").write_text(json.dumps(config))
-    assert main(["import-hf", str(hf), "configs/tiny-slw.yaml", "--out", str(tmp_path / "run")]) == 2
+    assert main(["import-hf", str(hf), "tiny-slw", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()
@@ -170,7 +176,7 @@ def test_import_refuses_an_untied_output_layer(tmp_path, capsys):
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, n_positions=64, tie_word_embeddings=False))
     hf.save_pretrained(tmp_path / "untied")
-    assert main(["import-hf", str(tmp_path / "untied"), "configs/tiny-slw.yaml", "--out", str(tmp_path / "run")]) == 2
+    assert main(["import-hf", str(tmp_path / "untied"), "tiny-slw", "--out", str(tmp_path / "run")]) == 2
     assert "untied output layer" in capsys.readouterr().err
     assert main(["import-hf", str(tmp_path / "untied"), "model.n_layer=4", "--out", str(tmp_path / "run")]) == 2
     assert "model.n_layer: set by" in capsys.readouterr().err
@@ -228,7 +234,9 @@ def fake_lm_eval(monkeypatch, load_error: Exception | None, seen: list):
         pretrained = Path(model_args.split(",")[0].removeprefix("pretrained="))
         seen.append((model, sorted(p.name for p in pretrained.iterdir()), tasks))  # the export, while it exists
         return {
-            "results": {"lambada_openai": {"alias": "lambada_openai", "acc,none": 0.25, "acc_stderr,none": 0.1, "sample_len": 4}},
+            "results": {
+                "lambada_openai": {"alias": "lambada_openai", "acc,none": 0.25, "acc_stderr,none": 0.1, "sample_len": 4}
+            },
             "n-samples": {"lambada_openai": {"original": 4, "effective": 4}},
         }
 
@@ -267,7 +275,11 @@ def test_lm_eval_runs_on_the_exported_checkpoint(exported, monkeypatch, tmp_path
     assert main(["eval", str(exported[1]), "--lm-eval", "lambada_openai", "--json", str(out), "--no-progress"]) == 0
     assert seen[0] == (["lambada_openai"], "1", "1")
     model, files, tasks = seen[1]
-    assert model == "hf" and tasks == ["lambada_openai"] and {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    assert (
+        model == "hf"
+        and tasks == ["lambada_openai"]
+        and {"config.json", "model.safetensors", "tokenizer.json"} <= set(files)
+    )
     result = json.loads(out.read_text())["results"]["lm-eval/lambada_openai"]
     assert result["metrics"] == {"acc": 0.25, "acc_stderr": 0.1} and result["counts"] == {"items": 4}
     assert "lm-eval/lambada_openai" in capsys.readouterr().out

@@ -3,8 +3,9 @@ import pytest
 
 from seqwarm.config import CurriculumConfig
 from seqwarm.curriculum import SeqlenSchedule
-from seqwarm.data.format import TokenData
-from seqwarm.data.loader import SequenceIndex, TrainLoader, permute
+from seqwarm.data.format import SequenceIndex, TokenData
+from seqwarm.data.loader import TrainLoader
+from seqwarm.data.order import permute
 from seqwarm.loss import IGNORE_INDEX
 
 
@@ -28,12 +29,12 @@ def make_loader(n_tokens=10_001, L=100, **kw):
 def test_each_epoch_visits_every_sequence_once_in_a_seeded_order():
     loader = make_loader(seed=7)
     n = len(loader.index)
-    first = np.concatenate([loader.next_segments(10, 100)[0] for _ in range(n // 10)])
-    second = np.concatenate([loader.next_segments(10, 100)[0] for _ in range(n // 10)])
+    first = np.concatenate([loader.order.next_segments(10, 100)[0] for _ in range(n // 10)])
+    second = np.concatenate([loader.order.next_segments(10, 100)[0] for _ in range(n // 10)])
     assert sorted(first.tolist()) == sorted(second.tolist()) == [i * 100 for i in range(n)]
     assert not np.array_equal(first, second)  # a new order per epoch
     again = make_loader(seed=7)
-    assert np.array_equal(np.concatenate([again.next_segments(10, 100)[0] for _ in range(n // 10)]), first)
+    assert np.array_equal(np.concatenate([again.order.next_segments(10, 100)[0] for _ in range(n // 10)]), first)
 
 
 def test_batches_are_truncated_full_length_sequences():
@@ -76,19 +77,19 @@ def test_keep_tail_serves_every_token_exactly_once():
             assert (batch.inputs[row][valid].numpy() + 1 == positions).all(), "targets aligned"
             counts[positions] += 1
     pending = np.zeros_like(counts)
-    for start, n in zip(loader.tail_starts, loader.tail_lengths):
+    for start, n in zip(loader.order.tail_starts, loader.order.tail_lengths):
         pending[start + 1 : start + n + 1] += 1
     expected = np.zeros_like(counts)
     for i in drawn:
         expected[i * L + 1 : i * L + L + 1] = 1
     assert np.array_equal(counts + pending, expected), "each target of a drawn sequence served once or pending"
-    assert loader.consumed == len(drawn) and pending.sum() < B * L
+    assert loader.order.consumed == len(drawn) and pending.sum() < B * L
 
 
 def test_drop_tail_skips_truncated_tokens():
     loader = make_loader(seed=1, drop_tail=True)
     batch = loader.next_batch(4, 8)
-    assert batch.tokens == 32 and len(loader.tail_starts) == 0
+    assert batch.tokens == 32 and len(loader.order.tail_starts) == 0
 
 
 def test_token_data_rejects_corruption(corpus_dir, tmp_path):

@@ -86,4 +86,6 @@ def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk
     assert torch.allclose(got[0], 0.5 * grads[0], atol=1e-9) and torch.allclose(got[1], 0.5 * grads[1], atol=1e-9)
     assert got[1][VOCAB_SIZE:].abs().max() == 0  # padding rows of the vocabulary are never predicted
     with torch.no_grad():
-        assert linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size).item() == pytest.approx(plain.item())
+        assert linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size).item() == pytest.approx(
+            plain.item()
+        )

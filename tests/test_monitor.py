@@ -7,9 +7,9 @@ import torch
 
 from seqwarm import checkpoint as ckpt
 from seqwarm.errors import SeqwarmError
-from seqwarm.monitor import LossRatio, NonFiniteGuard, adam_statistics
 from seqwarm.metrics import read_metrics
-from seqwarm.train import train
+from seqwarm.monitor import LossRatio, NonFiniteGuard, adam_statistics
+from seqwarm.trainer import train
 
 
 def test_adam_statistics_by_hand():
@@ -49,7 +49,7 @@ def test_guard_policies():
 
 def poison(monkeypatch, bad_steps, where="loss"):
     """Make the loss (or one gradient) NaN at the given 1-based steps."""
-    from seqwarm import train as train_mod
+    from seqwarm import trainer as train_mod
 
     real_step = train_mod.train_step
     calls = {"n": 0}
@@ -86,9 +86,11 @@ def test_nonfinite_step_is_never_applied_and_stop_policy_stops(tiny_cfg, monkeyp
 
 
 def test_skip_policy_skips_counts_and_keeps_weights(tiny_cfg, monkeypatch, tmp_path):
-    from seqwarm import train as train_mod
+    from seqwarm import trainer as train_mod
 
-    cfg = tiny_cfg("train.max_steps=8", "monitor.on_nonfinite=skip", "checkpoint.every_steps=1", "checkpoint.keep_last=10")
+    cfg = tiny_cfg(
+        "train.max_steps=8", "monitor.on_nonfinite=skip", "checkpoint.every_steps=1", "checkpoint.keep_last=10"
+    )
     poison(monkeypatch, {3, 4}, "gradient")
     summary = train(cfg, progress=False)
     run = Path(cfg.run.dir)
@@ -98,18 +100,24 @@ def test_skip_policy_skips_counts_and_keeps_weights(tiny_cfg, monkeypatch, tmp_p
     assert rows[2]["tokens"] == rows[1]["tokens"] == rows[3]["tokens"]  # skipped steps train no tokens
     assert summary["skipped_steps"] == 2 and summary["steps"] == 8
     # the weights after the skipped steps equal those before them
-    w2, w4 = ckpt.load_weights(run / "checkpoints" / "step-00000002"), ckpt.load_weights(run / "checkpoints" / "step-00000004")
+    w2, w4 = (
+        ckpt.load_weights(run / "checkpoints" / "step-00000002"),
+        ckpt.load_weights(run / "checkpoints" / "step-00000004"),
+    )
     assert all(torch.equal(w2[k], w4[k]) for k in w2)
     assert all(torch.isfinite(v).all() for v in w4.values())
 
     # too many in a row stops
-    cfg2 = tiny_cfg("train.max_steps=8", "monitor.on_nonfinite=skip", "monitor.max_consecutive_skips=2", f"run.dir={tmp_path / 'b'}")
+    cfg2 = tiny_cfg(
+        "train.max_steps=8", "monitor.on_nonfinite=skip", "monitor.max_consecutive_skips=2", f"run.dir={tmp_path / 'b'}"
+    )
     monkeypatch.setattr(train_mod, "train_step", train_mod.train_step)
     poison(monkeypatch, {3, 4, 5}, "gradient")
     with pytest.raises(SeqwarmError, match="2 non-finite steps in a row"):
         train(cfg2, progress=False)
 
 
+@pytest.mark.slow
 def test_rows_carry_the_instruments_and_summary_counts_them(tiny_cfg):
     cfg = tiny_cfg("train.grad_clip=0.5")
     summary = train(cfg, progress=False)
@@ -176,6 +184,12 @@ def test_tensorboard_missing_is_a_clear_error(monkeypatch):
     from seqwarm.errors import ConfigError
 
     real_import = builtins.__import__
-    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "tensorboard" else real_import(name, *a, **k))
+    monkeypatch.setattr(
+        builtins,
+        "__import__",
+        lambda name, *a, **k: (
+            (_ for _ in ()).throw(ImportError(name)) if name == "tensorboard" else real_import(name, *a, **k)
+        ),
+    )
     with pytest.raises(ConfigError, match=r"seqwarm\[tensorboard\]"):
         LogConfig(tensorboard=True)

@@ -20,7 +20,7 @@ from seqwarm.report import (
     write_report,
 )
 
-TINY_PARAMS = load_config("configs/tiny-slw.yaml").model.gpt().n_params()
+TINY_PARAMS = load_config("tiny-slw").model.gpt().n_params()
 
 
 def train_row(step: int, loss_ratio: float, **extra) -> dict:
@@ -46,7 +46,7 @@ def eval_row(step: int, val_loss: float) -> dict:
 def make_run(path, rows: list[dict], tail: str = ""):
     """A run directory: the tiny config and metrics.jsonl with `rows`, then `tail` (a cut last line)."""
     path.mkdir(parents=True)
-    save_config(load_config("configs/tiny-slw.yaml"), path / "config.yaml")
+    save_config(load_config("tiny-slw"), path / "config.yaml")
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + tail)
     return path
 

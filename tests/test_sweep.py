@@ -4,15 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from seqwarm import sweep as sw
 from seqwarm.cli import main
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
-from seqwarm.train import train as real_train
+from seqwarm.sweep import grid as sw
+from seqwarm.sweep import runner, state
+from seqwarm.sweep import summary as sm
+from seqwarm.trainer import train as real_train
 
 
 def grid_2x2(corpus_dir) -> sw.Sweep:
     return sw.Sweep(
-        config="configs/tiny-baseline.yaml",
+        config="tiny-baseline",
         overrides=[f"data.path={corpus_dir}", "train.num_threads=1", "curriculum.duration=8"],
         axes=[sw.parse_grid("train.lr=[3e-3, 1e-2]"), sw.parse_grid("curriculum.kind=[none, slw]")],
     )
@@ -26,7 +28,12 @@ def test_grid_expands_to_named_cartesian_product(corpus_dir, tmp_path):
         "lr=0.01__kind=none",
         "lr=0.01__kind=slw",
     ]
-    assert [(c.cfg.train.lr, c.cfg.curriculum.kind) for c in cells] == [(3e-3, "none"), (3e-3, "slw"), (1e-2, "none"), (1e-2, "slw")]
+    assert [(c.cfg.train.lr, c.cfg.curriculum.kind) for c in cells] == [
+        (3e-3, "none"),
+        (3e-3, "slw"),
+        (1e-2, "none"),
+        (1e-2, "slw"),
+    ]
     assert all(Path(c.cfg.run.dir) == tmp_path / "out" / c.name for c in cells)
     assert not (tmp_path / "out").exists()  # building the grid writes nothing
 
@@ -43,10 +50,10 @@ def test_grid_expands_to_named_cartesian_product(corpus_dir, tmp_path):
     ],
 )
 def test_bad_grids_fail_before_any_run(corpus_dir, tmp_path, grid, message):
-    sweep = sw.Sweep("configs/tiny-baseline.yaml", [f"data.path={corpus_dir}"], [sw.parse_grid("run.seed=[1, 2]")])
+    sweep = sw.Sweep("tiny-baseline", [f"data.path={corpus_dir}"], [sw.parse_grid("run.seed=[1, 2]")])
     with pytest.raises(ConfigError, match=message):
         sweep.axes = sw.merge_axes(sweep.axes, [sw.parse_grid(grid)])
-        sw.run_sweep(sweep, tmp_path / "out")
+        runner.run_sweep(sweep, tmp_path / "out", train_fn=real_train)
     assert not (tmp_path / "out").exists()
 
 
@@ -68,7 +75,11 @@ sweep:
     )
     sweep = sw.load_sweep_file(spec)
     cells = sw.build_cells(sweep, sweep.out)
-    assert [c.name for c in cells][:3] == ["seed=1__method=baseline", "seed=1__method=long-warmup", "seed=1__method=slw"]
+    assert [c.name for c in cells][:3] == [
+        "seed=1__method=baseline",
+        "seed=1__method=long-warmup",
+        "seed=1__method=slw",
+    ]
     assert [c.cfg.train.warmup_steps for c in cells[:3]] == [5, 8, 5]
     assert [c.cfg.curriculum.kind for c in cells[:3]] == ["none", "none", "slw"]
     spec.write_text(spec.read_text().replace("run.seed: [1, 2]", "train.warmup_steps: [1, 2]"))
@@ -76,7 +87,8 @@ sweep:
         sw.build_cells(sw.load_sweep_file(spec), tmp_path)
 
 
-def test_sweep_trains_skips_resumes_and_reports(corpus_dir, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_sweep_trains_skips_resumes_and_reports(corpus_dir, tmp_path):
     out = tmp_path / "out"
     sweep = grid_2x2(corpus_dir)
     calls = []
@@ -92,15 +104,14 @@ def test_sweep_trains_skips_resumes_and_reports(corpus_dir, tmp_path, monkeypatc
             return real_train(cfg, **kw, on_step=stop)
         return real_train(cfg, **kw)
 
-    monkeypatch.setattr(sw, "train", interrupted_train)
     assert sw.build_cells(sweep, out)[2].cfg.checkpoint.every_steps == 10
     with pytest.raises(KeyboardInterrupt):
-        sw.run_sweep(sweep, out, progress=False)
+        runner.run_sweep(sweep, out, train_fn=interrupted_train, progress=False)
     assert [c[0] for c in calls] == ["lr=0.003__kind=none", "lr=0.003__kind=slw", "lr=0.01__kind=none"]
-    assert sw.status(sw.build_cells(sweep, out)[2]) == "resume"
+    assert state.status(sw.build_cells(sweep, out)[2]) == "resume"
 
     calls.clear()
-    sw.run_sweep(sweep, out, progress=False)
+    runner.run_sweep(sweep, out, train_fn=interrupted_train, progress=False)
     # finished runs are skipped; the interrupted one resumes from its checkpoint; the last one starts
     assert calls == [("lr=0.01__kind=none", True), ("lr=0.01__kind=slw", False)]
     resumed = [json.loads(line) for line in (out / "lr=0.01__kind=none" / "metrics.jsonl").read_text().splitlines()]
@@ -108,7 +119,7 @@ def test_sweep_trains_skips_resumes_and_reports(corpus_dir, tmp_path, monkeypatc
     assert steps == list(range(1, len(steps) + 1))  # one row per step across the interruption
 
     # the report's table is the runs' own summaries
-    with open(out / sw.RUNS_CSV) as f:
+    with open(out / sm.RUNS_CSV) as f:
         table = {r["run"]: r for r in csv.DictReader(f)}
     assert set(table) == {c.name for c in sw.build_cells(sweep, out)}
     for name, row in table.items():
@@ -117,16 +128,17 @@ def test_sweep_trains_skips_resumes_and_reports(corpus_dir, tmp_path, monkeypatc
         assert float(row["final_val_loss"]) == pytest.approx(summary["final_val_loss"])
         assert int(row["steps_loss_ratio_gt_1.5"]) == summary["steps_loss_ratio_gt_1.5"]
         assert int(row["steps"]) == summary["steps"]
-    report = (out / sw.REPORT).read_text()
+    report = (out / sm.REPORT).read_text()
     assert "| train.lr | none | slw |" in report and "LR sensitivity" in report
-    assert (out / sw.FIGURE).exists() and (out / sw.UNSTABLE / "report.md").exists()
+    assert (out / sm.FIGURE).exists() and (out / sm.UNSTABLE / "report.md").exists()
 
     calls.clear()
-    sw.run_sweep(sweep, out, progress=False)
+    runner.run_sweep(sweep, out, train_fn=interrupted_train, progress=False)
     assert calls == []  # everything finished: nothing retrained
 
 
-def test_diverged_run_is_recorded_and_the_sweep_goes_on(corpus_dir, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_diverged_run_is_recorded_and_the_sweep_goes_on(corpus_dir, tmp_path):
     out = tmp_path / "out"
     sweep = grid_2x2(corpus_dir)
     sweep.axes = sweep.axes[:1]  # train.lr only
@@ -137,11 +149,10 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(corpus_dir, tmp_path, mo
             raise DivergedError("step 3: loss nan; stopping")
         return real_train(cfg, **kw)
 
-    monkeypatch.setattr(sw, "train", train_or_diverge)
-    sw.run_sweep(sweep, out, progress=False)
-    assert (out / "lr=0.01" / sw.DIVERGED).exists()
-    assert sw.status(sw.build_cells(sweep, out)[1]) == "diverged"
-    assert "diverged" in (out / sw.REPORT).read_text()
+    runner.run_sweep(sweep, out, train_fn=train_or_diverge, progress=False)
+    assert (out / "lr=0.01" / state.DIVERGED).exists()
+    assert state.status(sw.build_cells(sweep, out)[1]) == "diverged"
+    assert "diverged" in (out / sm.REPORT).read_text()
 
 
 def test_a_run_dir_with_another_config_is_refused(corpus_dir, tmp_path):
@@ -152,14 +163,16 @@ def test_a_run_dir_with_another_config_is_refused(corpus_dir, tmp_path):
     cell.cfg.train.max_tokens = 1000
     real_train(cell.cfg, progress=False)
     with pytest.raises(SeqwarmError, match="train.max_tokens: 1000 -> 8000"):
-        sw.run_sweep(sweep, out, progress=False)
+        runner.run_sweep(sweep, out, train_fn=real_train, progress=False)
 
 
 def test_lr_sensitivity_by_hand():
     # losses 3.0, 2.0, diverged (counts as L0 = 10), 12 (worse than L0: capped at 10); best 2.0
-    assert sw.lr_sensitivity({1e-3: 3.0, 2e-3: 2.0, 4e-3: None, 8e-3: 12.0}, 10.0) == pytest.approx((3 + 2 + 10 + 10) / 4 - 2)
-    assert sw.lr_sensitivity({1e-3: 2.0, 2e-3: 2.0}, 10.0) == 0.0
-    assert sw.lr_sensitivity({1e-3: 2.0}, None) is None
+    assert sm.lr_sensitivity({1e-3: 3.0, 2e-3: 2.0, 4e-3: None, 8e-3: 12.0}, 10.0) == pytest.approx(
+        (3 + 2 + 10 + 10) / 4 - 2
+    )
+    assert sm.lr_sensitivity({1e-3: 2.0, 2e-3: 2.0}, 10.0) == 0.0
+    assert sm.lr_sensitivity({1e-3: 2.0}, None) is None
 
 
 def test_cli_sweep_bad_grid_is_one_line_exit_2(capsys, tmp_path):
@@ -167,3 +180,165 @@ def test_cli_sweep_bad_grid_is_one_line_exit_2(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("seqwarm: error: --grid train.lr") and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+# --- the pure core: the grid and the report from plain data, no training -------------------------
+
+
+def test_command_line_axes_replace_the_files_and_out_defaults(tmp_path):
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(
+        "sweep:\n  config: tiny-baseline\n  out: somewhere\n  grid:\n    train.lr: [1e-3, 2e-3]\n    run.seed: [1, 2]\n"
+    )
+    sweep = sw.command_line_sweep(
+        str(spec), ["train.max_tokens=100"], ["train.lr=[5e-3]", "train.warmup_steps=[1]"], None
+    )
+    assert [(a.key, a.values) for a in sweep.axes] == [
+        ("train.lr", ("5e-3",)),
+        ("run.seed", ("1", "2")),
+        ("train.warmup_steps", ("1",)),
+    ]
+    assert sweep.overrides == ["train.max_tokens=100"] and sweep.out == Path("somewhere")
+    assert sw.command_line_sweep(str(spec), [], [], str(tmp_path / "o")).out == tmp_path / "o"
+    plain = sw.command_line_sweep("tiny-baseline", ["run.seed=3"], ["train.lr=[1e-3]"], None)
+    assert (plain.config, plain.overrides, plain.out) == (
+        "tiny-baseline",
+        ["run.seed=3"],
+        Path("runs/sweep-tiny-baseline"),
+    )
+    assert sw.command_line_sweep(None, [], [], None).out == Path("runs/sweep-defaults")
+
+
+def test_run_names_use_short_keys_unless_they_clash():
+    axes = [sw.field_axis("train.lr", [1]), sw.field_axis("run.seed", [1]), sw.field_axis("curriculum.seqlen_end", [1])]
+    assert sw.short_keys(axes) == {"train.lr": "lr", "run.seed": "seed", "curriculum.seqlen_end": "seqlen_end"}
+    clash = [sw.field_axis("curriculum.seqlen_start", [1]), sw.field_axis("curriculum.seqlen_end", [1])]
+    assert sw.short_keys(clash + [sw.Axis("x.seqlen_end", ("1",))])["curriculum.seqlen_end"] == "curriculum.seqlen_end"
+    assert [sw.format_value(v) for v in (0.003, 1e-2, 3, "a/b c")] == ["0.003", "0.01", "3", "a-bc"]
+    assert sw.method_axis({"base": None, "slw": {"curriculum.kind": "slw"}}).overrides("slw") == ["curriculum.kind=slw"]
+    with pytest.raises(ConfigError, match="--grid method"):
+        sw.parse_grid("method=[a, b]")
+
+
+def _rows(losses, ratios, evals):
+    """A run's metrics rows: train rows with these losses and ratios, eval rows (step, tokens, val loss)."""
+    rows = [
+        {"step": i, "tokens": 100 * i, "loss": x, "loss_ratio": q} for i, (x, q) in enumerate(zip(losses, ratios), 1)
+    ]
+    rows += [{"step": s, "tokens": t, "time_s": t / 10, "val/loss": v, "val/ppl": 2.7**v} for s, t, v in evals]
+    return sorted(rows, key=lambda r: (r["step"], "loss" in r))
+
+
+def test_summarise_cell_counts_spikes_and_marks_unfinished_runs():
+    rows = _rows([5, 4, 7, 3], [1.0, 1.0, 1.75, 1.0], [(0, 0, 10.0), (4, 400, 3.5)])
+    r = sm.summarise_cell("lr=0.01", {"train.lr": 0.01}, "finished", rows, {"wall_s": 2.0, "final_val_loss": 3.5})
+    assert {k: r[k] for k in ("run", "train.lr", "status", "steps", "tokens", "wall_s", "initial_val_loss", "final_val_loss")} == {
+        "run": "lr=0.01", "train.lr": 0.01, "status": "finished", "steps": 4, "tokens": 400, "wall_s": 2.0,
+        "initial_val_loss": 10.0, "final_val_loss": 3.5,
+    }  # fmt: skip
+    assert (r["steps_loss_ratio_gt_1.5"], r["steps_loss_ratio_gt_1.2"], r["max_loss_ratio"]) == (1, 1, 1.75)
+    assert [e["step"] for e in r["_evals"]] == [0, 4] and "_evals" not in sm.csv_rows([r])[0]
+    assert sm.summarise_cell("a", {}, "resume", rows, {})["status"] == "unfinished"
+    assert sm.summarise_cell("a", {}, "restart", rows, {})["status"] == "unfinished"
+    assert sm.summarise_cell("a", {}, "diverged", rows, {})["status"] == "diverged"
+    assert sm.summarise_cell("a", {}, "new", [], {})["status"] == "not run"
+    late = sm.summarise_cell("a", {}, "finished", _rows([5], [1.0], [(1, 100, 4.0)]), {})
+    assert late["initial_val_loss"] is None  # no eval at step 0: no initial loss
+
+
+def _result(lr, seed, method, state, final, spikes=0, max_ratio=1.0, evals=(), initial=10.0):
+    return {"run": f"{lr}-{seed}-{method}", "train.lr": lr, "run.seed": seed, "method": method, "status": state,
+            "initial_val_loss": initial, "final_val_loss": final, "steps_loss_ratio_gt_1.5": spikes,
+            "steps_loss_ratio_gt_1.2": spikes, "max_loss_ratio": max_ratio,
+            "_evals": [{"tokens": t, "time_s": t / 100, "val/loss": v} for t, v in evals]}  # fmt: skip
+
+
+GRID = [
+    _result(1e-3, 1, "baseline", "finished", 4.0, evals=[(100, 6.0), (200, 4.0)]),
+    _result(1e-3, 1, "slw", "finished", 3.5, evals=[(100, 5.0), (150, 3.9), (200, 3.5)]),
+    _result(1e-3, 2, "baseline", "finished", 4.2, spikes=1, max_ratio=1.6, evals=[(200, 4.2)]),
+    _result(1e-3, 2, "slw", "unfinished", None, evals=[(100, 5.0)]),
+    _result(1e-2, 1, "baseline", "diverged", None, spikes=7, max_ratio=3.0),
+    _result(1e-2, 1, "slw", "finished", 3.0, evals=[(200, 3.0)]),
+    _result(1e-2, 2, "baseline", "finished", 5.0, spikes=7, max_ratio=2.0, evals=[(200, 5.0)]),
+    _result(1e-2, 2, "slw", "not run", None, initial=None),
+]
+KEYS = ["train.lr", "run.seed", "method"]
+
+
+def test_layout_columns_are_methods_the_first_the_baseline():
+    layout = sm.Layout.of(GRID, KEYS)
+    assert (layout.method_key, layout.methods, layout.row_keys, layout.baseline) == (
+        "method",
+        ["baseline", "slw"],
+        ["train.lr", "run.seed"],
+        "baseline",
+    )
+    assert list(layout.groups(GRID)) == [(1e-3, 1), (1e-3, 2), (1e-2, 1), (1e-2, 2)]
+    by_kind = [{"train.lr": 1e-3, "curriculum.kind": k} for k in ("none", "slw")]
+    assert sm.Layout.of(by_kind, ["train.lr", "curriculum.kind"]).methods == ["none", "slw"]
+    plain = sm.Layout.of([{"train.lr": 1e-3}], ["train.lr"])
+    assert (plain.method_key, plain.methods, plain.method_of({"train.lr": 1e-3})) == (None, ["run"], "run")
+
+
+def test_method_curves_leave_out_unfinished_lrs_and_count_divergence():
+    curves = sm.method_curves(GRID, sm.Layout.of(GRID, KEYS))
+    assert curves["baseline"] == ({1e-3: pytest.approx(4.1), 1e-2: None}, 10.0)
+    assert curves["slw"] == ({}, 10.0)  # 1e-3 has an unfinished run, 1e-2 one not run
+    assert sm.lr_sensitivity(*curves["baseline"]) == pytest.approx((4.1 + 10) / 2 - 4.1)
+
+
+def test_most_unstable_is_the_baselines_spikiest_row_ties_by_max_ratio():
+    groups = sm.Layout.of(GRID, KEYS).groups(GRID)
+    assert sm.most_unstable(groups, "baseline") == (1e-2, 1)  # 7 spikes, max ratio 3.0 beats 2.0
+    assert sm.most_unstable(groups, "nobody") is None
+    assert sm.first_reaching(GRID[1]["_evals"], 4.0)["tokens"] == 150
+    assert sm.first_reaching(GRID[1]["_evals"], 1.0) is None
+
+
+def test_render_markdown_lays_out_table5_and_marks_run_states():
+    text = sm.render_markdown(GRID, KEYS)
+    assert "8 runs: 5 finished, 1 unfinished, 1 diverged, 1 not run." in text
+    assert (
+        "| train.lr | run.seed | baseline | slw |\n|---|---|---|---|\n| 0.001 | 1 | 0 | 0 |\n| 0.001 | 2 | 1 | 0* |"
+        in text
+    )
+    assert "| 0.01 | 1 | 7 (diverged) | 0 |\n| 0.01 | 2 | 7 | - |" in text
+    assert "Totals: baseline 15, slw 0." in text
+    assert "| 0.001 | 2 | 4.200 | n/a* |" in text and "| 0.01 | 1 | diverged | 3.000 |" in text
+    # over seeds: finished runs only, diverged ones counted beside
+    assert "| 0.001 | 4.100 ± 0.100 | 3.500 |\n| 0.01 | 5.000 (1 diverged) | 3.000 |" in text
+    assert "| baseline | 2 | 4.100 | 10.000 | 2.950 |\n| slw | 0 | n/a | 10.000 | n/a |" in text
+    assert f"![final validation loss vs learning rate]({sm.FIGURE})" in text
+    assert "## Tokens and wall time to reach baseline's final validation loss" in text
+    assert "| 0.001 | 1 | 200 tok, 2 s | 150 tok, 2 s |\n| 0.001 | 2 | 200 tok, 2 s | not reached |" in text
+    assert "| 0.01 | 1 | - | - |\n| 0.01 | 2 | 200 tok, 2 s | - |" in text
+    assert "train.lr = 0.01, run.seed = 1 (most steps with loss ratio > 1.5 for baseline)" in text
+    no_lr = sm.render_markdown([{**r, "train.lr": None} for r in GRID[:2]], ["run.seed", "method"])
+    assert "LR sensitivity" not in no_lr and sm.FIGURE not in no_lr
+
+
+def test_prune_deletes_only_the_checkpoints_of_runs_this_sweep_trained(corpus_dir, tmp_path):
+    from seqwarm.rundir import SUMMARY, write_config
+
+    def fake_train(cfg, **kw):
+        d = Path(cfg.run.dir)
+        (d / "checkpoints" / "step-00000001").mkdir(parents=True)
+        write_config(d, cfg)
+        (d / SUMMARY).write_text(json.dumps({"final_val_ppl": None, "tokens": 1, "wall_s": 0.0}))
+        return {"final_val_ppl": None, "tokens": 1, "wall_s": 0.0}
+
+    sweep = sw.Sweep("tiny-baseline", [f"data.path={corpus_dir}"], [sw.parse_grid("run.seed=[1, 2]")])
+    first, second = sw.build_cells(sweep, tmp_path / "out")
+    fake_train(first.cfg)  # finished before this sweep: skipped, its checkpoints kept
+    logged = []
+    runner.run_sweep(
+        sweep, tmp_path / "out", train_fn=fake_train, prune_checkpoints=True, progress=False, log=logged.append
+    )
+    assert (first.dir / "checkpoints").exists() and not (second.dir / "checkpoints").exists()
+    assert logged[1:] == [
+        "[1/2] seed=1: finished, skipped",
+        "[2/2] seed=2: training",
+        "[2/2] seed=2: done, 1 tokens, 0 s",
+    ]
+    assert (tmp_path / "out" / sm.REPORT).exists() and (tmp_path / "out" / sm.RUNS_CSV).exists()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from seqwarm.config import Config
+from seqwarm.data.builtin.corpus import ensure_builtin
 from seqwarm.data.format import TokenData
-from seqwarm.data.prepare import ensure_builtin
 
 
 def open_data(cfg: Config, progress: bool = True) -> TokenData:

@@ -12,17 +12,34 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from seqwarm.data.loader import SequenceIndex
 from seqwarm.errors import DataError
 from seqwarm.files import file_sha256
 
 FORMAT = "seqwarm-tokens-v1"
 TOKEN_DTYPE = np.uint16  # the GPT-2 vocabulary (50257) fits
 SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SequenceIndex:
+    """Full-length sequences of `seqlen + 1` tokens over a token array, with stride `seqlen`."""
+
+    tokens: np.ndarray
+    seqlen: int
+
+    def __len__(self) -> int:
+        return max(len(self.tokens) - 1, 0) // self.seqlen
+
+    def rows(self, indices) -> torch.Tensor:
+        """(len(indices), seqlen + 1) int64."""
+        L = self.seqlen
+        return torch.from_numpy(np.stack([self.tokens[i * L : i * L + L + 1] for i in indices]).astype(np.int64))
 
 
 class TokenData:
@@ -54,9 +71,13 @@ class TokenData:
                 raise DataError(f"{file}: token file is missing")
             itemsize = np.dtype(TOKEN_DTYPE).itemsize
             if file.stat().st_size != info["tokens"] * itemsize:
-                raise DataError(f"{file}: size does not match meta.json ({info['tokens']} tokens); the file is corrupted")
+                raise DataError(
+                    f"{file}: size does not match meta.json ({info['tokens']} tokens); the file is corrupted"
+                )
             if verify == "full" and file_sha256(file) != info["sha256"]:
-                raise DataError(f"{file}: sha256 does not match meta.json; the file is corrupted (re-run `seqwarm prepare`)")
+                raise DataError(
+                    f"{file}: sha256 does not match meta.json; the file is corrupted (re-run `seqwarm prepare`)"
+                )
             self.splits[name] = (
                 np.memmap(file, dtype=TOKEN_DTYPE, mode="r") if info["tokens"] else np.empty(0, TOKEN_DTYPE)
             )

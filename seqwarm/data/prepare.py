@@ -3,6 +3,8 @@
 Documents are joined with `<|endoftext|>` (each document is followed by one), as GPT-2 was trained.
 The val/test splits are chosen by hashing fixed-size chunks of the documents, so the split of a
 corpus does not depend on the order its files are listed in, and a re-run gives identical files.
+The output directory is written whole or not at all (`seqwarm.files.atomic_directory`). The
+builtin corpus comes through here too, from `seqwarm.data.builtin.corpus`.
 """
 
 from __future__ import annotations
@@ -10,31 +12,27 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from seqwarm import __version__
-from seqwarm.data.builtin import BUILD, Document, load_builtin
 from seqwarm.data.format import FORMAT, SPLITS, TOKEN_DTYPE
 from seqwarm.errors import DataError
+from seqwarm.files import atomic_directory
 from seqwarm.tokenizer import EOT_ID, TOKENIZER_NAME, VOCAB_SIZE, gpt2_encoding
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".json"}
 
 
-def cache_dir() -> Path:
-    """Where seqwarm keeps downloaded sources and prepared corpora: $SEQWARM_CACHE or ~/.cache/seqwarm."""
-    return Path(os.environ.get("SEQWARM_CACHE") or Path.home() / ".cache" / "seqwarm")
-
-
-def builtin_data_dir() -> Path:
-    return cache_dir() / "data" / "builtin"
+@dataclass(frozen=True)
+class Document:
+    source: str  # a stable name: e.g. "docs/a.txt", "docs/b.jsonl:3", "shakespeare/hamlet", "wikipedia/Anarchism"
+    text: str
 
 
 def prepare(
@@ -47,28 +45,55 @@ def prepare(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Tokenize `inputs` (`["builtin"]` or text/JSONL files and directories) into `out`."""
+    """Tokenize `inputs` (text/JSONL files and directories) into `out`."""
+    out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
+    return prepare_documents(
+        list(read_documents(inputs)),
+        out,
+        label=", ".join(inputs),
+        sources=[{"name": str(Path(p)), "role": "train"} for p in inputs],
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        chunk_chars=chunk_chars,
+        progress=progress,
+    )
+
+
+def check_output(out: Path, *, val_fraction: float, test_fraction: float, force: bool) -> Path:
+    """`out` as a Path, once the split fractions are valid and `out` may be written (before any reading)."""
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
-        raise DataError(f"--val-fraction/--test-fraction: need fractions summing below 1, got {val_fraction}, {test_fraction}")
+        raise DataError(
+            f"--val-fraction/--test-fraction: need fractions summing below 1, got {val_fraction}, {test_fraction}"
+        )
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise DataError(f"{out}: output directory exists and is not empty (use --force to replace it)")
+    return out
 
-    heldout: dict[str, list[Document]] = {}
-    if inputs == ["builtin"]:
-        corpus = load_builtin(cache_dir() / "sources", progress=progress)
-        docs, sources = corpus.train, corpus.sources
-        heldout = {"wikipedia": corpus.wikipedia, "narrative": corpus.narrative}
-    else:
-        docs = list(read_documents(inputs))
-        sources = [{"name": str(Path(p)), "role": "train"} for p in inputs]
+
+def prepare_documents(
+    docs: list[Document],
+    out: Path,
+    *,
+    label: str,
+    sources: list[dict],
+    heldout: dict[str, list[Document]] | None = None,
+    extra_meta: dict | None = None,
+    val_fraction: float,
+    test_fraction: float,
+    chunk_chars: int,
+    progress: bool,
+) -> Path:
+    """Split and tokenize `docs` into `out` (replaced whole); `heldout` texts go to heldout/NAME.jsonl untokenized.
+
+    `label` names the input in errors, `sources` is meta.json's record of it, `extra_meta` is
+    appended to meta.json.
+    """
+    heldout = heldout or {}
     if not docs or not any(d.text.strip() for d in docs):
-        raise DataError(f"{', '.join(inputs)}: no text found")
-
+        raise DataError(f"{label}: no text found")
     units = assign_splits(chunk_documents(docs, chunk_chars), val_fraction, test_fraction)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as tmp:  # `out` is either the old directory or complete
         splits = {}
         for split in SPLITS:
             texts = [(text, ends) for text, ends, s in units if s == split]
@@ -90,31 +115,9 @@ def prepare(
             "split_rule": {"chunk_chars": chunk_chars, "val_fraction": val_fraction, "test_fraction": test_fraction},
             "sources": sources,
             "heldout": {name: f"heldout/{name}.jsonl" for name in heldout},
+            **(extra_meta or {}),
         }
-        if inputs == ["builtin"]:
-            meta["builtin_build"] = BUILD  # a new build of the sources re-prepares the tokens
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it the usual mode
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)  # atomic: `out` is either absent or complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def ensure_builtin(progress: bool = True) -> Path:
-    """The prepared builtin corpus, preparing it on first use."""
-    out = builtin_data_dir()
-    meta = out / "meta.json"
-    if not meta.exists() or json.loads(meta.read_text()).get("builtin_build") != BUILD:
-        prepare(["builtin"], out, force=True, progress=progress)
     return out
 
 
@@ -129,10 +132,12 @@ def read_documents(inputs: Iterable[str]) -> Iterator[Document]:
         if not files:
             raise DataError(f"{path}: no .txt/.md/.jsonl files in this directory")
         for file in files:
-            yield from _read_file(file)
+            # A document is named by its path below the input's parent, not by its absolute path: the
+            # split rule hashes the names, and it must not change when the corpus moves.
+            yield from _read_file(file, file.relative_to(path.parent).as_posix())
 
 
-def _read_file(file: Path) -> Iterator[Document]:
+def _read_file(file: Path, name: str) -> Iterator[Document]:
     try:
         if file.suffix in JSONL_SUFFIXES:
             with file.open(encoding="utf-8") as f:
@@ -145,9 +150,9 @@ def _read_file(file: Path) -> Iterator[Document]:
                         raise DataError(f"{file}:{lineno}: expected a JSON object with a 'text' field") from e
                     if not isinstance(text, str):
                         raise DataError(f"{file}:{lineno}: 'text' must be a string")
-                    yield Document(f"{file}:{lineno}", text)
+                    yield Document(f"{name}:{lineno}", text)
         else:
-            yield Document(str(file), file.read_text(encoding="utf-8"))
+            yield Document(name, file.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise DataError(f"{file}: not UTF-8 text") from e
     except OSError as e:
@@ -192,7 +197,10 @@ def write_tokens(texts: list[tuple[str, bool]], path: Path, *, desc: str, progre
     sha = hashlib.sha256()
     n_tokens = 0
     total_chars = sum(len(t) for t, _ in texts)
-    with path.open("wb") as f, tqdm(total=total_chars, desc=desc, unit="char", unit_scale=True, disable=not progress) as bar:
+    with (
+        path.open("wb") as f,
+        tqdm(total=total_chars, desc=desc, unit="char", unit_scale=True, disable=not progress) as bar,
+    ):
         for i in range(0, len(texts), batch):
             part = texts[i : i + batch]
             ids = enc.encode_ordinary_batch([t for t, _ in part], num_threads=os.cpu_count() or 1)

@@ -1,7 +1,8 @@
-"""A trained model read back from a run directory or one of its checkpoints (`seqwarm eval`, `export`).
+"""A saved model: the weights and shape read back from a run directory or one of its checkpoints.
 
-Only `model.safetensors` and `state.json` of a checkpoint are read: the weights and the model
-shape the trainer recorded next to them (`state["model"]`, a `GPTConfig`), plus the clock for the
+What `seqwarm eval` evaluates and `seqwarm export` converts, without the trainer: only
+`model.safetensors` and `state.json` of a checkpoint are read, the weights and the model shape the
+trainer recorded next to them (`state["model"]`, a `GPTConfig`), plus the clock for the
 step and token count that results are labelled with. The run's `config.yaml` (beside
 `checkpoints/`) is read only when a task needs the run's data (`val`/`test`).
 """
@@ -17,12 +18,14 @@ from safetensors import SafetensorError
 
 from seqwarm.checkpoint import CHECKPOINT_RE, latest_checkpoint, load_weights
 from seqwarm.config import Config, load_config
-from seqwarm.errors import SeqwarmError
+from seqwarm.errors import SeqwarmError, first_line
 from seqwarm.model import GPT, GPTConfig
 
 
 @dataclass(frozen=True)
-class Trained:
+class SavedModel:
+    """A checkpoint's model, its step and tokens; the weights are loaded only by `model()`."""
+
     checkpoint: Path  # checkpoints/step-XXXXXXXX/
     run_dir: Path | None  # the run directory the checkpoint belongs to, when it is inside one
     gpt: GPTConfig
@@ -36,7 +39,7 @@ class Trained:
             model.load_state_dict(load_weights(self.checkpoint))
         except (OSError, SafetensorError, RuntimeError) as e:
             raise SeqwarmError(
-                f"{self.checkpoint / 'model.safetensors'}: does not hold the model state.json describes ({_first_line(e)})"
+                f"{self.checkpoint / 'model.safetensors'}: does not hold the model state.json describes ({first_line(e)})"
             ) from None
         return model.to(device).eval()
 
@@ -51,7 +54,7 @@ class Trained:
         return {"path": str(self.checkpoint), "step": self.step, "tokens": self.tokens}
 
 
-def open_trained(path: str | Path) -> Trained:
+def open_saved(path: str | Path) -> SavedModel:
     """A run directory (its latest checkpoint) or a checkpoint directory; SeqwarmError for anything else."""
     path = Path(path)
     if not path.is_dir():
@@ -67,19 +70,16 @@ def open_trained(path: str | Path) -> Trained:
             f"{path}: a Hugging Face model directory, not a seqwarm run; convert it with `seqwarm import-hf {path} --out RUN_DIR`"
         )
     else:
-        raise SeqwarmError(f"{path}: not a run directory (no checkpoints/) or a checkpoint directory (no model.safetensors + state.json)")
+        raise SeqwarmError(
+            f"{path}: not a run directory (no checkpoints/) or a checkpoint directory (no model.safetensors + state.json)"
+        )
     state_file = checkpoint / "state.json"
     try:
         state = json.loads(state_file.read_text())
         gpt = GPTConfig(**state["model"])
         clock = state.get("clock", {})
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise SeqwarmError(f"{state_file}: no readable model shape (field 'model': {_first_line(e)})") from None
+        raise SeqwarmError(f"{state_file}: no readable model shape (field 'model': {first_line(e)})") from None
     parent = checkpoint.parent
     run_dir = parent.parent if parent.name == "checkpoints" and CHECKPOINT_RE.match(checkpoint.name) else None
-    return Trained(checkpoint, run_dir, gpt, int(clock.get("step", 0)), int(clock.get("tokens", 0)))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return text.splitlines()[0]
+    return SavedModel(checkpoint, run_dir, gpt, int(clock.get("step", 0)), int(clock.get("tokens", 0)))

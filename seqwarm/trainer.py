@@ -24,8 +24,8 @@ from seqwarm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, r
 from seqwarm.config import Config, load_config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
 from seqwarm.data.corpus import open_data
-from seqwarm.data.format import TokenData
-from seqwarm.data.loader import Batch, SequenceIndex, TrainLoader
+from seqwarm.data.format import SequenceIndex, TokenData
+from seqwarm.data.loader import Batch, TrainLoader
 from seqwarm.distributed import DistEnv
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.loss import IGNORE_INDEX
@@ -118,7 +118,10 @@ def check_parallel(cfg: Config, env: DistEnv) -> None:
         )
 
 
-def build(cfg: Config, run_dir: Path, data: TokenData, env: DistEnv = DistEnv(), device: torch.device | None = None) -> Trainer:
+def build(
+    cfg: Config, run_dir: Path, data: TokenData, env: DistEnv | None = None, device: torch.device | None = None
+) -> Trainer:
+    env = env or DistEnv()
     device = device or resolve_device(cfg.train.device, env.local_rank)
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
@@ -170,7 +173,12 @@ def build(cfg: Config, run_dir: Path, data: TokenData, env: DistEnv = DistEnv(),
 
 
 def train(
-    cfg: Config, *, resume: bool = False, force: bool = False, progress: bool = True, on_step: Callable[[Clock], None] | None = None
+    cfg: Config,
+    *,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    on_step: Callable[[Clock], None] | None = None,
 ) -> dict:
     """Validate, set up the run directory, train. Returns the run summary.
 
@@ -308,7 +316,9 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                 save(tr)
             bar.update(clock.tokens - prev_tokens if t.max_tokens else 1)
             if clock.step % cfg.log.every_steps == 0:
-                bar.set_postfix(step=clock.step, seqlen=seqlen, loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
+                bar.set_postfix(
+                    step=clock.step, seqlen=seqlen, loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False
+                )
             hook.on_step(clock)
             yield row
     finally:
@@ -414,7 +424,9 @@ def adam_row(tr: Trainer, result: StepResult) -> dict:
     if stats is None:
         return {}
     if distributed.is_sharded(tr.model):  # each rank holds a shard of the state: combine them
-        stats = torch.cat([distributed.all_reduce(stats[[0, 2]]), distributed.all_reduce(stats[1:2], op="max")])[[0, 2, 1]]
+        stats = torch.cat([distributed.all_reduce(stats[[0, 2]]), distributed.all_reduce(stats[1:2], op="max")])[
+            [0, 2, 1]
+        ]
     return dict(zip(ADAM_KEYS, stats.tolist()))  # one read-back for all three
 
 
@@ -457,11 +469,15 @@ def evaluate_and_log(tr: Trainer, log: MetricsLog, autocast) -> None:
 
 def save(tr: Trainer) -> Path | None:
     """A checkpoint of the whole run; a collective under torchrun (rank 0 writes full, unsharded tensors)."""
-    bad = torch.tensor([0.0 if all_finite(distributed.local(p) for p in tr.model.parameters()) else 1.0], device=tr.device)
+    bad = torch.tensor(
+        [0.0 if all_finite(distributed.local(p) for p in tr.model.parameters()) else 1.0], device=tr.device
+    )
     if distributed.all_reduce(bad, op="max").item():  # every rank decides alike
         raise SeqwarmError(f"step {tr.clock.step}: the weights are not finite; not saving a checkpoint of them")
     ck = tr.state_dict()
-    path = save_checkpoint(tr.run_dir, tr.clock.step, ck, keep_last=tr.cfg.checkpoint.keep_last) if tr.env.main else None
+    path = (
+        save_checkpoint(tr.run_dir, tr.clock.step, ck, keep_last=tr.cfg.checkpoint.keep_last) if tr.env.main else None
+    )
     distributed.barrier(tr.env)
     return path
 

@@ -1,0 +1,129 @@
+"""The order in which training visits the corpus: which segments each global batch trains on.
+
+The train split is indexed, as in the paper (Section 4), into full-length sequences of
+`seqlen_end + 1` tokens: sequence i covers tokens [i * L, i * L + L] (inputs plus the shifted
+targets), so consecutive sequences share one token and every token is a target exactly once.
+Sequences are visited in a pseudo-random order drawn from the seed, a new one each epoch, computed
+on the fly (a Feistel permutation), so memory grows with the batch, not with the corpus. Each step
+truncates its sequences to the pacing length; with `drop_tail: false` the truncated tails are
+queued and trained on first in the following steps (`split_segments`).
+
+This is bookkeeping on integers only, no tokens: `TrainLoader` reads the tokens of the segments
+drawn here, and `seqwarm plan` draws the same segments without any corpus.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from seqwarm.errors import DataError
+
+
+def split_segments(starts: np.ndarray, lengths: np.ndarray, seqlen: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Serve at most `seqlen` targets of each segment (start, n): return (served, tail_starts, tail_lengths).
+
+    A tail starts where the served part stops, so its first input token is the last served target
+    and every target token is served exactly once. Segments that fit entirely leave no tail.
+    """
+    served = np.minimum(lengths, seqlen)
+    rest = lengths > served
+    return served, (starts + served)[rest], (lengths - served)[rest]
+
+
+def permute(positions: np.ndarray, n: int, key: int) -> np.ndarray:
+    """A pseudo-random bijection of [0, n), evaluated at `positions`, with O(1) memory.
+
+    A balanced Feistel network is a bijection on [0, 4^k); cycle-walking (re-applying it until the
+    value falls below n) restricts it to [0, n) and keeps it a bijection.
+    """
+    half = max(1, ((n - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    x = positions.astype(np.uint64)
+    todo = np.ones(len(x), dtype=bool)
+    while todo.any():
+        x[todo] = _feistel(x[todo], key, half, mask)
+        todo = x >= n
+    return x.astype(np.int64)
+
+
+def _feistel(x: np.ndarray, key: int, half: int, mask: np.uint64, rounds: int = 4) -> np.ndarray:
+    left, right = x >> np.uint64(half), x & mask
+    for r in range(rounds):
+        left, right = right, left ^ (_mix(right, key + r) & mask)
+    return (left << np.uint64(half)) | right
+
+
+def _mix(x: np.ndarray, key: int) -> np.ndarray:
+    """splitmix64's finaliser of x + key: a cheap, well-spread integer hash (uint64 wraps around)."""
+    z = x + np.uint64((key * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def epoch_key(seed: int, epoch: int) -> int:
+    """The permutation key of one epoch: a new order every epoch, the same for the same seed."""
+    return int.from_bytes(hashlib.sha256(f"seqwarm:{seed}:{epoch}".encode()).digest()[:8], "little")
+
+
+class SequenceOrder:
+    """The segments of every global batch, deterministic from the seed, resumable.
+
+    `n_sequences` full-length sequences of `seqlen` targets each (sequence i starts at token
+    i * seqlen). State: how many fresh sequences have been drawn, and the queue of pending tails
+    (at most one global batch of them: every queued tail is served at the next step).
+    """
+
+    def __init__(self, n_sequences: int, seqlen: int, *, seed: int, drop_tail: bool = True):
+        self.n_sequences, self.seqlen = n_sequences, seqlen
+        self.seed, self.drop_tail = seed, drop_tail
+        self.consumed = 0  # fresh full-length sequences drawn so far
+        self.tail_starts = np.empty(0, dtype=np.int64)
+        self.tail_lengths = np.empty(0, dtype=np.int64)
+
+    def next_segments(self, batch_size: int, seqlen: int) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, served) of the next global batch, truncated to `seqlen`: queued tails first, then fresh sequences.
+
+        `starts` are token positions; `served[i]` is how many targets row i trains on (at most
+        `seqlen`; less for a last tail).
+        """
+        L = self.seqlen
+        k = min(batch_size, len(self.tail_starts))
+        starts = np.concatenate([self.tail_starts[:k], self._draw(batch_size - k) * L])
+        lengths = np.concatenate([self.tail_lengths[:k], np.full(batch_size - k, L, dtype=np.int64)])
+        served, tail_starts, tail_lengths = split_segments(starts, lengths, seqlen)
+        self.tail_starts, self.tail_lengths = self.tail_starts[k:], self.tail_lengths[k:]
+        if not self.drop_tail:
+            self.tail_starts = np.concatenate([self.tail_starts, tail_starts])
+            self.tail_lengths = np.concatenate([self.tail_lengths, tail_lengths])
+        return starts, served
+
+    def _draw(self, count: int) -> np.ndarray:
+        """The next `count` sequence indices; an epoch that runs out continues with the next one's order."""
+        n = self.n_sequences
+        positions = np.arange(self.consumed, self.consumed + count, dtype=np.int64)
+        self.consumed += count
+        out = np.empty(count, dtype=np.int64)
+        epochs = positions // n
+        for epoch in range(int(epochs[0]), int(epochs[-1]) + 1) if count else ():
+            sel = epochs == epoch
+            out[sel] = permute(positions[sel] % n, n, epoch_key(self.seed, epoch))
+        return out
+
+    def state_dict(self) -> dict:
+        """The data position a checkpoint stores (state.json's `loader`); its keys are part of the format."""
+        return {
+            "seed": self.seed,
+            "consumed": self.consumed,
+            "tail_starts": self.tail_starts.tolist(),
+            "tail_lengths": self.tail_lengths.tolist(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed:
+            raise DataError(f"run.seed {self.seed} differs from the checkpoint's data order seed {state['seed']}")
+        self.consumed = int(state["consumed"])
+        self.tail_starts = np.asarray(state["tail_starts"], dtype=np.int64)
+        self.tail_lengths = np.asarray(state["tail_lengths"], dtype=np.int64)

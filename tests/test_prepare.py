@@ -1,0 +1,120 @@
+"""Tests of `seqwarm prepare`'s split rule and token files (seqwarm.data.prepare)."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import synthetic_text
+
+from seqwarm.data.format import TOKEN_DTYPE, TokenData
+from seqwarm.data.prepare import Document, assign_splits, chunk_documents, prepare
+from seqwarm.errors import DataError
+from seqwarm.tokenizer import EOT_ID, gpt2_encoding
+
+DOCS = [Document(f"docs/{i:02d}.txt", text) for i, text in enumerate(synthetic_text(1, n_docs=30, words_per_doc=600))]
+
+
+def splits_by_key(docs, chunk_chars=1000, val=0.1, test=0.1) -> dict[str, tuple[str, bool, str]]:
+    chunks = list(chunk_documents(docs, chunk_chars))
+    return {key: unit for (key, _, _), unit in zip(chunks, assign_splits(chunks, val, test))}
+
+
+def test_chunks_cut_at_paragraphs_and_rebuild_each_document():
+    chunks = list(chunk_documents(DOCS, 1000))
+    assert chunks == list(chunk_documents(DOCS, 1000))
+    assert len(chunks) > 2 * len(DOCS)
+    for doc in DOCS:
+        mine = [(key, text, ends) for key, text, ends in chunks if key.startswith(f"{doc.source}#")]
+        assert [key for key, _, _ in mine] == [f"{doc.source}#{i}" for i in range(len(mine))]
+        assert [ends for _, _, ends in mine] == [False] * (len(mine) - 1) + [True]
+        assert "\n\n".join(text for _, text, _ in mine) == doc.text
+
+
+def test_split_rule_is_deterministic_and_independent_of_the_listing_order():
+    units = splits_by_key(DOCS)
+    counts = {s: sum(u[2] == s for u in units.values()) for s in ("train", "val", "test")}
+    assert counts["val"] == counts["test"] == round(len(units) * 0.1) and counts["train"] > 0
+    assert splits_by_key(DOCS) == units
+    shuffled = [DOCS[i] for i in np.random.default_rng(0).permutation(len(DOCS))]
+    assert splits_by_key(shuffled) == units
+    assert splits_by_key(DOCS[::-1]) == units
+    # A piece that does not end its document keeps the paragraph break that followed it.
+    assert all(text.endswith("\n\n") != ends for text, ends, _ in units.values())
+
+
+def test_split_rule_refuses_a_corpus_too_small_to_split():
+    with pytest.raises(DataError, match="corpus too small to split"):
+        assign_splits(chunk_documents(DOCS[:2], 100_000), 0.01, 0.01)
+
+
+def write_docs(directory, docs):
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, text in enumerate(docs):
+        paths.append(directory / f"doc{i:02d}.txt")
+        paths[-1].write_text(text)
+    return [str(p) for p in paths]
+
+
+def test_prepare_twice_gives_identical_files(tmp_path):
+    files = write_docs(tmp_path / "src", synthetic_text(2, n_docs=20))
+    a = prepare(files, tmp_path / "a", val_fraction=0.1, test_fraction=0.1, progress=False)
+    b = prepare(files, tmp_path / "b", val_fraction=0.1, test_fraction=0.1, progress=False)
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir()) == ["meta.json", "test.bin", "train.bin", "val.bin"]
+    for name in names:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    TokenData(a)  # and valid
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "src"]  # no temporary directory left
+
+
+def test_prepare_splits_the_same_text_whatever_the_order_of_the_files(tmp_path):
+    files = write_docs(tmp_path / "src", synthetic_text(3, n_docs=20))
+    a = TokenData(prepare(files, tmp_path / "a", val_fraction=0.1, test_fraction=0.1, progress=False))
+    b = TokenData(prepare(files[::-1], tmp_path / "b", val_fraction=0.1, test_fraction=0.1, progress=False))
+    for split in ("train", "val", "test"):
+        assert len(a.splits[split]) > 0
+        # The same pieces, concatenated in the order the files were given.
+        assert np.array_equal(np.sort(a.splits[split]), np.sort(b.splits[split])), split
+
+
+def test_text_that_spells_the_separator_cannot_forge_one(tmp_path):
+    docs = [
+        "Before <|endoftext|> after.\n\nA second paragraph with <|endoftext|><|endoftext|> twice.",
+        "<|endoftext|>",
+        "Plain text, the last document.",
+    ]
+    files = write_docs(tmp_path / "src", docs)
+    (tmp_path / "src" / "more.jsonl").write_text(json.dumps({"text": "JSON <|endoftext|> too"}) + "\n")
+    out = prepare(
+        [*files, str(tmp_path / "src" / "more.jsonl")],
+        tmp_path / "out",
+        val_fraction=0,
+        test_fraction=0,
+        progress=False,
+    )
+    tokens = np.fromfile(out / "train.bin", dtype=TOKEN_DTYPE).astype(np.int64)
+    ends = np.flatnonzero(tokens == EOT_ID)
+    assert len(ends) == 4 and ends[-1] == len(tokens) - 1  # one separator after each document, no other
+    enc = gpt2_encoding()
+    pieces = np.split(tokens, ends + 1)[:-1]
+    assert [enc.decode(piece[:-1].tolist()) for piece in pieces] == [*docs, "JSON <|endoftext|> too"]
+
+
+def test_the_split_does_not_depend_on_where_the_corpus_lies(tmp_path):
+    import shutil
+
+    write_docs(tmp_path / "here" / "corpus", synthetic_text(4, n_docs=20))
+    shutil.copytree(tmp_path / "here" / "corpus", tmp_path / "moved" / "deeper" / "corpus")
+    a = prepare(
+        [str(tmp_path / "here" / "corpus")], tmp_path / "a", val_fraction=0.1, test_fraction=0.1, progress=False
+    )
+    b = prepare(
+        [str(tmp_path / "moved" / "deeper" / "corpus")],
+        tmp_path / "b",
+        val_fraction=0.1,
+        test_fraction=0.1,
+        progress=False,
+    )
+    for name in ("train.bin", "val.bin", "test.bin"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
