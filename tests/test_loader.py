@@ -86,6 +86,27 @@ def test_keep_tail_serves_every_token_exactly_once():
     assert loader.order.consumed == len(drawn) and pending.sum() < B * L
 
 
+def test_keep_tail_pool_drains_and_every_target_is_trained_once_per_epoch():
+    """Through the loader's rows, over several epochs: SLW's warmup, then full length until the tail pool is empty."""
+    L, B, n_seq = 32, 8, 50
+    loader = make_loader(n_tokens=L * n_seq + 1, L=L, seed=2, drop_tail=False)
+    schedule = SeqlenSchedule(CurriculumConfig(kind="slw", seqlen_start=8, seqlen_end=L, duration=60))
+    counts, drawn = np.zeros(L * n_seq + 1, dtype=int), np.zeros(n_seq, dtype=int)
+    step, pool = 0, 0
+    while step < 60 or len(loader.order.tail_starts):
+        batch = loader.next_batch(B, schedule(step))
+        step += 1
+        pool = max(pool, len(loader.order.tail_starts))
+        np.add.at(drawn, batch.starts[batch.starts % L == 0] // L, 1)
+        valid = batch.targets != IGNORE_INDEX
+        assert valid.sum() == batch.tokens
+        # token value = its corpus position; add.at, since a batch across epochs may hold a sequence twice
+        np.add.at(counts, batch.targets[valid].numpy(), 1)
+        assert step < 200, "the pool drains once the pacing is at full length"
+    assert drawn.sum() > 2 * n_seq and pool > B, "several epochs; more tails pending than one batch"
+    assert counts[0] == 0 and np.array_equal(counts[1:], np.repeat(drawn, L))
+
+
 def test_drop_tail_skips_truncated_tokens():
     loader = make_loader(seed=1, drop_tail=True)
     batch = loader.next_batch(4, 8)
