@@ -24,25 +24,32 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 def cmd_prepare(args) -> None:
     from seqwarm.data.builtin.corpus import builtin_data_dir, ensure_builtin, prepare_builtin
-    from seqwarm.data.prepare import prepare
+    from seqwarm.data.prepare import choose_tokenizer, prepare
 
     if args.corpus and args.inputs:
         raise SeqwarmError("prepare: give either --corpus builtin or input files, not both")
     inputs = args.inputs or ["builtin"]
     if inputs != ["builtin"] and args.out is None:
         raise SeqwarmError("prepare: --out DIR is required for your own text files")
+    if inputs == ["builtin"] and args.out is None and args.tokenizer != "gpt2":
+        raise SeqwarmError(
+            f"prepare: --tokenizer {args.tokenizer}: the cache's builtin corpus (data.path: builtin) is GPT-2's; "
+            "give --out DIR for the builtin corpus with another tokenizer"
+        )
+    tokenizer = choose_tokenizer(args.tokenizer)  # a bad spec or tokenizer.json fails before any reading
     out = Path(args.out) if args.out else builtin_data_dir()
     if inputs == ["builtin"] and not args.out and not args.force:
         path = ensure_builtin(progress=True)
     else:
-        fractions = dict(val_fraction=args.val_fraction, test_fraction=args.test_fraction)
+        options = dict(val_fraction=args.val_fraction, test_fraction=args.test_fraction, tokenizer=tokenizer)
         if inputs == ["builtin"]:
-            path = prepare_builtin(out, **fractions, force=args.force, progress=True)
+            path = prepare_builtin(out, **options, force=args.force, progress=True)
         else:
-            path = prepare(inputs, out, **fractions, force=args.force, progress=True)
+            path = prepare(inputs, out, **options, force=args.force, progress=True)
     meta = json.loads((path / "meta.json").read_text())
     counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
-    print(f"prepared {path}: tokens {counts}")
+    tokenizer = "" if meta["tokenizer"] == "gpt2" else f"tokenizer {meta['tokenizer']} ({meta['vocab_size']:,} ids), "
+    print(f"prepared {path}: {tokenizer}tokens {counts}")
 
 
 def cmd_train(args) -> None:
@@ -181,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, default=0.01)
     s.add_argument("--test-fraction", type=float, default=0.01)
     s.add_argument("--force", action="store_true", help="replace an existing output directory")
+    s.add_argument(
+        "--tokenizer",
+        default="gpt2",
+        metavar="gpt2|bpe:N|PATH",
+        help="gpt2 (default), a byte-level BPE of N tokens trained on the train split, or a tokenizer.json",
+    )
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("train", help="train a model: seqwarm train CONFIG [section.key=value ...]")

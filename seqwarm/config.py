@@ -21,6 +21,7 @@ import yaml
 from seqwarm.errors import ConfigError
 from seqwarm.files import atomic_write
 from seqwarm.model import PRESETS, GPTConfig
+from seqwarm.tokenizer import VOCAB_SIZE
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 """The configs shipped with seqwarm; `seqwarm train tiny-slw` finds `tiny-slw.yaml` here."""
@@ -78,8 +79,16 @@ class ModelConfig:
     """Longest input the model accepts (its learned position table)."""
     dropout: float = 0.0
     """Dropout on embeddings, attention and residual branches."""
+    vocab_size: int | Literal["auto"] = "auto"
+    """Token ids the model embeds and predicts. `auto`: the vocabulary of the data's tokenizer, read
+    from its meta.json when the model is built for training (`seqwarm.data.corpus.open_data`), and
+    recorded in every checkpoint, which `eval` and `export` read. Where the data is not prepared
+    yet (`seqwarm plan` before `prepare`, the parameter count of `model.gpt()` alone), `auto` is
+    GPT-2's 50,257. An integer must equal the data's vocabulary (a one-line error otherwise)."""
 
     def __post_init__(self):
+        if self.vocab_size != "auto" and self.vocab_size <= 0:
+            raise ConfigError(f"model.vocab_size: must be positive or auto, got {self.vocab_size}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"model.preset: unknown preset {self.preset!r} (choose from {', '.join(PRESETS)})")
         for name in ("n_layer", "n_head", "d_model", "max_seqlen"):
@@ -95,7 +104,8 @@ class ModelConfig:
                 f"model.d_model ({self.gpt().d_model}) must be divisible by model.n_head ({self.gpt().n_head})"
             )
 
-    def gpt(self) -> GPTConfig:
+    def gpt(self, data_vocab_size: int | None = None) -> GPTConfig:
+        """The model's shape; `vocab_size: auto` resolved to `data_vocab_size` (the data's), else GPT-2's."""
         n_layer, d_model, n_head, max_seqlen = PRESETS[self.preset] if self.preset else (None,) * 4
         return GPTConfig(
             n_layer=self.n_layer or n_layer,
@@ -103,7 +113,13 @@ class ModelConfig:
             d_model=self.d_model or d_model,
             max_seqlen=self.max_seqlen or max_seqlen,
             dropout=self.dropout,
+            vocab_size=self.resolve_vocab_size(data_vocab_size),
         )
+
+    def resolve_vocab_size(self, data_vocab_size: int | None = None) -> int:
+        if self.vocab_size != "auto":
+            return self.vocab_size
+        return VOCAB_SIZE if data_vocab_size is None else data_vocab_size
 
 
 @dataclass
@@ -506,6 +522,12 @@ def check_key(section: str, name: str) -> None:
     raise ConfigError(f"{key}: unknown config key{hint}")
 
 
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(str, typing.get_args(tp)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
 def coerce(value: Any, tp: Any, where: str) -> Any:
     """Check `value` against the annotation `tp`, converting only where it is lossless."""
     origin = typing.get_origin(tp)
@@ -514,7 +536,14 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return coerce(value, inner[0], where)
+        if len(inner) == 1:
+            return coerce(value, inner[0], where)
+        for tp in inner:  # `int | Literal["auto"]`: the first type the value passes
+            try:
+                return coerce(value, tp, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: expected {' or '.join(_describe(tp) for tp in inner)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:

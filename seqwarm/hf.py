@@ -9,8 +9,10 @@ maps one to one onto `transformers.GPT2LMHeadModel`. Two differences in storage:
   The padding rows are never looked up (no token id reaches them) and never predicted (their
   logits are cut off), so export drops them and import fills them with zeros, losslessly.
 
-Export writes safetensors weights, config.json and the exact GPT-2 tokenizer (built offline from
-the files `seqwarm.tokenizer` verifies), so `from_pretrained(OUT_DIR)` works with no network.
+Export writes safetensors weights, config.json and the run's tokenizer: the exact GPT-2 BPE (built
+offline from the files `seqwarm.tokenizer` verifies), or the data's own tokenizer.json as a
+`PreTrainedTokenizerFast`, so `from_pretrained(OUT_DIR)` works with no network and gives the ids
+the model was trained on. Import takes GPT-2-vocabulary models only (see `gpt2_config_problems`).
 Import writes a run directory whose step-0 checkpoint holds the HF weights and a fresh optimizer,
 written by the trainer's own `build` and `save`, so `seqwarm train --resume RUN_DIR` continues it.
 Both directories appear whole or not at all (`seqwarm.files.atomic_directory`). `transformers` is an
@@ -32,7 +34,7 @@ from seqwarm.errors import ConfigError, SeqwarmError, first_line
 from seqwarm.files import atomic_directory
 from seqwarm.model import GPTConfig
 from seqwarm.saved import SavedModel, open_saved
-from seqwarm.tokenizer import EOT_ID, VOCAB_SIZE, gpt2_files
+from seqwarm.tokenizer import EOT, EOT_ID, VOCAB_SIZE, Tokenizer, gpt2_files
 
 HF_HINT = "pip install 'seqwarm[hf]'"
 LAYER_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, what seqwarm's blocks use
@@ -121,8 +123,8 @@ def from_hf_state(hf_state: dict[str, torch.Tensor], gpt: GPTConfig) -> dict[str
     return state
 
 
-def gpt2_config(gpt: GPTConfig):
-    """The transformers GPT2Config of a seqwarm model."""
+def gpt2_config(gpt: GPTConfig, eot_id: int = EOT_ID):
+    """The transformers GPT2Config of a seqwarm model; `<|endoftext|>` (`eot_id`) is its bos and eos, as in GPT-2."""
     transformers = require_transformers()
     return transformers.GPT2Config(
         vocab_size=gpt.vocab_size,
@@ -137,8 +139,8 @@ def gpt2_config(gpt: GPTConfig):
         attn_pdrop=gpt.dropout,
         layer_norm_epsilon=LAYER_NORM_EPS,
         scale_attn_weights=True,
-        bos_token_id=EOT_ID,
-        eos_token_id=EOT_ID,
+        bos_token_id=eot_id,
+        eos_token_id=eot_id,
         tie_word_embeddings=True,
         architectures=["GPT2LMHeadModel"],
     )
@@ -151,7 +153,11 @@ def gpt2_config_problems(config) -> list[str]:
     if get("model_type") != "gpt2":
         return [f"model_type is {get('model_type')!r}, not 'gpt2'"]
     if get("vocab_size") != VOCAB_SIZE:
-        problems.append(f"vocab_size is {get('vocab_size')}, not GPT-2's {VOCAB_SIZE} (seqwarm uses the GPT-2 BPE)")
+        # Another vocabulary would need its tokenizer to be the one the run's data was prepared
+        # with, which nothing here can check: import takes GPT-2's only.
+        problems.append(
+            f"vocab_size is {get('vocab_size')}, not GPT-2's {VOCAB_SIZE} (import-hf takes GPT-2-vocabulary models only)"
+        )
     if get("activation_function") not in TANH_GELUS:
         problems.append(
             f"activation_function is {get('activation_function')!r}; seqwarm's MLP is GELU with the tanh approximation ({' or '.join(TANH_GELUS)})"
@@ -195,6 +201,22 @@ def gpt2_tokenizer(max_length: int):
     )
 
 
+def hf_tokenizer(tok: Tokenizer, max_length: int):
+    """A seqwarm tokenizer as a transformers fast tokenizer: GPT-2's exact BPE, or its tokenizer.json wrapped whole."""
+    if tok.json is None:
+        return gpt2_tokenizer(max_length)
+    transformers = require_transformers()
+    from tokenizers import Tokenizer as HFTokenizer
+
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=HFTokenizer.from_str(tok.json),
+        bos_token=EOT,
+        eos_token=EOT,
+        unk_token=EOT,
+        model_max_length=max_length,
+    )
+
+
 def _check_out(out: Path, force: bool, option: str) -> None:
     """Never write into a user's non-empty directory unless --force."""
     if out.exists() and not out.is_dir():
@@ -206,23 +228,35 @@ def _check_out(out: Path, force: bool, option: str) -> None:
 # --- export --------------------------------------------------------------------------------------
 
 
-def export_hf(path: str | Path | SavedModel, out: str | Path, *, force: bool = False) -> Path:
-    """`seqwarm export RUN_DIR|CHECKPOINT_DIR --hf OUT_DIR`: GPT2LMHeadModel + tokenizer, safetensors."""
+def export_hf(
+    path: str | Path | SavedModel, out: str | Path, *, force: bool = False, tokenizer: Tokenizer | None = None
+) -> Path:
+    """`seqwarm export RUN_DIR|CHECKPOINT_DIR --hf OUT_DIR`: GPT2LMHeadModel + tokenizer, safetensors.
+
+    The tokenizer is `tokenizer`, else that of the run's data (`seqwarm.data.corpus.trained_tokenizer`).
+    """
     out = Path(out)
     _check_out(out, force, "--hf")
     saved = path if isinstance(path, SavedModel) else open_saved(path)
     transformers = require_transformers()
     gpt = saved.gpt
-    if gpt.vocab_size != VOCAB_SIZE:
+    if tokenizer is None:
+        from seqwarm.data.corpus import trained_tokenizer
+
+        cfg = saved.config()
+        tokenizer = trained_tokenizer(gpt.vocab_size, cfg.data.path if cfg else None, saved.checkpoint)
+    if tokenizer.vocab_size != gpt.vocab_size:
         raise SeqwarmError(
-            f"{saved.checkpoint}: vocabulary of {gpt.vocab_size} tokens; GPT-2 (and this export) has {VOCAB_SIZE}"
+            f"{saved.checkpoint}: vocabulary of {gpt.vocab_size} tokens; tokenizer {tokenizer.name} has {tokenizer.vocab_size}"
         )
-    model = transformers.GPT2LMHeadModel(gpt2_config(gpt))
+    model = transformers.GPT2LMHeadModel(gpt2_config(gpt, tokenizer.eot_id))
     model.load_state_dict(to_hf_state(load_weights(saved.checkpoint), gpt), strict=True)
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)  # safetensors, the tied output layer stored once
-        gpt2_tokenizer(gpt.max_seqlen).save_pretrained(tmp)
-        provenance = {"seqwarm": __version__, "exported_from": saved.describe()}
+        hf_tokenizer(tokenizer, gpt.max_seqlen).save_pretrained(tmp)
+        provenance = {"seqwarm": __version__, "exported_from": saved.describe(), "tokenizer": tokenizer.name}
+        if tokenizer.json is not None:
+            provenance["tokenizer_sha256"] = tokenizer.sha256()
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out
 
@@ -253,7 +287,8 @@ def import_hf(
     _check_out(out, force, "--out")
     if not (hf_dir / "config.json").is_file():
         raise SeqwarmError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
-    fixed = [o for o in overrides if o.partition("=")[0].strip() in {f"model.{f}" for f in ("preset", *MODEL_FIELDS)}]
+    set_by_hf = {f"model.{f}" for f in ("preset", "vocab_size", *MODEL_FIELDS)}
+    fixed = [o for o in overrides if o.partition("=")[0].strip() in set_by_hf]
     if fixed:
         raise ConfigError(
             f"{fixed[0].partition('=')[0]}: set by {hf_dir / 'config.json'}; only model.dropout can be chosen on import"
@@ -267,6 +302,8 @@ def import_hf(
     if problems:
         raise SeqwarmError(f"{hf_dir / 'config.json'}: not seqwarm's GPT-2 architecture: {'; '.join(problems)}")
     shape = dict(zip(MODEL_FIELDS, (hf_config.n_layer, hf_config.n_head, hf_config.n_embd, hf_config.n_positions)))
+    # Explicit, not `auto`: data prepared with another tokenizer is the one-line vocabulary error.
+    shape["vocab_size"] = hf_config.vocab_size
     cfg = load_config(
         config, [*overrides, "model.preset=null", *(f"model.{k}={v}" for k, v in shape.items()), f"run.dir={out}"]
     )

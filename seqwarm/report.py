@@ -50,6 +50,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from seqwarm.config import load_config
+from seqwarm.data.format import model_config
 from seqwarm.errors import SeqwarmError
 from seqwarm.eval.results import EVAL_FILE, format_counts, format_value, metric_label, read_eval
 from seqwarm.files import atomic_write
@@ -244,7 +245,7 @@ def load_run(path: Path, label: str) -> Run:
     summary = read_json(path / "summary.json")
     notes = []
     try:
-        params = load_config(path / "config.yaml").model.gpt().n_params()
+        params = model_config(load_config(path / "config.yaml")).n_params()
     except SeqwarmError as e:
         params = summary.get("params")
         notes.append(f"parameters {'from summary.json' if params else 'unknown'}: {e}")

@@ -79,7 +79,7 @@ class Trainer:
         state |= {name: part.state_dict() for name, part in self._stateful().items()}
         state["scaler"] = self.scaler.state_dict() if self.scaler.is_enabled() else None
         state["time_s"] = self.wall_s()
-        state["model"] = self.cfg.model.gpt().__dict__
+        state["model"] = self.model.cfg.__dict__  # the built shape: `vocab_size: auto` resolved from the data
         return Checkpoint(
             model=distributed.full_model_state(self.model),
             optimizer=distributed.full_optimizer_state(self.model, self.optimizer),
@@ -134,7 +134,7 @@ def build(
     val_index = data.sequences("val", seqlen_end)
 
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-    model = GPT(cfg.model.gpt()).to(device)
+    model = GPT(cfg.model.gpt(data.vocab_size)).to(device)  # `vocab_size: auto`: the data's tokenizer's
     if cfg.train.compile:
         # The Transformer is compiled; the chunked output layer + loss stays eager (a Python loop over
         # chunks, matmul-bound). Static shapes; `_loss_sum` marks the length dynamic, so SLW compiles

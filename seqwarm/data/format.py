@@ -3,9 +3,10 @@
 `seqwarm prepare` writes it (`seqwarm.data.prepare`); training and evaluation read it through
 `TokenData`, which checks every file against meta.json before anything trains on it.
 
-    DIR/meta.json        format, tokenizer, vocabulary size, and per split: file, token count, sha256
-    DIR/train.bin        uint16 GPT-2 token ids, documents separated by <|endoftext|>
+    DIR/meta.json        format, tokenizer, vocabulary size, token dtype, and per split: file, token count, sha256
+    DIR/train.bin        token ids (uint16, or uint32 for a vocabulary over 65,536), documents separated by <|endoftext|>
     DIR/val.bin, test.bin
+    DIR/tokenizer.json   the tokenizer, unless it is GPT-2's (meta.json: tokenizer_file, tokenizer_sha256)
     DIR/heldout/*.jsonl  texts kept out of every split (the builtin corpus's evaluation texts)
 """
 
@@ -14,16 +15,40 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from seqwarm.config import Config
+    from seqwarm.model import GPTConfig
+
 from seqwarm.errors import DataError
 from seqwarm.files import file_sha256
+from seqwarm.tokenizer import EOT_ID, VOCAB_SIZE, Tokenizer, tokenizer_from_meta
 
 FORMAT = "seqwarm-tokens-v1"
-TOKEN_DTYPE = np.uint16  # the GPT-2 vocabulary (50257) fits
+TOKEN_DTYPE = np.uint16  # GPT-2's vocabulary (50257) fits; the dtype of every corpus prepared before uint32
+TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 SPLITS = ("train", "val", "test")
+
+
+def token_dtype(vocab_size: int) -> type[np.unsignedinteger]:
+    """The narrowest dtype that holds every id of the vocabulary: half the disk and page cache of uint32 when it fits."""
+    return np.uint16 if vocab_size <= 1 << 16 else np.uint32
+
+
+def data_vocab_size(meta: dict) -> int:
+    """The vocabulary of a prepared corpus's tokenizer, what `model.vocab_size: auto` takes.
+
+    GPT-2's for a corpus tokenized with it (whatever meta.json's `vocab_size` claims, so that a
+    meta.json that disagrees with its tokens is the vocabulary error it has always been), else the
+    size recorded with its tokenizer.json, which `prepare` read off the tokenizer itself.
+    """
+    if meta.get("tokenizer_file") is None:
+        return VOCAB_SIZE
+    return int(meta["vocab_size"])
 
 
 @dataclass(frozen=True)
@@ -32,6 +57,7 @@ class SequenceIndex:
 
     tokens: np.ndarray
     seqlen: int
+    pad_id: int = EOT_ID  # what the loader pads a last short row with: the corpus's <|endoftext|>
 
     def __len__(self) -> int:
         return max(len(self.tokens) - 1, 0) // self.seqlen
@@ -43,7 +69,11 @@ class SequenceIndex:
 
 
 class TokenData:
-    """A directory written by `seqwarm prepare`, validated against its meta.json."""
+    """A directory written by `seqwarm prepare`, validated against its meta.json.
+
+    `vocab_size`, when given, must be meta.json's (the model's vocabulary against the data's);
+    `self.vocab_size` is the data's tokenizer's (`data_vocab_size`), `self.eot_id` its separator.
+    """
 
     def __init__(self, path: str | Path, *, verify: str = "full", vocab_size: int | None = None):
         self.path = Path(path)
@@ -57,10 +87,23 @@ class TokenData:
             splits = self.meta["splits"]
         except (json.JSONDecodeError, KeyError) as e:
             raise DataError(f"{meta_path}: unreadable metadata ({e})") from e
-        if vocab_size is not None and self.meta.get("vocab_size") != vocab_size:
-            raise DataError(
-                f"{meta_path}: vocabulary size {self.meta.get('vocab_size')} differs from the model's {vocab_size}"
-            )
+        if vocab_size is not None:
+            self.check_vocab(vocab_size)
+        dtype_name = self.meta.get("dtype", "uint16")
+        if dtype_name not in TOKEN_DTYPES:
+            raise DataError(f"{meta_path}: token dtype {dtype_name!r} is not one of {', '.join(TOKEN_DTYPES)}")
+        dtype = TOKEN_DTYPES[dtype_name]
+        try:
+            self.vocab_size = data_vocab_size(self.meta)
+            self.eot_id = int(self.meta.get("eot_id", EOT_ID))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{meta_path}: unreadable tokenizer record ({e})") from e
+        if self.meta.get("tokenizer_file") is not None:
+            file = self.path / self.meta["tokenizer_file"]
+            if not file.exists():
+                raise DataError(f"{file}: tokenizer file is missing")
+            if verify == "full" and file_sha256(file) != self.meta.get("tokenizer_sha256"):
+                raise DataError(f"{file}: sha256 does not match meta.json; the tokenizer was changed")
         self.splits: dict[str, np.ndarray] = {}
         for name in SPLITS:
             info = splits.get(name)
@@ -69,7 +112,7 @@ class TokenData:
             file = self.path / info["file"]
             if not file.exists():
                 raise DataError(f"{file}: token file is missing")
-            itemsize = np.dtype(TOKEN_DTYPE).itemsize
+            itemsize = np.dtype(dtype).itemsize
             if file.stat().st_size != info["tokens"] * itemsize:
                 raise DataError(
                     f"{file}: size does not match meta.json ({info['tokens']} tokens); the file is corrupted"
@@ -78,17 +121,40 @@ class TokenData:
                 raise DataError(
                     f"{file}: sha256 does not match meta.json; the file is corrupted (re-run `seqwarm prepare`)"
                 )
-            self.splits[name] = (
-                np.memmap(file, dtype=TOKEN_DTYPE, mode="r") if info["tokens"] else np.empty(0, TOKEN_DTYPE)
-            )
+            self.splits[name] = np.memmap(file, dtype=dtype, mode="r") if info["tokens"] else np.empty(0, dtype)
         if len(self.splits["train"]) == 0:
             raise DataError(f"{self.path / splits['train']['file']}: the train split is empty")
 
+    def check_vocab(self, vocab_size: int) -> None:
+        """DataError unless meta.json's vocabulary is the model's `vocab_size`."""
+        if self.meta.get("vocab_size") != vocab_size:
+            raise DataError(
+                f"{self.path / 'meta.json'}: vocabulary size {self.meta.get('vocab_size')} "
+                f"differs from the model's {vocab_size}"
+            )
+
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer the corpus was prepared with (GPT-2's, or its tokenizer.json, checked against meta.json)."""
+        return tokenizer_from_meta(self.meta, self.path)
+
     def sequences(self, split: str, seqlen: int) -> SequenceIndex:
-        index = SequenceIndex(self.splits[split], seqlen)
+        index = SequenceIndex(self.splits[split], seqlen, pad_id=self.eot_id)
         if len(index) == 0:
             raise DataError(
                 f"{self.path / self.meta['splits'][split]['file']}: {len(self.splits[split])} tokens, "
                 f"shorter than one sequence of {seqlen + 1}"
             )
         return index
+
+
+def model_config(cfg: Config) -> GPTConfig:
+    """The model `cfg` would train, without opening the data: `vocab_size: auto` read from the
+    prepared corpus's meta.json when it is there, GPT-2's otherwise (the builtin corpus is GPT-2's)."""
+    data_vocab = None
+    meta = Path(cfg.data.path) / "meta.json"
+    if cfg.model.vocab_size == "auto" and cfg.data.path != "builtin" and meta.is_file():
+        try:
+            data_vocab = data_vocab_size(json.loads(meta.read_text()))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # an unreadable meta.json is open_data's error to report, when training starts
+    return cfg.model.gpt(data_vocab)

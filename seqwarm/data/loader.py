@@ -17,7 +17,6 @@ from seqwarm.curriculum import truncate
 from seqwarm.data.format import SequenceIndex
 from seqwarm.data.order import SequenceOrder
 from seqwarm.loss import IGNORE_INDEX
-from seqwarm.tokenizer import EOT_ID
 
 
 @dataclass
@@ -53,7 +52,8 @@ class TrainLoader:
 
         A segment shorter than `seqlen` (a last tail) is padded; its padding targets are ignored.
         """
-        buf = np.full((len(starts), seqlen + 1), EOT_ID, dtype=np.int64)
+        # Padded with the corpus's <|endoftext|> (GPT-2's 50256, or the id its own tokenizer gives it).
+        buf = np.full((len(starts), seqlen + 1), self.index.pad_id, dtype=np.int64)
         for row, (start, n) in enumerate(zip(starts, served)):
             buf[row, : n + 1] = self.index.tokens[start : start + n + 1]
         inputs, targets = truncate(torch.from_numpy(buf), seqlen)

@@ -1,8 +1,11 @@
-"""`seqwarm prepare`: text -> GPT-2 tokens -> one memory-mapped file per split, plus meta.json.
+"""`seqwarm prepare`: text -> tokens -> one memory-mapped file per split, plus meta.json.
 
 Documents are joined with `<|endoftext|>` (each document is followed by one), as GPT-2 was trained.
 The val/test splits are chosen by hashing fixed-size chunks of the documents, so the split of a
 corpus does not depend on the order its files are listed in, and a re-run gives identical files.
+The tokenizer is GPT-2's (the default), a byte-level BPE trained here on the train split's chunks
+only, since the split is decided before anything is tokenized (`--tokenizer bpe:N`), or a given
+tokenizer.json (`--tokenizer PATH`); the last two are stored in the directory (seqwarm.tokenizer).
 The output directory is written whole or not at all (`seqwarm.files.atomic_directory`). The
 builtin corpus comes through here too, from `seqwarm.data.builtin.corpus`.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +23,19 @@ import numpy as np
 from tqdm import tqdm
 
 from seqwarm import __version__
-from seqwarm.data.format import FORMAT, SPLITS, TOKEN_DTYPE
+from seqwarm.data.format import FORMAT, SPLITS, token_dtype
 from seqwarm.errors import DataError
 from seqwarm.files import atomic_directory
-from seqwarm.tokenizer import EOT_ID, TOKENIZER_NAME, VOCAB_SIZE, gpt2_encoding
+from seqwarm.tokenizer import (
+    TOKENIZER_FILE,
+    TOKENIZER_NAME,
+    Tokenizer,
+    gpt2,
+    parse_tokenizer,
+    read_tokenizer_file,
+    require_tokenizers,
+    train_bpe,
+)
 
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".json"}
@@ -44,8 +56,10 @@ def prepare(
     chunk_chars: int = 8000,
     force: bool = False,
     progress: bool = True,
+    tokenizer: str = TOKENIZER_NAME,
 ) -> Path:
-    """Tokenize `inputs` (text/JSONL files and directories) into `out`."""
+    """Tokenize `inputs` (text/JSONL files and directories) into `out` with `tokenizer` (`--tokenizer`)."""
+    chosen = choose_tokenizer(tokenizer)
     out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
     return prepare_documents(
         list(read_documents(inputs)),
@@ -56,7 +70,22 @@ def prepare(
         test_fraction=test_fraction,
         chunk_chars=chunk_chars,
         progress=progress,
+        tokenizer=chosen,
     )
+
+
+def choose_tokenizer(spec: str | int | Tokenizer) -> Tokenizer | int:
+    """`--tokenizer` checked before any reading: a Tokenizer (GPT-2's, or a tokenizer.json read and
+    validated), or the vocabulary size of a BPE still to be trained on the train split."""
+    if isinstance(spec, (Tokenizer, int)):
+        return spec
+    parsed = parse_tokenizer(spec)
+    if parsed == TOKENIZER_NAME:
+        return gpt2()
+    if isinstance(parsed, int):
+        require_tokenizers()  # a missing library fails now, not after reading the corpus
+        return parsed
+    return read_tokenizer_file(parsed)
 
 
 def check_output(out: Path, *, val_fraction: float, test_fraction: float, force: bool) -> Path:
@@ -83,21 +112,43 @@ def prepare_documents(
     test_fraction: float,
     chunk_chars: int,
     progress: bool,
+    tokenizer: str | int | Tokenizer = TOKENIZER_NAME,
 ) -> Path:
     """Split and tokenize `docs` into `out` (replaced whole); `heldout` texts go to heldout/NAME.jsonl untokenized.
 
     `label` names the input in errors, `sources` is meta.json's record of it, `extra_meta` is
-    appended to meta.json.
+    appended to meta.json. `tokenizer` is what `choose_tokenizer` takes.
     """
     heldout = heldout or {}
+    tok = choose_tokenizer(tokenizer)
     if not docs or not any(d.text.strip() for d in docs):
         raise DataError(f"{label}: no text found")
     units = assign_splits(chunk_documents(docs, chunk_chars), val_fraction, test_fraction)
+    tokenizer_meta = {}
+    if isinstance(tok, int):
+        # Trained on the train split only: val and test stay unseen by the tokenizer as by the model.
+        train_texts = [text for text, _, s in units if s == "train"]
+        if progress:
+            print(f"training a byte-level BPE of {tok:,} tokens on {len(train_texts):,} train chunks", file=sys.stderr)
+        tok = train_bpe(train_texts, tok)
+        tokenizer_meta["tokenizer_source"] = {
+            "trained_on": "train",
+            "chars": sum(len(t) for t in train_texts),
+            "tokenizers": require_tokenizers().__version__,
+        }
+    elif tok.json is not None:
+        tokenizer_meta["tokenizer_source"] = {"file": tok.source}
+    dtype = token_dtype(tok.vocab_size)
     with atomic_directory(out) as tmp:  # `out` is either the old directory or complete
+        if tok.json is not None:
+            (tmp / TOKENIZER_FILE).write_bytes(tok.json.encode())
+            tokenizer_meta = {"tokenizer_file": TOKENIZER_FILE, "tokenizer_sha256": tok.sha256(), **tokenizer_meta}
         splits = {}
         for split in SPLITS:
             texts = [(text, ends) for text, ends, s in units if s == split]
-            splits[split] = write_tokens(texts, tmp / f"{split}.bin", desc=f"tokenize {split}", progress=progress)
+            splits[split] = write_tokens(
+                texts, tmp / f"{split}.bin", tok, dtype, desc=f"tokenize {split}", progress=progress
+            )
         for name, held in heldout.items():
             path = tmp / "heldout" / f"{name}.jsonl"
             path.parent.mkdir(exist_ok=True)
@@ -107,10 +158,11 @@ def prepare_documents(
         meta = {
             "format": FORMAT,
             "created_by": f"seqwarm {__version__}",
-            "tokenizer": TOKENIZER_NAME,
-            "vocab_size": VOCAB_SIZE,
-            "eot_id": EOT_ID,
-            "dtype": np.dtype(TOKEN_DTYPE).name,
+            "tokenizer": tok.name,
+            "vocab_size": tok.vocab_size,
+            "eot_id": tok.eot_id,
+            "dtype": np.dtype(dtype).name,
+            **tokenizer_meta,  # nothing for GPT-2: its meta.json is what it has always been
             "splits": splits,
             "split_rule": {"chunk_chars": chunk_chars, "val_fraction": val_fraction, "test_fraction": test_fraction},
             "sources": sources,
@@ -187,13 +239,22 @@ def assign_splits(
     return [(text if ends else text + "\n\n", ends, split.get(i, "train")) for i, (_, text, ends) in enumerate(chunks)]
 
 
-def write_tokens(texts: list[tuple[str, bool]], path: Path, *, desc: str, progress: bool, batch: int = 256) -> dict:
-    """Tokenize (text, ends_document) pieces into a uint16 file; return its token count and sha256.
+def write_tokens(
+    texts: list[tuple[str, bool]],
+    path: Path,
+    tok: Tokenizer,
+    dtype: type[np.unsignedinteger],
+    *,
+    desc: str,
+    progress: bool,
+    batch: int = 256,
+) -> dict:
+    """Tokenize (text, ends_document) pieces into a file of `dtype`; return its token count and sha256.
 
     `<|endoftext|>` is appended after each document's last piece as a token id, and text is encoded
     as ordinary text, so a document that happens to contain that string does not forge a separator.
     """
-    enc = gpt2_encoding()
+    eot = tok.eot_id
     sha = hashlib.sha256()
     n_tokens = 0
     total_chars = sum(len(t) for t, _ in texts)
@@ -203,9 +264,14 @@ def write_tokens(texts: list[tuple[str, bool]], path: Path, *, desc: str, progre
     ):
         for i in range(0, len(texts), batch):
             part = texts[i : i + batch]
-            ids = enc.encode_ordinary_batch([t for t, _ in part], num_threads=os.cpu_count() or 1)
-            pieces = [np.asarray(t + [EOT_ID] if ends else t, dtype=TOKEN_DTYPE) for t, (_, ends) in zip(ids, part)]
-            arr = np.concatenate(pieces) if pieces else np.empty(0, TOKEN_DTYPE)
+            ids = tok.encode_ordinary_batch([t for t, _ in part])
+            pieces = [np.asarray(t + [eot] if ends else t, dtype=np.int64) for t, (_, ends) in zip(ids, part)]
+            arr = np.concatenate(pieces) if pieces else np.empty(0, np.int64)
+            if len(arr) and not 0 <= arr.min() <= arr.max() < tok.vocab_size:  # a tokenizer.json with sparse ids
+                raise DataError(
+                    f"tokenizer {tok.name}: produced id {arr.max()} outside its vocabulary of {tok.vocab_size}"
+                )
+            arr = arr.astype(dtype)
             data = arr.tobytes()
             f.write(data)
             sha.update(data)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from seqwarm.data.builtin.corpus import ensure_builtin
+from seqwarm.data.corpus import trained_tokenizer
 from seqwarm.data.format import SequenceIndex, TokenData
 from seqwarm.errors import ConfigError, DataError
 from seqwarm.eval.results import TaskResult, default_json_path, read_eval, results_json, write_eval
@@ -41,7 +42,7 @@ from seqwarm.files import file_sha256
 from seqwarm.model import GPT
 from seqwarm.runtime import keep_freed_memory, resolve_device
 from seqwarm.saved import SavedModel, open_saved
-from seqwarm.tokenizer import gpt2_encoding
+from seqwarm.tokenizer import TOKENIZER_NAME, Tokenizer
 
 TASKS = ("val", "test", "wikitext", "lambada")
 # Megatron-LM's zero-shot script evaluates WikiText-103 with `--overlapping-eval 32`.
@@ -62,6 +63,13 @@ class Plan:
     splits: dict[str, SequenceIndex] = field(default_factory=dict)  # full-length sequences of val/test
     wikitext: Text | None = None
     lambada: Cloze | None = None
+    tokenizer: Tokenizer | None = None  # wikitext/lambada: the run's data tokenizer
+
+
+def eval_tokenizer(saved: SavedModel, data: str | None) -> Tokenizer:
+    """The tokenizer the model was trained with: its data's (`--data`, else the run's `data.path`)."""
+    cfg = saved.config()
+    return trained_tokenizer(saved.gpt.vocab_size, data or (cfg.data.path if cfg else None), saved.checkpoint)
 
 
 def plan_eval(
@@ -90,12 +98,14 @@ def plan_eval(
     for option, value in (("--wikitext", wikitext), ("--lambada", lambada)):
         if value is not None and not Path(value).is_file():
             raise DataError(f"{option}: {value}: no such file")
+    if {"wikitext", "lambada"} & set(tasks):
+        plan.tokenizer = eval_tokenizer(saved, data)
     if "wikitext" in tasks:
         path = builtin_heldout("wikipedia", progress) if wikitext is None else Path(wikitext)
         plan.wikitext = load_wikitext(path, builtin=wikitext is None)
     if "lambada" in tasks:
         path = builtin_heldout("narrative", progress) if lambada is None else Path(lambada)
-        plan.lambada = load_lambada(path, builtin=lambada is None)
+        plan.lambada = load_lambada(path, builtin=lambada is None, tokenizer=plan.tokenizer)
         longest = max(len(target) for _, target in plan.lambada.items)
         if longest >= context:
             raise DataError(
@@ -135,7 +145,7 @@ def eval_split(model: GPT, plan: Plan, split: str) -> TaskResult:
 
 def eval_wikitext(model: GPT, plan: Plan) -> TaskResult:
     wiki = plan.wikitext
-    tokens = np.asarray(gpt2_encoding().encode_ordinary(wiki.text), dtype=np.int64)  # the whole text at once
+    tokens = np.asarray(plan.tokenizer.encode_ordinary(wiki.text), dtype=np.int64)  # the whole text at once
     words = word_count(wiki.original)
     total, count = window_nll(
         model,
@@ -155,14 +165,25 @@ def eval_wikitext(model: GPT, plan: Plan) -> TaskResult:
         counts={"tokens": len(tokens), "scored_tokens": count, "words": words},
         source=str(wiki.source),
         sha256=file_sha256(wiki.source),
-        settings={"window": model.cfg.max_seqlen, "stride": plan.stride, "detokenized": wiki.detokenized},
+        settings={
+            "window": model.cfg.max_seqlen,
+            "stride": plan.stride,
+            "detokenized": wiki.detokenized,
+            **_tokenizer_setting(plan),
+        },
     )
 
 
 def eval_lambada(model: GPT, plan: Plan) -> TaskResult:
     cloze = plan.lambada
     hits, total, count = lambada_hits(
-        model, cloze.items, batch_size=plan.batch_size, device=plan.device, progress=plan.progress, desc="lambada"
+        model,
+        cloze.items,
+        batch_size=plan.batch_size,
+        device=plan.device,
+        progress=plan.progress,
+        desc="lambada",
+        pad_id=plan.tokenizer.eot_id,
     )
     return TaskResult(
         task="lambada",
@@ -171,8 +192,14 @@ def eval_lambada(model: GPT, plan: Plan) -> TaskResult:
         counts={"items": len(hits), "correct": sum(hits), "target_tokens": count},
         source=str(cloze.source),
         sha256=file_sha256(cloze.source),
-        settings={"strict": True, "window": model.cfg.max_seqlen},
+        settings={"strict": True, "window": model.cfg.max_seqlen, **_tokenizer_setting(plan)},
     )
+
+
+def _tokenizer_setting(plan: Plan) -> dict:
+    """The text tasks name their tokenizer unless it is GPT-2's (what results before other tokenizers meant)."""
+    name = plan.tokenizer.name
+    return {} if name == TOKENIZER_NAME else {"tokenizer": name, "tokenizer_sha256": plan.tokenizer.sha256()}
 
 
 def run_eval(plan: Plan) -> list[TaskResult]:

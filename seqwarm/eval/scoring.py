@@ -110,6 +110,7 @@ def lambada_hits(
     device: torch.device,
     progress: bool,
     desc: str,
+    pad_id: int = EOT_ID,
 ) -> tuple[list[bool], float, int]:
     """Strict greedy hits of (context, target) token lists, the target words' total NLL and token count.
 
@@ -128,7 +129,7 @@ def lambada_hits(
     for i in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         group = order[i : i + batch_size]
         width = max(len(seqs[j][0]) for j in group) - 1
-        inputs = torch.full((len(group), width), EOT_ID, dtype=torch.long)
+        inputs = torch.full((len(group), width), pad_id, dtype=torch.long)  # the tokenizer's <|endoftext|>
         targets = torch.full((len(group), width), IGNORE_INDEX, dtype=torch.long)
         for row, j in enumerate(group):
             ids, n_target = seqs[j]

@@ -16,7 +16,7 @@ from pathlib import Path
 from seqwarm.data.builtin.corpus import ensure_builtin
 from seqwarm.data.prepare import read_documents
 from seqwarm.errors import DataError
-from seqwarm.tokenizer import gpt2_encoding
+from seqwarm.tokenizer import Tokenizer, gpt2
 
 # The builtin LAMBADA-style items (docs/DATA.md): a passage of at least 40 words whose last word,
 # the target, has at least 3 letters.
@@ -92,11 +92,12 @@ def lambada_split(text: str) -> tuple[str, str]:
     return text[: text.rfind(target)].strip(), target
 
 
-def lambada_tokens(text: str) -> tuple[list[int], list[int]]:
-    """Context and target token ids; the target is encoded with its leading space, as it follows the context."""
+def lambada_tokens(text: str, tokenizer: Tokenizer | None = None) -> tuple[list[int], list[int]]:
+    """Context and target token ids (GPT-2's unless `tokenizer`); the target is encoded with its
+    leading space, as it follows the context."""
     context, target = lambada_split(text)
-    enc = gpt2_encoding()
-    return enc.encode_ordinary(context), enc.encode_ordinary(" " + target)
+    tok = tokenizer or gpt2()
+    return tok.encode_ordinary(context), tok.encode_ordinary(" " + target)
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|(?<=[.!?]['\"])\s+")
@@ -195,8 +196,9 @@ class Cloze:
     items: list[tuple[list[int], list[int]]]
 
 
-def load_lambada(path: Path, builtin: bool) -> Cloze:
-    """The real LAMBADA test set (one passage per JSONL line), or the builtin items cut from a held-out novel."""
+def load_lambada(path: Path, builtin: bool, tokenizer: Tokenizer | None = None) -> Cloze:
+    """The real LAMBADA test set (one passage per JSONL line), or the builtin items cut from a held-out
+    novel, in the ids of `tokenizer` (the run's data tokenizer; GPT-2's by default)."""
     if builtin:
         texts = [item for doc in read_texts(path) for item in lambada_style_items(doc)]
         dataset = "LAMBADA-style (builtin, cut from a held-out novel; not real LAMBADA)"
@@ -206,7 +208,7 @@ def load_lambada(path: Path, builtin: bool) -> Cloze:
     items = []
     for i, text in enumerate(texts, 1):
         try:
-            items.append(lambada_tokens(text))
+            items.append(lambada_tokens(text, tokenizer))
         except ValueError as e:
             raise DataError(f"{path}: item {i}: {e}") from None
     if not items:

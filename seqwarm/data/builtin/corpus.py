@@ -28,6 +28,7 @@ from seqwarm.data.builtin.clean import clean_gutenberg, wiki_articles
 from seqwarm.data.prepare import Document, check_output, prepare_documents
 from seqwarm.errors import DataError
 from seqwarm.files import atomic_directory, file_sha256
+from seqwarm.tokenizer import Tokenizer
 
 BUILD = "builtin-v1"
 ROLES = ("train", "wikipedia", "narrative")
@@ -73,6 +74,7 @@ def prepare_builtin(
     chunk_chars: int = 8000,
     force: bool = False,
     progress: bool = True,
+    tokenizer: str | int | Tokenizer = "gpt2",
 ) -> Path:
     """`seqwarm prepare --corpus builtin`: the train role split and tokenized, the held-out roles kept as text."""
     out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
@@ -88,6 +90,7 @@ def prepare_builtin(
         test_fraction=test_fraction,
         chunk_chars=chunk_chars,
         progress=progress,
+        tokenizer=tokenizer,
     )
 
 
