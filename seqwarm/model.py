@@ -45,15 +45,31 @@ class GPTConfig:
             n += self.padded_vocab_size * d + self.max_seqlen * d
         return n
 
+    def flop_split(self, seqlen: int) -> dict[str, float]:
+        """Training FLOPs per token (forward + backward) at a given length, by where they are spent.
+
+        `body`: 6 per non-embedding parameter (the blocks and the final LayerNorm), the matmuls of the
+        Transformer; `attention`: 12 * n_layer * d_model * seqlen for the attention scores and the
+        weighted values (PaLM, Appendix B), the only term that depends on the length; `output`: 6 per
+        weight of the output layer, the logits over the padded vocabulary (tied to the input embedding,
+        whose lookup costs no matmul). Every term is an integer below 2**53, so the sum is exact.
+        """
+        d = self.d_model
+        return {
+            "body": 6.0 * self.n_params(embeddings=False),
+            "attention": 12.0 * self.n_layer * d * seqlen,
+            "output": 6.0 * self.padded_vocab_size * d,
+        }
+
     def flops_per_token(self, seqlen: int) -> float:
-        """Training FLOPs per token (forward + backward) at a given length.
+        """Training FLOPs per token (forward + backward) at a given length: the sum of `flop_split`.
 
         6N for the matmuls of the N non-embedding parameters plus the output projection, and
         12 * n_layer * d_model * seqlen for attention scores and values (PaLM, Appendix B; the
         attention term is why the paper's time saving exceeds its token saving, Section 5.1).
         """
-        n_matmul = self.n_params(embeddings=False) + self.padded_vocab_size * self.d_model
-        return 6.0 * n_matmul + 12.0 * self.n_layer * self.d_model * seqlen
+        split = self.flop_split(seqlen)
+        return split["body"] + split["output"] + split["attention"]
 
 
 class CausalSelfAttention(nn.Module):

@@ -12,15 +12,19 @@ from collections.abc import Iterator
 
 from seqwarm.config import Config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
+from seqwarm.data.format import model_config
 from seqwarm.data.order import SequenceOrder
 from seqwarm.schedule import Clock, finished, learning_rate
 from seqwarm.tables import text_table
+
+# flop_split's keys, as the footer prints them
+PARTS = {"body": "body (the blocks' matmuls)", "attention": "attention (scores and values)", "output": "output layer"}
 
 
 def plan_steps(cfg: Config) -> Iterator[dict]:
     """One dict per optimizer step: step (after it), seqlen, batch_size, tokens (cumulative), lr, flops."""
     t = cfg.train
-    gpt = cfg.model.gpt()
+    gpt = model_config(cfg)
     seqlen_of = SeqlenSchedule(cfg.curriculum)
     batch_size_of = BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size)
     # The corpus's size only changes which sequences are drawn, never how many tokens each serves.
@@ -45,6 +49,22 @@ def plan_steps(cfg: Config) -> Iterator[dict]:
         }
 
 
+def flop_shares(cfg: Config, rows: list[dict]) -> dict[str, float]:
+    """The share of the schedule's training FLOPs in each part of `GPTConfig.flop_split` (they sum to 1).
+
+    Weighted as `plan_steps` counts a step: every row of the batch at the step's length, a padded row
+    as much as a full one. A curriculum's short early steps move FLOPs from attention to the rest (Section 5.1).
+    """
+    gpt = model_config(cfg)
+    totals = dict.fromkeys(PARTS, 0.0)
+    for r in rows:
+        positions = r["batch_size"] * r["seqlen"]
+        for part, per_token in gpt.flop_split(r["seqlen"]).items():
+            totals[part] += positions * per_token
+    total = sum(totals.values())
+    return {part: v / total for part, v in totals.items()}
+
+
 def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, out=None) -> dict:
     """Print the plan (a table, or JSONL with every step) and return its totals."""
     out = out or sys.stdout
@@ -60,7 +80,8 @@ def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, ou
         "flops": total_flops,
         # In the rows' numbering: row k is the k-th step, which trains at schedule(k - 1).
         "full_length_step": SeqlenSchedule(cfg.curriculum).full_length_step + 1,
-        "params": cfg.model.gpt().n_params(),
+        "params": model_config(cfg).n_params(),
+        "flop_share": flop_shares(cfg, rows),
     }
     if jsonl:
         for r in shown:
@@ -80,6 +101,9 @@ def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, ou
             ]
         )
     out.write(text_table(table, right=range(6), rule=False) + "\n")
+    # Before the total, which stays the last line (scripts read its "full length from step N").
+    shares = ", ".join(f"{PARTS[k]} {v:.1%}" for k, v in summary["flop_share"].items())
+    out.write(f"FLOPs by part, over the whole schedule: {shares}\n")
     stop = f"max_tokens {cfg.train.max_tokens:,}" if cfg.train.max_tokens else f"max_steps {cfg.train.max_steps:,}"
     out.write(
         f"total: {summary['steps']:,} steps to reach {stop}; {summary['tokens']:,} tokens, "

@@ -2,6 +2,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from seqwarm.cli import main
@@ -342,3 +343,162 @@ def test_prune_deletes_only_the_checkpoints_of_runs_this_sweep_trained(corpus_di
         "[2/2] seed=2: done, 1 tokens, 0 s",
     ]
     assert (tmp_path / "out" / sm.REPORT).exists() and (tmp_path / "out" / sm.RUNS_CSV).exists()
+
+
+# --- statistics over seeds: the cells' intervals and the paired comparison with the baseline --------
+
+SEEDS = [1, 2, 3, 4, 5]
+FINALS = {  # (lr, method): final val loss per seed; None: diverged
+    (1e-3, "baseline"): [4.02, 4.11, 3.95, 4.20, 4.05],
+    (1e-3, "slw"): [3.91, 4.00, 3.97, 4.04, 3.90],
+    (1e-3, "same"): [4.02, 4.11, 3.95, 4.20, 4.05],  # the baseline again: every difference zero
+    (1e-2, "baseline"): [4.60, 4.75, None, 4.52, 4.81],
+    (1e-2, "slw"): [4.10, 4.25, 4.30, 4.12, 4.20],
+    (1e-2, "same"): [4.60, 4.75, None, 4.52, None],
+}
+SPIKES = {
+    (1e-3, "baseline"): [2, 0, 3, 1, 4],
+    (1e-3, "slw"): [0, 0, 1, 0, 1],
+    (1e-3, "same"): [2, 0, 3, 1, 4],
+    (1e-2, "baseline"): [6, 5, 9, 7, 8],
+    (1e-2, "slw"): [1, 0, 2, 1, 0],
+    (1e-2, "same"): [6, 5, 9, 7, 8],
+}
+SEED_GRID = [
+    _result(lr, seed, m, "diverged" if final is None else "finished", final, spikes=spikes)
+    for (lr, m), finals in FINALS.items()
+    for seed, final, spikes in zip(SEEDS, finals, SPIKES[(lr, m)])
+]
+SEED_GRID[-1] = {**SEED_GRID[-1], "status": "unfinished"}  # lr 1e-2, same, seed 5: still training
+
+
+def _stat(rows, lr, method, metric, vs):
+    (row,) = [r for r in rows if (r["train.lr"], r["method"], r["metric"], r["vs"]) == (lr, method, metric, vs)]
+    return row
+
+
+def test_seed_statistics_pair_runs_by_seed_against_scipy():
+    from scipy import stats as scipy_stats
+
+    from seqwarm import stats
+
+    rows = sm.seed_statistics(SEED_GRID, sm.Layout.of(SEED_GRID, KEYS))
+    assert list(rows[0]) == ["train.lr", "method", "metric", "vs", "n", "mean", "ci_low", "ci_high", "p_value", "note"]
+    cell = _stat(rows, 1e-3, "slw", "final_val_loss", None)
+    assert (cell["n"], cell["mean"]) == (5, pytest.approx(np.mean(FINALS[(1e-3, "slw")])))
+    assert (cell["ci_low"], cell["ci_high"]) == stats.bootstrap_ci(FINALS[(1e-3, "slw")])
+    assert _stat(rows, 1e-2, "baseline", "final_val_loss", None)["n"] == 4  # the diverged seed has no final loss
+
+    base, slw = FINALS[(1e-3, "baseline")], FINALS[(1e-3, "slw")]
+    loss = _stat(rows, 1e-3, "slw", "final_val_loss", "baseline")
+    assert loss["n"] == 5 and loss["mean"] == pytest.approx(np.mean(slw) - np.mean(base))
+    assert loss["p_value"] == pytest.approx(scipy_stats.wilcoxon(slw, base).pvalue)
+    assert (loss["ci_low"], loss["ci_high"]) == stats.bootstrap_ci(np.subtract(slw, base))
+    assert loss["ci_high"] < 0  # SLW lower at every seed but seed 3
+
+    # At 1e-2 the baseline's seed 3 diverged: no final loss to pair, but its 9 spikes count.
+    loss = _stat(rows, 1e-2, "slw", "final_val_loss", "baseline")
+    kept = [0, 1, 3, 4]
+    slw2, base2 = ([FINALS[(1e-2, m)][i] for i in kept] for m in ("slw", "baseline"))
+    assert loss["n"] == 4 and loss["p_value"] == pytest.approx(scipy_stats.wilcoxon(slw2, base2).pvalue)
+    spikes = _stat(rows, 1e-2, "slw", "steps_loss_ratio_gt_1.5", "baseline")
+    assert spikes["n"] == 5 and spikes["mean"] == pytest.approx((-5 - 5 - 7 - 6 - 8) / 5)
+    assert spikes["p_value"] == pytest.approx(
+        scipy_stats.wilcoxon(SPIKES[(1e-2, "slw")], SPIKES[(1e-2, "baseline")]).pvalue
+    )
+
+    # The baseline against itself: nothing to test, said so, not a crash or a p of 1.
+    same = _stat(rows, 1e-3, "same", "final_val_loss", "baseline")
+    assert (same["n"], same["mean"], same["p_value"], same["note"]) == (
+        5,
+        0.0,
+        None,
+        "all differences are zero: no test",
+    )
+    # Seed 3 diverged for both, seed 5 unfinished: 3 pairs of final losses, 4 of spike counts.
+    assert _stat(rows, 1e-2, "same", "final_val_loss", "baseline")["n"] == 3
+    assert _stat(rows, 1e-2, "same", "steps_loss_ratio_gt_1.5", "baseline")["n"] == 4
+    assert not any(r["vs"] == "baseline" and r["method"] == "baseline" for r in rows)
+
+
+def test_render_markdown_adds_the_seed_statistics_and_keeps_the_rest():
+    from seqwarm import stats
+
+    text = sm.render_markdown(SEED_GRID, KEYS)
+    ci = stats.bootstrap_ci(FINALS[(1e-3, "slw")])
+    assert (
+        "## Final validation loss over seeds, mean [95% CI] (finished runs)" in text
+        and f"| 0.001 | 4.066 [{stats.bootstrap_ci(FINALS[(1e-3, 'baseline')])[0]:.3f}, " in text
+        and f"| 3.964 [{ci[0]:.3f}, {ci[1]:.3f}] (n=5) |" in text
+    )
+    assert "| 0.01 | 4.670 [" in text and "] (n=4, 1 diverged) |" in text
+    assert "| 4.623 [4.520, 4.750] (n=3, 1 diverged) |" in text  # 'same' at 1e-2: seed 5 unfinished, left out
+    assert "## Paired comparison with baseline over seeds" in text
+    assert "### Final validation loss, method - baseline" in text
+    assert "| 0.001 | same | 5 | +0.000 | [+0.000, +0.000] | n/a (all differences are zero: no test) |" in text
+    d = np.subtract(SPIKES[(1e-2, "slw")], SPIKES[(1e-2, "baseline")])
+    lo, hi = stats.bootstrap_ci(d)
+    p = stats.paired_comparison(SPIKES[(1e-2, "slw")], SPIKES[(1e-2, "baseline")]).p_value
+    assert f"| 0.01 | slw | 5 | -6.2 | [{lo:+.1f}, {hi:+.1f}] | {p:.3g} |" in text
+    # The new sections sit after the mean ± std one, before LR sensitivity; those around them are as before.
+    order = [
+        "## Final validation loss, mean ± std over seeds",
+        "## Final validation loss over seeds, mean [95% CI]",
+        "## Paired comparison with baseline over seeds",
+        "### Steps with loss ratio > 1.5, method - baseline",
+        "## LR sensitivity",
+    ]
+    assert [text.index(h) for h in order] == sorted(text.index(h) for h in order)
+    # Without a seed axis there is nothing to pair: the report is what it was.
+    one_seed = [r for r in GRID if r["run.seed"] == 1]
+    assert "over seeds" not in sm.render_markdown(one_seed, ["train.lr", "method"])
+    # A single column (no method axis): the intervals, no comparison.
+    plain = sm.render_markdown([{**r, "method": None} for r in SEED_GRID[:5]], ["train.lr", "run.seed"])
+    assert "mean [95% CI]" in plain and "Paired comparison" not in plain
+
+
+def test_sweep_writes_the_statistics_csv_beside_an_unchanged_sweep_csv(corpus_dir, tmp_path):
+    from seqwarm.rundir import SUMMARY, write_config
+
+    finals = {1: 4.0, 2: 4.2, 3: 3.9}
+
+    def fake_train(cfg, **kw):
+        d = Path(cfg.run.dir)
+        d.mkdir(parents=True)
+        write_config(d, cfg)
+        spike = 2.0 if cfg.curriculum.kind == "none" else 1.0
+        rows = _rows([5.0, 4.0, 4.0], [1.0, spike, 1.0], [(0, 0, 10.0), (3, 300, finals[cfg.run.seed])])
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        summary = {"final_val_loss": finals[cfg.run.seed], "final_val_ppl": None, "tokens": 300, "wall_s": 0.0}
+        (d / SUMMARY).write_text(json.dumps(summary))
+        return summary
+
+    sweep = sw.Sweep(
+        "tiny-baseline",
+        [f"data.path={corpus_dir}", "curriculum.duration=8"],
+        [sw.parse_grid("run.seed=[1, 2, 3]"), sw.parse_grid("curriculum.kind=[none, slw]")],
+    )
+    runner.run_sweep(sweep, tmp_path / "out", train_fn=fake_train, progress=False, log=lambda _: None)
+    with open(tmp_path / "out" / sm.RUNS_CSV) as f:
+        assert next(csv.reader(f)) == [
+            "run", "run.seed", "curriculum.kind", "status", "steps", "tokens", "wall_s", "initial_val_loss",
+            "final_val_loss", "steps_loss_ratio_gt_1.5", "steps_loss_ratio_gt_1.2", "max_loss_ratio",
+        ]  # fmt: skip
+    with open(tmp_path / "out" / sm.STATS_CSV) as f:
+        stats_rows = list(csv.DictReader(f))
+    assert [(r["method"], r["metric"], r["vs"], r["n"]) for r in stats_rows] == [
+        ("none", "final_val_loss", "", "3"),
+        ("slw", "final_val_loss", "", "3"),
+        ("slw", "final_val_loss", "none", "3"),
+        ("slw", "steps_loss_ratio_gt_1.5", "none", "3"),
+    ]
+    assert float(stats_rows[0]["mean"]) == pytest.approx((4.0 + 4.2 + 3.9) / 3)
+    # Equal losses per seed: no test; one spike fewer at every seed: difference -1 with a zero-width interval.
+    assert stats_rows[2]["p_value"] == "" and stats_rows[2]["note"] == "all differences are zero: no test"
+    assert (float(stats_rows[3]["mean"]), float(stats_rows[3]["ci_low"]), float(stats_rows[3]["ci_high"])) == (
+        -1,
+        -1,
+        -1,
+    )
+    assert float(stats_rows[3]["p_value"]) == pytest.approx(0.25)  # 3 pairs, all one way: 2 / 2^3
+    assert "## Paired comparison with none over seeds" in (tmp_path / "out" / sm.REPORT).read_text()

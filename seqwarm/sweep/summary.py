@@ -6,7 +6,9 @@ numbers so far, marked `*`. The layout is the paper's Table 5 (Appendix A.3.1): 
 method (the `method` axis, else `curriculum.kind`), one row per setting of the other axes, the
 first method being the reference (the baseline). The pure core turns one run's rows into a result
 (`summarise_cell`) and the results into Markdown (`render_markdown`); `write_sweep_report` reads
-the runs and writes the files.
+the runs and writes the files. With a `run.seed` axis, `seed_statistics` adds each cell's mean over
+seeds with its bootstrap interval and each method's comparison with the baseline, paired by seed
+(`seqwarm.stats`), to sweep.md and to sweep_stats.csv (sweep.csv keeps its columns).
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from seqwarm.files import atomic_write
 from seqwarm.metrics import METRICS, eval_rows, loss_ratio_table, read_metrics
 from seqwarm.report import fmt, write_csv, write_report
 from seqwarm.rundir import SUMMARY
+from seqwarm.stats import CONFIDENCE, RESAMPLES, mean_ci, paired_comparison
 from seqwarm.sweep.grid import METHOD, Cell, format_value
 from seqwarm.sweep.state import status
 from seqwarm.tables import markdown_table
 
 REPORT = "sweep.md"
 RUNS_CSV = "sweep.csv"
+STATS_CSV = "sweep_stats.csv"  # the statistics over seeds, one row per cell and per paired comparison
 FIGURE = "final_val_loss_vs_lr.png"
 UNSTABLE = "most-unstable"  # `seqwarm report` of the grid cell with the most loss spikes
 SPIKE = 1.5  # Table 5 counts the steps with loss ratio > 1.5 (Appendix A.3.1)
@@ -218,6 +222,136 @@ def _seed_section(results: list[dict], layout: Layout) -> list[str]:
     ]
 
 
+# --- statistics over seeds ----------------------------------------------------------------------
+
+SEED = "run.seed"
+# The metrics compared seed by seed, and the run states whose value counts: a diverged run has no
+# final loss, but its spikes up to the divergence are the instability the comparison is about.
+PAIRED = {
+    "final_val_loss": ("final validation loss", ("finished",)),
+    f"steps_loss_ratio_gt_{SPIKE}": (f"steps with loss ratio > {SPIKE}", ("finished", "diverged")),
+}
+
+
+def metric_value(r: dict | None, metric: str) -> float | None:
+    """A run's value of one of the `PAIRED` metrics, None where the run does not count (yet)."""
+    if r is None or r["status"] not in PAIRED[metric][1] or r[metric] is None:
+        return None
+    return float(r[metric])
+
+
+def by_seed(results: list[dict], layout: Layout) -> dict[tuple, dict[str, dict]]:
+    """{setting of the axes other than the method and the seed: {method: {seed: result}}}, in grid order."""
+    other = [k for k in layout.row_keys if k != SEED]
+    table: dict[tuple, dict[str, dict]] = {}
+    for r in results:
+        table.setdefault(tuple(r[k] for k in other), {}).setdefault(layout.method_of(r), {})[r[SEED]] = r
+    return table
+
+
+def seed_statistics(results: list[dict], layout: Layout) -> list[dict]:
+    """sweep_stats.csv: per cell (setting x method) the mean final validation loss over seeds and its
+    interval (`vs` empty), then per setting, method and `PAIRED` metric the comparison with the
+    baseline over the seeds both have a value for (`mean` is then the mean of method - baseline).
+
+    Pairing is by seed because a seed fixes the initial weights and the data order for every method,
+    so the per-seed difference removes what the seed alone does to a run.
+    """
+    other = [k for k in layout.row_keys if k != SEED]
+    rows = []
+    table = by_seed(results, layout)
+    for key, methods in table.items():
+        for m in layout.methods:
+            runs = methods.get(m, {})
+            losses = [v for r in runs.values() if (v := metric_value(r, "final_val_loss")) is not None]
+            est = mean_ci(losses)
+            rows.append(
+                {**dict(zip(other, key)), "method": m, "metric": "final_val_loss", "vs": None, "n": est.n,
+                 "mean": est.mean, "ci_low": est.low, "ci_high": est.high, "p_value": None, "note": ""}
+            )  # fmt: skip
+    if layout.method_key is None:
+        return rows
+    for key, methods in table.items():
+        base = methods.get(layout.baseline, {})
+        for m in layout.methods[1:]:
+            runs = methods.get(m, {})
+            for metric in PAIRED:
+                pairs = [(metric_value(r, metric), metric_value(base.get(seed), metric)) for seed, r in runs.items()]
+                pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+                cmp = paired_comparison([x for x, _ in pairs], [y for _, y in pairs])
+                rows.append(
+                    {**dict(zip(other, key)), "method": m, "metric": metric, "vs": layout.baseline, "n": cmp.n,
+                     "mean": cmp.diff.mean, "ci_low": cmp.diff.low, "ci_high": cmp.diff.high,
+                     "p_value": cmp.p_value, "note": cmp.note}
+                )  # fmt: skip
+    return rows
+
+
+def _interval(row: dict, spec: str) -> str:
+    return "n/a" if row["ci_low"] is None else f"[{spec.format(row['ci_low'])}, {spec.format(row['ci_high'])}]"
+
+
+def _seed_ci_section(results: list[dict], layout: Layout, stats: list[dict]) -> list[str]:
+    other = [k for k in layout.row_keys if k != SEED]
+    cells = {(tuple(s[k] for k in other), s["method"]): s for s in stats if s["vs"] is None}
+    diverged = Counter((tuple(r[k] for k in other), layout.method_of(r)) for r in results if r["status"] == "diverged")
+
+    def cell(key: tuple, m: str) -> str:
+        s = cells.get((key, m))
+        n = s["n"] if s else 0
+        notes = ([f"n={n}"] if n else []) + ([f"{diverged[(key, m)]} diverged"] if (key, m) in diverged else [])
+        text = "-" if not n else f"{s['mean']:.3f}" + ("" if s["ci_low"] is None else f" {_interval(s, '{:.3f}')}")
+        return text + (f" ({', '.join(notes)})" if notes else "")
+
+    keys = list(dict.fromkeys(k for k, _ in cells))
+    columns = [(k, lambda g, i=i: format_value(g[i])) for i, k in enumerate(other)]
+    columns += [(m, lambda g, m=m: cell(g, m)) for m in layout.methods]
+    return [
+        f"## Final validation loss over seeds, mean [{CONFIDENCE:.0%} CI] (finished runs)",
+        "",
+        f"Percentile bootstrap of the mean over the seeds ({RESAMPLES:,} resamples, seeded); n: the finished",
+        "seeds. One seed has no interval.",
+        "",
+        markdown_table(columns, keys),
+        "",
+    ]
+
+
+def _paired_sections(layout: Layout, stats: list[dict]) -> list[str]:
+    other = [k for k in layout.row_keys if k != SEED]
+    base = layout.baseline
+    lines = [
+        f"## Paired comparison with {base} over seeds",
+        "",
+        "The same seed gives every method the same initial weights and data order, so each method is compared",
+        f"with {base} seed by seed: the mean of (method - {base}) over the seeds both have, its {CONFIDENCE:.0%}",
+        "percentile-bootstrap interval, and the two-sided Wilcoxon signed-rank p-value (scipy). Negative is",
+        "better for both metrics. With n nonzero differences p cannot go below 2 / 2^n (0.0625 at 5, 0.002 at 10).",
+        "",
+    ]
+    for metric, (title, states) in PAIRED.items():
+        spec = "{:+.3f}" if metric == "final_val_loss" else "{:+.1f}"
+        rows = [s for s in stats if s["vs"] == base and s["metric"] == metric]
+        columns = [(k, lambda s, k=k: format_value(s[k])) for k in other]
+        columns += [
+            ("method", lambda s: s["method"]),
+            ("pairs", lambda s: str(s["n"])),
+            ("difference", lambda s, spec=spec: fmt(s["mean"], spec)),
+            (f"{CONFIDENCE:.0%} CI", lambda s, spec=spec: _interval(s, spec)),
+            ("Wilcoxon p", lambda s: fmt(s["p_value"], "{:.3g}") + (f" ({s['note']})" if s["note"] else "")),
+        ]
+        lines += [
+            f"### {title[0].upper() + title[1:]}, method - {base}",
+            "",
+            f"Pairs where both runs {' or '.join(states)}"
+            + (" (a diverged run's count stops at its divergence)." if "diverged" in states else "."),
+            "",
+            markdown_table(columns, rows),
+            "",
+        ]
+    return lines
+
+
 def _lr_sensitivity_section(results: list[dict], layout: Layout) -> list[str]:
     curves = method_curves(results, layout)
     columns = [
@@ -295,8 +429,12 @@ def render_markdown(results: list[dict], keys: list[str]) -> str:
         _grid_table(layout, groups, lambda m, g: _final(g.get(m))),
         "",
     ]
-    if "run.seed" in layout.row_keys:
+    if SEED in layout.row_keys:
         lines += _seed_section(results, layout)
+        stats = seed_statistics(results, layout)
+        lines += _seed_ci_section(results, layout, stats)
+        if layout.method_key:
+            lines += _paired_sections(layout, stats)
     if "train.lr" in keys:
         lines += _lr_sensitivity_section(results, layout)
         lines += [f"![final validation loss vs learning rate]({FIGURE})", ""]
@@ -353,7 +491,7 @@ def draw_final_vs_lr(results: list[dict], layout: Layout) -> bytes:
 
 
 def write_sweep_report(cells: list[Cell], out: Path) -> Path:
-    """sweep.md, sweep.csv, the final-loss-vs-LR figure and the most unstable cell's `seqwarm report`."""
+    """sweep.md, sweep.csv (+ sweep_stats.csv over seeds), the final-loss-vs-LR figure, the most unstable cell's report."""
     results = [cell_result(c) for c in cells]
     keys = list(cells[0].coords)
     layout = Layout.of(results, keys)
@@ -365,5 +503,7 @@ def write_sweep_report(cells: list[Cell], out: Path) -> Path:
         row = [c for c in cells if tuple(c.coords[k] for k in layout.row_keys) == unstable]
         write_report([c.dir for c in row if (c.dir / METRICS).exists()], out / UNSTABLE)
     write_csv(out / RUNS_CSV, csv_rows(results))
+    if SEED in layout.row_keys:
+        write_csv(out / STATS_CSV, seed_statistics(results, layout))
     atomic_write(out / REPORT, render_markdown(results, keys))
     return out / REPORT
