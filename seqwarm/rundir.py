@@ -77,6 +77,11 @@ def _flat(cfg: Config) -> dict[str, object]:
     return {f"{section}.{name}": value for section, fields in cfg.to_dict().items() for name, value in fields.items()}
 
 
+def _decay_end(t) -> int | None:
+    """Where the LR decay reaches min_lr, in its own unit (tokens or steps): a function of the run's length when unset."""
+    return t.decay_tokens if t.lr_decay_unit == "tokens" else t.decay_steps
+
+
 def resume_changes(saved: Config, new: Config) -> dict[str, tuple]:
     """The settings `new` changes relative to the run's `saved` config, as {key: (old, new)}.
 
@@ -85,7 +90,7 @@ def resume_changes(saved: Config, new: Config) -> dict[str, tuple]:
     the steps already trained.
     """
     old, cur = _flat(saved), _flat(new)
-    changes = {k: (old[k], cur[k]) for k in cur if old.get(k) != cur[k]}
+    changes = {k: (old[k], cur[k]) for k in cur if old[k] != cur[k]}
     for key, (before, after) in changes.items():
         section = key.split(".")[0]
         if key not in RESUMABLE and section not in RESUMABLE_SECTIONS:
@@ -93,15 +98,16 @@ def resume_changes(saved: Config, new: Config) -> dict[str, tuple]:
                 f"{key}: cannot change on --resume ({before!r} -> {after!r}): {WHY_NOT[section]}; "
                 "start a new run to train with it"
             )
-    s, n = saved.train, new.train
-    unit = s.lr_decay_unit
-    if (s.decay_tokens, s.decay_steps)[unit == "steps"] != (n.decay_tokens, n.decay_steps)[unit == "steps"]:
-        length = "train.max_tokens" if unit == "tokens" else "train.max_steps"
-        decay = "train.lr_decay_tokens" if unit == "tokens" else "train.lr_decay_steps"
+    end, unit = _decay_end(saved.train), saved.train.lr_decay_unit
+    if _decay_end(new.train) != end:
+        length, decay = (
+            ("train.max_tokens", "train.lr_decay_tokens")
+            if unit == "tokens"
+            else ("train.max_steps", "train.lr_decay_steps")
+        )
         raise ConfigError(
             f"{length}: cannot change on --resume while the LR decay ends at it ({decay} unset): the steps already "
-            f"trained would have had another LR; set {decay}={(s.decay_tokens, s.decay_steps)[unit == 'steps']} "
-            "to keep the schedule and train longer at min_lr"
+            f"trained would have had another LR; set {decay}={end} to keep the schedule and train longer at min_lr"
         )
     changes.pop("run.dir", None)  # the same directory, however it was spelled
     return changes
