@@ -23,7 +23,8 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_prepare(args) -> None:
-    from seqwarm.data.builtin.corpus import builtin_data_dir, ensure_builtin, prepare_builtin
+    from seqwarm.data.builtin.corpus import ensure_builtin, prepare_builtin
+    from seqwarm.data.builtin.names import builtin_data_dir, builtin_name
     from seqwarm.data.prepare import choose_tokenizer, prepare
 
     if args.corpus and args.inputs:
@@ -31,15 +32,17 @@ def cmd_prepare(args) -> None:
     inputs = args.inputs or ["builtin"]
     if inputs != ["builtin"] and args.out is None:
         raise SeqwarmError("prepare: --out DIR is required for your own text files")
-    if inputs == ["builtin"] and args.out is None and args.tokenizer != "gpt2":
+    # The builtin corpus goes to the cache under its data.path name: builtin, builtin-bpe<N>.
+    name = builtin_name(args.tokenizer) if inputs == ["builtin"] and args.out is None else None
+    if inputs == ["builtin"] and args.out is None and name is None:
         raise SeqwarmError(
-            f"prepare: --tokenizer {args.tokenizer}: the cache's builtin corpus (data.path: builtin) is GPT-2's; "
-            "give --out DIR for the builtin corpus with another tokenizer"
+            f"prepare: --tokenizer {args.tokenizer}: the cache holds the builtin corpus with gpt2 or bpe:N only; "
+            "give --out DIR for the builtin corpus with a tokenizer.json"
         )
     tokenizer = choose_tokenizer(args.tokenizer)  # a bad spec or tokenizer.json fails before any reading
-    out = Path(args.out) if args.out else builtin_data_dir()
-    if inputs == ["builtin"] and not args.out and not args.force:
-        path = ensure_builtin(progress=True)
+    out = Path(args.out) if args.out else builtin_data_dir(name)
+    if name is not None and not args.force:
+        path = ensure_builtin(progress=True, name=name)
     else:
         options = dict(val_fraction=args.val_fraction, test_fraction=args.test_fraction, tokenizer=tokenizer)
         if inputs == ["builtin"]:
@@ -49,7 +52,8 @@ def cmd_prepare(args) -> None:
     meta = json.loads((path / "meta.json").read_text())
     counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
     tokenizer = "" if meta["tokenizer"] == "gpt2" else f"tokenizer {meta['tokenizer']} ({meta['vocab_size']:,} ids), "
-    print(f"prepared {path}: {tokenizer}tokens {counts}")
+    where = f" (data.path: {name})" if name else ""
+    print(f"prepared {path}{where}: {tokenizer}tokens {counts}")
 
 
 def cmd_train(args) -> None:
@@ -147,6 +151,7 @@ def cmd_sweep(args) -> None:
         report_only=args.report_only,
         prune_checkpoints=args.prune_checkpoints,
         progress=not args.no_progress,
+        shard=args.shard,
     )
     print(f"sweep report: {report}")
 
@@ -297,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--report-only", action="store_true", help="write the report from the runs on disk; train nothing")
     s.add_argument("--prune-checkpoints", action="store_true", help="delete a run's checkpoints once it has finished")
     s.add_argument("--no-progress", action="store_true", help="no per-run progress bars")
+    s.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="train only every N-th run from the I-th: run N of these side by side (cores, machines) on one --out",
+    )
     s.set_defaults(func=cmd_sweep)
 
     s = sub.add_parser(

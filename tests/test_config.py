@@ -35,21 +35,32 @@ def test_every_shipped_config_loads(path, tmp_path):
         assert load_config(None, [f"{k}={json.dumps(v)}" for k, v in flat(cfg).items()]) == cfg
 
 
-def test_proxy_grid_compares_methods_at_equal_tokens():
-    sweep = load_sweep_file(PACKAGED_CONFIGS / "proxy-grid.yaml")
-    cells = build_cells(sweep, Path("unused"))
-    kinds = {c.coords["method"]: c.cfg.curriculum.kind for c in cells}
+def test_proxy_study_compares_methods_at_equal_tokens_and_shares_its_runs():
+    grid, controls, duration = (
+        build_cells(load_sweep_file(PACKAGED_CONFIGS / f"proxy-{name}.yaml"), Path(f"unused-{name}"))
+        for name in ("grid", "controls", "duration")
+    )
+    kinds = {c.coords["method"]: c.cfg.curriculum.kind for c in controls}
     assert kinds == {
         "baseline": "none",
-        "baseline-long-warmup": "none",
         "slw": "slw",
+        "baseline-long-warmup": "none",
         "shortformer": "shortformer",
         "bsz-warmup": "bsz_warmup",
     }
-    assert len({c.cfg.train.max_tokens for c in cells}) == 1 and len({c.cfg.train.lr for c in cells}) == 4
-    long = next(c.cfg for c in cells if c.coords["method"] == "baseline-long-warmup")
-    slw = next(c.cfg for c in cells if c.coords["method"] == "slw")
+    cells = grid + controls + duration
+    assert len({c.cfg.train.max_tokens for c in cells}) == 1  # equal tokens for every method
+    assert len({c.cfg.train.lr for c in grid}) >= 4 and len({c.cfg.run.seed for c in grid}) >= 5  # docs/PROXY.md
+    long = next(c.cfg for c in controls if c.coords["method"] == "baseline-long-warmup")
+    slw = next(c.cfg for c in controls if c.coords["method"] == "slw")
     assert long.train.warmup_steps == slw.curriculum.duration  # the control's warmup lasts as long as SLW's
+    # A run shared by two sweeps (same directory) is the same run: same name, same config.
+    by_dir = {}
+    for c in cells:
+        by_dir.setdefault(c.dir, []).append(c.cfg)
+    shared = {d: cfgs for d, cfgs in by_dir.items() if len(cfgs) > 1}
+    assert len(shared) == 5 + 5 + 3 + 3  # controls: baseline, slw x 5 seeds; duration: baseline, T=60 x 3
+    assert all(cfg == cfgs[0] for cfgs in shared.values() for cfg in cfgs)
 
 
 def test_paper_configs_match_the_paper():

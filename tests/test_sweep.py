@@ -183,6 +183,32 @@ def test_cli_sweep_bad_grid_is_one_line_exit_2(capsys, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_shards_split_the_grid_and_each_report_covers_all_of_it(corpus_dir, tmp_path):
+    out = tmp_path / "out"
+    sweep = grid_2x2(corpus_dir)
+    names = [c.name for c in sw.build_cells(sweep, out)]
+    shards = [[c.name for c in sw.shard_cells(sw.build_cells(sweep, out), (i, 3))] for i in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == sorted(names) and shards[0] == [names[0], names[3]]  # disjoint, covering
+    trained = []
+
+    def fake_train(cfg, **kw):  # a run's files as train leaves them, without the training
+        trained.append(Path(cfg.run.dir).name)
+        return real_train(cfg, **kw, on_step=lambda clock: None)
+
+    runner.run_sweep(sweep, out, train_fn=fake_train, progress=False, shard=(2, 3))
+    assert trained == shards[1]
+    table = (out / sm.RUNS_CSV).read_text()
+    assert all(name in table for name in names) and table.count("not run") == 3  # the others, not yet
+
+
+@pytest.mark.parametrize("shard", ["0/2", "3/2", "1", "a/b", "1/0"])
+def test_cli_sweep_bad_shard_is_one_line_exit_2(capsys, tmp_path, shard):
+    assert main(["sweep", "tiny-baseline", "--shard", shard, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("seqwarm: error: --shard") and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
 # --- the pure core: the grid and the report from plain data, no training -------------------------
 
 

@@ -17,6 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before transformers reads it: no
 from seqwarm.cli import main  # noqa: E402
 from seqwarm.config import PACKAGED_CONFIGS, load_config  # noqa: E402
 from seqwarm.data import prepare as prepare_module  # noqa: E402
+from seqwarm.data.builtin.names import builtin_name, builtin_tokenizer  # noqa: E402
 from seqwarm.data.corpus import open_data  # noqa: E402
 from seqwarm.data.format import (
     TokenData,  # noqa: E402
@@ -345,8 +346,28 @@ def test_bad_tokenizers_are_one_line_errors_before_any_work(spec, message, src, 
     assert not out.exists()
 
 
-def test_builtin_cache_keeps_gpt2(capsys):
-    code, err = cli(capsys, "prepare", "--tokenizer", "bpe:1000")
+def test_builtin_names():
+    assert builtin_tokenizer("builtin") == "gpt2" and builtin_tokenizer("builtin-bpe1024") == "bpe:1024"
+    for other in ("builtin-bpe", "builtin-bpe0", "builtin-bpe01", "./builtin", "data/builtin", "builtin-gpt2"):
+        assert builtin_tokenizer(other) is None, other
+    assert builtin_name("gpt2") == "builtin" and builtin_name("bpe:1024") == "builtin-bpe1024"
+    assert builtin_name("my/tokenizer.json") is None
+
+
+def test_builtin_bpe_is_prepared_into_the_cache_under_its_name(tmp_path, monkeypatch):
+    from seqwarm.data.builtin import corpus
+
+    monkeypatch.setenv("SEQWARM_CACHE", str(tmp_path))
+    cfg = load_config("tiny-slw", ["data.path=builtin-bpe700"])
+    assert model_config(cfg).vocab_size == 700  # known before the corpus is prepared
+    calls = []
+    monkeypatch.setattr(corpus, "prepare_builtin", lambda out, **kw: calls.append((out, kw["tokenizer"])))
+    assert corpus.ensure_builtin(progress=False, name="builtin-bpe700") == tmp_path / "data" / "builtin-bpe700"
+    assert calls == [(tmp_path / "data" / "builtin-bpe700", "bpe:700")]
+
+
+def test_builtin_cache_takes_no_tokenizer_json(capsys, bpe_dir):
+    code, err = cli(capsys, "prepare", "--tokenizer", str(bpe_dir / "tokenizer.json"))
     assert code == 2 and "give --out DIR" in err and err.count("\n") == 1
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from seqwarm.config import Config
 from seqwarm.data.builtin.corpus import ensure_builtin
+from seqwarm.data.builtin.names import builtin_tokenizer
 from seqwarm.data.format import TokenData
 from seqwarm.errors import DataError
 from seqwarm.tokenizer import VOCAB_SIZE, Tokenizer, gpt2, load_tokenizer
@@ -18,15 +19,24 @@ def open_data(cfg: Config, progress: bool = True) -> TokenData:
     only catches a meta.json that disagrees with its own tokens; build the model with
     `cfg.model.gpt(data.vocab_size)`.
     """
-    path = ensure_builtin(progress) if cfg.data.path == "builtin" else cfg.data.path
-    data = TokenData(path, verify=cfg.data.verify)
+    data = TokenData(data_directory(cfg.data.path, progress), verify=cfg.data.verify)
     data.check_vocab(cfg.model.resolve_vocab_size(data.vocab_size))
     return data
 
 
+def data_directory(data_path: str | Path, progress: bool = True) -> Path:
+    """The prepared directory of `data.path`: itself, or the cache's builtin corpus of that name
+    (`builtin`, `builtin-bpe<N>`), prepared on first use."""
+    if builtin_tokenizer(data_path) is None:
+        return Path(data_path)
+    return ensure_builtin(progress, name=str(data_path))
+
+
 def data_tokenizer(data_path: str | Path) -> Tokenizer:
     """The tokenizer of `data.path` (`builtin` is GPT-2's: no need to prepare it to know that)."""
-    return gpt2() if str(data_path) == "builtin" else load_tokenizer(data_path)
+    if builtin_tokenizer(data_path) == "gpt2":
+        return gpt2()
+    return load_tokenizer(data_directory(data_path))
 
 
 def trained_tokenizer(vocab_size: int, data_path: str | Path | None, where: str | Path) -> Tokenizer:
@@ -38,7 +48,7 @@ def trained_tokenizer(vocab_size: int, data_path: str | Path | None, where: str 
     vocabulary needs its data directory.
     """
     path = None if data_path is None else str(data_path)
-    if path is None or (path != "builtin" and not (Path(path) / "meta.json").is_file()):
+    if path is None or (builtin_tokenizer(path) is None and not (Path(path) / "meta.json").is_file()):
         if vocab_size == VOCAB_SIZE:
             return gpt2()
         place = f"{path}: not a prepared directory" if path else f"{where}: not inside a run directory"

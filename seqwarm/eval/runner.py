@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqwarm.data.builtin.corpus import ensure_builtin
-from seqwarm.data.corpus import trained_tokenizer
+from seqwarm.data.corpus import data_directory, trained_tokenizer
 from seqwarm.data.format import SequenceIndex, TokenData
 from seqwarm.errors import ConfigError, DataError
 from seqwarm.eval.results import TaskResult, default_json_path, read_eval, results_json, write_eval
@@ -118,8 +117,7 @@ def plan_eval(
                 f"{saved.checkpoint}: not inside a run directory with config.yaml; give --data DIR for val/test"
             )
         data = data or cfg.data.path
-        directory = ensure_builtin(progress) if data == "builtin" else data
-        plan.data = TokenData(directory, verify="size", vocab_size=saved.gpt.vocab_size)
+        plan.data = TokenData(data_directory(data, progress), verify="size", vocab_size=saved.gpt.vocab_size)
         # The run validates at curriculum.seqlen_end, its "full length" (Section 4's seqlen_e).
         seqlen = min(cfg.curriculum.seqlen_end, context) if cfg else context
         plan.splits = {split: plan.data.sequences(split, seqlen) for split in ("val", "test") if split in tasks}

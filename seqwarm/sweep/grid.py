@@ -51,7 +51,10 @@ class Sweep:
     config: str | None  # the base training config (None: seqwarm's defaults)
     overrides: list[str]
     axes: list[Axis]
-    out: Path | None = None
+    out: Path | None = None  # the report's directory
+    # Where the run directories live (default: `out`). Sweeps that share it share the runs they
+    # have in common (same name, same config): proxy-grid and proxy-controls both need the baseline.
+    runs: Path | None = None
 
 
 def _text(value: Any) -> str:
@@ -103,7 +106,7 @@ def method_axis(methods: dict) -> Axis:
 
 
 def load_sweep_file(path: Path) -> Sweep:
-    """A sweep file: `sweep: {config, overrides, out, grid: {field: [values]}, methods: {name: {field: value}}}`."""
+    """A sweep file: `sweep: {config, overrides, out, runs, grid: {field: [values]}, methods: {name: {field: value}}}`."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
@@ -111,10 +114,10 @@ def load_sweep_file(path: Path) -> Sweep:
     spec = raw.get("sweep") if isinstance(raw, dict) else None
     if not isinstance(spec, dict) or set(raw) != {"sweep"}:
         raise ConfigError(f"{path}: a sweep file has a single top-level `sweep:` mapping")
-    unknown = set(spec) - {"config", "overrides", "out", "grid", "methods"}
+    unknown = set(spec) - {"config", "overrides", "out", "runs", "grid", "methods"}
     if unknown:
         raise ConfigError(
-            f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))} (config, overrides, out, grid, methods)"
+            f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))} (config, overrides, out, runs, grid, methods)"
         )
     config = spec.get("config")
     if config is not None:
@@ -138,6 +141,7 @@ def load_sweep_file(path: Path) -> Sweep:
         overrides=[f"{k}={_text(v)}" for k, v in overrides.items()],
         axes=axes,
         out=Path(spec["out"]) if spec.get("out") else None,
+        runs=Path(spec["runs"]) if spec.get("runs") else None,
     )
 
 
@@ -198,7 +202,8 @@ def _resolved(cfg: Config, key: str) -> Any:
 
 
 def build_cells(sweep: Sweep, out: Path) -> list[Cell]:
-    """Every run of the grid, its config built and validated (nothing is trained or written)."""
+    """Every run of the grid, its config built and validated (nothing is trained or written); the
+    runs live in `sweep.runs`, else in `out`."""
     if not sweep.axes:
         raise ConfigError(
             "sweep: no grid; give at least one --grid section.field=[...] (or a sweep file with grid/methods)"
@@ -219,9 +224,29 @@ def build_cells(sweep: Sweep, out: Path) -> list[Cell]:
         # Named by the values the config resolved, so `1e-3` and `0.001` name the same run.
         coords = {a.key: (v if a.key == METHOD else _resolved(cfg, a.key)) for a, v in zip(sweep.axes, values)}
         name = "__".join(f"{short[k]}={format_value(v)}" for k, v in coords.items())
-        cfg.run.dir = str(out / name)
+        cfg.run.dir = str((sweep.runs or out) / name)
         cells.append(Cell(name, coords, cfg))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise ConfigError("sweep: two grid values resolve to the same setting (e.g. 1e-3 and 0.001)")
     return cells
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`--shard I/N` as (I, N), 1 <= I <= N: this process trains every N-th run of the grid, from the I-th."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        i = n = 0
+    if not 1 <= i <= n:
+        raise ConfigError(f"--shard: expected I/N with 1 <= I <= N, got {text!r}")
+    return i, n
+
+
+def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """The runs of shard I of N: the grid's I-th, (I+N)-th, ... run. Shards are disjoint and cover
+    the grid, so N processes (on N cores or machines) never train the same run directory."""
+    if shard is None:
+        return cells
+    i, n = shard
+    return cells[i - 1 :: n]

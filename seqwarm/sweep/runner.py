@@ -16,7 +16,7 @@ from seqwarm.data.corpus import open_data
 from seqwarm.distributed import env_from_torchrun
 from seqwarm.errors import ConfigError, DivergedError
 from seqwarm.files import atomic_write
-from seqwarm.sweep.grid import Cell, Sweep, build_cells, command_line_sweep
+from seqwarm.sweep.grid import Cell, Sweep, build_cells, command_line_sweep, parse_shard, shard_cells
 from seqwarm.sweep.state import DIVERGED, check_existing, status
 from seqwarm.sweep.summary import REPORT, write_sweep_report
 
@@ -30,18 +30,23 @@ def run_sweep(
     train_fn: TrainFn,
     prune_checkpoints: bool = False,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
     log: Callable[[str], object] = print,
 ) -> list[Cell]:
     """Train every run of the grid that is not done yet with `train_fn`, then write the grid report.
 
     `prune_checkpoints` deletes a run's checkpoints once this sweep has finished training it; runs
-    found finished or diverged are skipped and left as they are.
+    found finished or diverged are skipped and left as they are. `shard` (I, N) trains only shard I
+    of N (`shard_cells`); the report always covers the whole grid, the other shards' runs as far as
+    they have got.
     """
-    cells = build_cells(sweep, out)
-    check_existing(cells)
+    grid = build_cells(sweep, out)
+    check_existing(grid)
+    cells = shard_cells(grid, shard)
     for cfg in {c.cfg.data.path: c.cfg for c in cells}.values():
         open_data(cfg, progress)  # a missing or corrupted corpus fails now, not at run 7
-    log(f"sweep: {len(cells)} runs in {out} ({' x '.join(f'{len(a.values)} {a.key}' for a in sweep.axes)})")
+    part = f", shard {shard[0]}/{shard[1]}: {len(cells)} of them" if shard else ""
+    log(f"sweep: {len(grid)} runs in {out} ({' x '.join(f'{len(a.values)} {a.key}' for a in sweep.axes)}{part})")
     for i, cell in enumerate(cells, 1):
         state = status(cell)
         head = f"[{i}/{len(cells)}] {cell.name}"
@@ -61,7 +66,7 @@ def run_sweep(
         ppl = summary["final_val_ppl"]
         done = f"{head}: done, {summary['tokens']:,} tokens, {summary['wall_s']:.0f} s"
         log(done + (f", val ppl {ppl:.2f}" if ppl else ""))
-    write_sweep_report(cells, out)
+    write_sweep_report(grid, out)
     return cells
 
 
@@ -75,12 +80,14 @@ def main_sweep(
     report_only: bool = False,
     prune_checkpoints: bool = False,
     progress: bool = True,
+    shard: str | None = None,
 ) -> Path:
     """`seqwarm sweep CONFIG|SWEEP_FILE [overrides] --grid ...`: train what is missing, then report."""
     if env_from_torchrun().enabled:
         raise ConfigError("sweep: runs its trainings one after another in one process; do not launch it with torchrun")
+    parts = parse_shard(shard) if shard else None  # a bad --shard fails before any work
     sweep = command_line_sweep(target, overrides, grids, out)
     if report_only:
         return write_sweep_report(build_cells(sweep, sweep.out), sweep.out)
-    run_sweep(sweep, sweep.out, train_fn=train_fn, prune_checkpoints=prune_checkpoints, progress=progress)
+    run_sweep(sweep, sweep.out, train_fn=train_fn, prune_checkpoints=prune_checkpoints, progress=progress, shard=parts)
     return sweep.out / REPORT

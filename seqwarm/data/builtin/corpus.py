@@ -14,7 +14,6 @@ from __future__ import annotations
 import bz2
 import hashlib
 import json
-import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from seqwarm.data.builtin import sources
 from seqwarm.data.builtin.clean import clean_gutenberg, wiki_articles
+from seqwarm.data.builtin.names import builtin_data_dir, builtin_tokenizer, cache_dir
 from seqwarm.data.prepare import Document, check_output, prepare_documents
 from seqwarm.errors import DataError
 from seqwarm.files import atomic_directory, file_sha256
@@ -32,16 +32,6 @@ from seqwarm.tokenizer import Tokenizer
 
 BUILD = "builtin-v1"
 ROLES = ("train", "wikipedia", "narrative")
-
-
-def cache_dir() -> Path:
-    """Where seqwarm keeps downloaded sources and prepared corpora: $SEQWARM_CACHE or ~/.cache/seqwarm."""
-    return Path(os.environ.get("SEQWARM_CACHE") or Path.home() / ".cache" / "seqwarm")
-
-
-def builtin_data_dir() -> Path:
-    """Where the prepared builtin corpus lives (what `data.path: builtin` trains on)."""
-    return cache_dir() / "data" / "builtin"
 
 
 @dataclass
@@ -57,12 +47,14 @@ class BuiltinCorpus:
 # Preparing: the corpus through `seqwarm prepare`'s split and tokenizer.
 
 
-def ensure_builtin(progress: bool = True) -> Path:
-    """The prepared builtin corpus, preparing it on first use (and again after a new BUILD)."""
-    out = builtin_data_dir()
+def ensure_builtin(progress: bool = True, name: str = "builtin") -> Path:
+    """The prepared builtin corpus `name` (`builtin`, `builtin-bpe<N>`), preparing it on first use
+    (and again after a new BUILD). Training a BPE takes about 30 s on 2 cores (docs/DATA.md)."""
+    tokenizer = builtin_tokenizer(name)
+    out = builtin_data_dir(name)
     meta = out / "meta.json"
     if not meta.exists() or json.loads(meta.read_text()).get("builtin_build") != BUILD:
-        prepare_builtin(out, force=True, progress=progress)
+        prepare_builtin(out, force=True, progress=progress, tokenizer=tokenizer)
     return out
 
 
