@@ -39,7 +39,7 @@ class Paired:
 
     n: int  # pairs
     diff: Estimate
-    p_value: float | None  # two-sided Wilcoxon signed-rank; None where it is undefined (see `note`)
+    p_value: float | None  # Wilcoxon signed-rank (two-sided by default); None where it is undefined (see `note`)
     note: str = ""
 
 
@@ -80,13 +80,18 @@ def mean_ci(sample: Sequence[float], **kw) -> Estimate:
     return Estimate(len(x), float(x.mean()) if len(x) else None, *(ci or (None, None)))
 
 
-def paired_comparison(method: Sequence[float], baseline: Sequence[float], **kw) -> Paired:
+def paired_comparison(
+    method: Sequence[float], baseline: Sequence[float], *, alternative: str = "two-sided", **kw
+) -> Paired:
     """`method[i]` and `baseline[i]` are the same seed's runs. The mean of method - baseline, its interval, Wilcoxon's p.
 
-    The p-value is `scipy.stats.wilcoxon`'s two-sided one on the differences (zero differences
-    dropped, its default `zero_method="wilcox"`). With n pairs and no ties, the smallest p it can
-    give is 2 / 2**n (0.0625 for 5 seeds, 0.002 for 10): fewer seeds cannot reach p < 0.05 at all.
-    Undefined, and None with a note, for fewer than 2 pairs or when every difference is zero.
+    The p-value is `scipy.stats.wilcoxon`'s on the differences (zero differences dropped, its
+    default `zero_method="wilcox"`), two-sided unless `alternative` is "less" (the method's values
+    are smaller) or "greater": a pre-registered directional hypothesis (docs/PROXY.md). With n pairs
+    and no ties, the smallest two-sided p is 2 / 2**n (0.0625 for 5 seeds, 0.002 for 10): fewer
+    seeds cannot reach p < 0.05 two-sided; one-sided, 5 seeds reach 1 / 32 = 0.031 when every
+    difference has the predicted sign. Undefined, and None with a note, for fewer than 2 pairs or
+    when every difference is zero.
     """
     a, b = _values(method, "paired_comparison"), _values(baseline, "paired_comparison")
     if a.shape != b.shape:
@@ -97,7 +102,7 @@ def paired_comparison(method: Sequence[float], baseline: Sequence[float], **kw) 
         return Paired(len(d), diff, None, f"{len(d)} pair{'' if len(d) == 1 else 's'}: no test")
     if not np.any(d):
         return Paired(len(d), diff, None, "all differences are zero: no test")
-    p = float(_scipy.wilcoxon(d).pvalue)
+    p = float(_scipy.wilcoxon(d, alternative=alternative).pvalue)
     if math.isnan(p):
         return Paired(len(d), diff, None, "Wilcoxon's p is undefined for these differences")
     return Paired(len(d), diff, p)

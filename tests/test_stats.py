@@ -65,6 +65,17 @@ def test_paired_comparison_against_scipy():
     assert flipped.diff.mean == pytest.approx(-cmp.diff.mean) and flipped.p_value == pytest.approx(cmp.p_value)
 
 
+def test_one_sided_paired_comparison_halves_p_in_the_predicted_direction():
+    less = stats.paired_comparison(SLW, BASELINE, alternative="less")
+    assert less.p_value == pytest.approx(scipy_stats.wilcoxon(SLW, BASELINE, alternative="less").pvalue, rel=1e-12)
+    assert less.p_value == pytest.approx(2 / 64)  # P(W+ <= 1), exact: half the two-sided p
+    greater = stats.paired_comparison(SLW, BASELINE, alternative="greater")
+    assert greater.p_value == pytest.approx(1 - 1 / 64)  # the wrong direction: P(W+ >= 1)
+    # 5 seeds all in the predicted direction: 1/32, the only way 5 seeds reach p < 0.05 (docs/PROXY.md)
+    five = stats.paired_comparison([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 4.0, 6.0, 8.0, 10.0], alternative="less")
+    assert five.p_value == pytest.approx(1 / 32)
+
+
 def test_paired_comparison_that_cannot_be_tested_says_why():
     none = stats.paired_comparison([], [])
     assert (none.n, none.diff.mean, none.p_value, none.note) == (0, None, None, "0 pairs: no test")
