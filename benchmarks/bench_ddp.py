@@ -1,7 +1,7 @@
 """Tokens/s of the same training on 1 process and on N processes (torchrun, DDP or FSDP2).
 
     python benchmarks/bench_ddp.py                       # tiny config, 1 vs 2 CPU processes, DDP and FSDP2
-    python benchmarks/bench_ddp.py --config proxy --steps 25 train.micro_batch_size=8
+    python benchmarks/bench_ddp.py --config proxy --steps 25 train.micro_batch_size=16
 
 Each run trains `--steps` optimizer steps of the config at a fixed global batch (so every run does
 the same work), without validation, and reports the steady-state throughput: tokens trained

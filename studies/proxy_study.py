@@ -111,10 +111,10 @@ def fmt_p(p: float | None) -> str:
     return "n/a" if p is None else f"{p:.3f}"
 
 
-def interval(e) -> str:
+def interval(e, spec: str = "+.3f") -> str:
     if e.mean is None:
         return "n/a"
-    return f"{e.mean:+.3f} [{fmt(e.low, '+.3f')}, {fmt(e.high, '+.3f')}]"
+    return f"{e.mean:{spec}} [{fmt(e.low, spec)}, {fmt(e.high, spec)}]"
 
 
 def directional(xs: list[float], ys: list[float], smaller_is_better: bool = True) -> dict:
@@ -254,8 +254,8 @@ def h2(runs: dict) -> tuple[str, str, dict[float, str]]:
         verdicts[lr] = "supported" if ok else "refuted" if worse else "not shown"
         tests.append(
             [f"{lr:g}", f"{reached}/{n}",
-             "n/a" if t_tok is None else f"{interval(mean_ci(np.subtract(*tok)))} ({fmt_p(t_tok['p_better'])})",
-             "n/a" if t_tim is None else f"{interval(mean_ci(np.subtract(*tim)))} ({fmt_p(t_tim['p_better'])})",
+             "n/a" if t_tok is None else f"{interval(mean_ci(np.subtract(*tok)), '+,.0f')} ({fmt_p(t_tok['p_better'])})",
+             "n/a" if t_tim is None else f"{interval(mean_ci(np.subtract(*tim)), '+.0f')} ({fmt_p(t_tim['p_better'])})",
              "n/a" if t_loss is None else interval(t_loss["cmp"].diff),
              "n/a" if t_loss is None else f"{fmt_p(t_loss['p_better'])} / {fmt_p(t_loss['p_worse'])}",
              verdicts[lr]]
