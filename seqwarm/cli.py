@@ -1,4 +1,4 @@
-"""The `seqwarm` command line: prepare, train, plan, report, eval, export, import-hf, demo, sweep, tune.
+"""The `seqwarm` command line: prepare, train, plan, export-schedule, report, eval, export, import-hf, demo, sweep, tune.
 
 Errors a user can fix (`SeqwarmError`) print as one line and exit with code 2.
 """
@@ -79,6 +79,20 @@ def cmd_plan(args) -> None:
 
     config, overrides = split_config_args(args.items)
     print_plan(load_config(config, overrides), every=args.every, jsonl=args.jsonl)
+
+
+def cmd_export_schedule(args) -> None:
+    from seqwarm.config import load_config
+    from seqwarm.export_schedule import FRAMEWORKS, export, settings_text, table_text
+
+    if args.to is None:
+        raise ConfigError(f"export-schedule: --to is required ({', '.join(FRAMEWORKS)})")
+    config, overrides = split_config_args(args.items)
+    if config is None:
+        raise ConfigError("export-schedule: give a CONFIG file or the name of a shipped config")
+    cfg = load_config(config, overrides)
+    exp = export(cfg, args.to)
+    print(table_text(cfg, exp) if args.table else settings_text(exp), end="")
 
 
 def cmd_demo(args) -> None:
@@ -212,6 +226,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--every", type=int, help="print every k-th step (default: about 40 rows; 1 with --jsonl)")
     s.add_argument("--jsonl", action="store_true", help="one JSON object per step, then a summary object")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser(
+        "export-schedule",
+        help="print the settings that reproduce a config's SLW schedule in DeepSpeed, Megatron-DeepSpeed, Composer or OLMo-core",
+        description="seqwarm export-schedule CONFIG [section.field=value ...] --to FRAMEWORK [--table] (docs/EXPORT.md)",
+    )
+    s.add_argument("items", nargs="*", metavar="CONFIG [KEY=VALUE ...]")
+    s.add_argument("--to", metavar="|".join(("deepspeed", "megatron-deepspeed", "composer", "olmo-core")))
+    s.add_argument(
+        "--table", action="store_true", help="list the steps where the framework trains at another length than seqwarm"
+    )
+    s.set_defaults(func=cmd_export_schedule)
 
     s = sub.add_parser("demo", help="train a tiny baseline and a tiny SLW model on the builtin corpus and compare")
     s.add_argument("--out", default="runs/demo", help="directory for the two runs (default: runs/demo)")

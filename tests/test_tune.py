@@ -281,10 +281,11 @@ def test_tune_end_to_end_and_resume(corpus_dir, tmp_path, monkeypatch, capsys):
         rec["duration"],
         64,
     )
-    ds = json.loads((out / "deepspeed.json").read_text())["curriculum_learning"]
-    assert ds == {
-        "enabled": True,
-        "curriculum_type": "seqlen",
+    # The data_efficiency form deepspeed 0.19.8 accepts (its legacy top-level curriculum_learning is removed).
+    ds = json.loads((out / "deepspeed.json").read_text())
+    assert "curriculum_learning" not in ds
+    metric = ds["data_efficiency"]["data_sampling"]["curriculum_learning"]["curriculum_metrics"]["seqlen_truncate"]
+    assert {k: metric[k] for k in ("min_difficulty", "max_difficulty", "schedule_type", "schedule_config")} == {
         "min_difficulty": rec["seqlen_start"],
         "max_difficulty": 64,
         "schedule_type": "fixed_linear",
@@ -421,8 +422,9 @@ def test_snippets_describe_the_same_schedule(overrides, pacing, extra):
         "multiple_of": 8,
     }
     CurriculumConfig(**snippet)
-    ds = op.deepspeed_block(cfg, 16, 40)["curriculum_learning"]
-    assert ds["schedule_type"] == ("fixed_root" if pacing == "root" else "fixed_linear")
+    ds = op.deepspeed_block(cfg, 16, 40)["data_efficiency"]["data_sampling"]["curriculum_learning"]
+    ds = ds["curriculum_metrics"]["seqlen_truncate"]
+    assert ds["min_difficulty"] == 16 and ds["schedule_type"] == ("fixed_root" if pacing == "root" else "fixed_linear")
     assert ds["schedule_config"] == {"total_curriculum_step": 40, "difficulty_step": 8, **extra}
 
 

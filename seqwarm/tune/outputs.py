@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from seqwarm import export_schedule
 from seqwarm.config import Config
 from seqwarm.files import atomic_write
 from seqwarm.plan import plan_steps
@@ -78,21 +79,8 @@ def curriculum_snippet(cfg: Config, seqlen_start: int, duration: int) -> dict:
 
 
 def deepspeed_block(cfg: Config, seqlen_start: int, duration: int) -> dict:
-    """DeepSpeed's legacy `curriculum_learning` config for the same schedule (its curriculum-learning tutorial)."""
-    c = with_curriculum(cfg, seqlen_start, duration).curriculum
-    schedule = {"total_curriculum_step": duration, "difficulty_step": c.multiple_of}
-    if c.pacing == "root":
-        schedule["root_degree"] = c.root_degree
-    return {
-        "curriculum_learning": {
-            "enabled": True,
-            "curriculum_type": "seqlen",
-            "min_difficulty": seqlen_start,
-            "max_difficulty": c.seqlen_end,
-            "schedule_type": "fixed_root" if c.pacing == "root" else "fixed_linear",
-            "schedule_config": schedule,
-        }
-    }
+    """DeepSpeed's `data_efficiency` block for the same schedule: the form deepspeed 0.19.8 accepts (docs/EXPORT.md)."""
+    return export_schedule.deepspeed_block(with_curriculum(cfg, seqlen_start, duration))
 
 
 def snippet_text(result: TuneResult, cfg: Config, config: str | None) -> str:
@@ -197,7 +185,9 @@ def report_text(result: TuneResult, cfg: Config, info: dict, config: str | None)
             "",
             "## DeepSpeed",
             "",
-            f"`{DEEPSPEED}`, to merge into the DeepSpeed config (DeepSpeed rounds slightly differently: docs/TUNING.md).",
+            f"`{DEEPSPEED}`, to merge into the DeepSpeed config (DeepSpeed counts steps from 1; "
+            f"`seqwarm export-schedule CONFIG {overrides} --to deepspeed --table` lists where its lengths differ: "
+            "docs/EXPORT.md).",
             "",
             "```json",
             json.dumps(deepspeed_block(cfg, s, t), indent=2),

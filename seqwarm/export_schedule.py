@@ -1,0 +1,554 @@
+"""`seqwarm export-schedule`: a config's schedule as the settings other frameworks accept, and where they differ.
+
+For DeepSpeed, Megatron-DeepSpeed, Composer and OLMo-core this module gives (1) the settings that come
+closest to the config's SLW schedule, LR and stopping rule in that framework, (2) what the framework
+cannot reproduce, in words, and (3) the framework's own length rule as a small pure function, so that
+`--table` can list the steps where it trains at another length than `seqwarm.curriculum.SeqlenSchedule`.
+
+Each length rule restates, in our words, what the named function of that project computes (read in
+its source; docs/EXPORT.md says which version). None is imported: seqwarm depends on none of them.
+
+Steps: seqwarm counts steps from 0 (`SeqlenSchedule(step)`). DeepSpeed's data sampler and OLMo-core's
+trainer count the first step as 1, Composer as 0; each rule takes the framework's own step, and
+`lengths` converts, so the tables are in seqwarm's 0-based steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from seqwarm.config import Config
+from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
+from seqwarm.errors import ConfigError
+from seqwarm.plan import plan_steps
+from seqwarm.schedule import Clock, finished
+from seqwarm.tables import text_table
+
+FRAMEWORKS = ("deepspeed", "megatron-deepspeed", "composer", "olmo-core")
+
+SEQLEN_METRIC = "seqlen_truncate"
+"""The curriculum metric name Megatron-DeepSpeed's `data_post_process` (pretrain_gpt.py) truncates by."""
+
+
+# --- the frameworks' length rules ---------------------------------------------------------------------
+
+
+def deepspeed_fixed_root(
+    global_step: int,
+    *,
+    min_difficulty: int,
+    max_difficulty: int,
+    total_curriculum_step: int,
+    difficulty_step: int,
+    root_degree: float = 1.0,
+    floor_at_min: bool = True,
+) -> int:
+    """DeepSpeed's `fixed_root` / `fixed_linear` (root_degree 1) difficulty at its `global_step` (1 = first step).
+
+    From deepspeed/runtime/data_pipeline/curriculum_scheduler.py, `CurriculumScheduler.__fixed_root_get_difficulty`:
+    floor(min + (max - min) * (t / T) ** (1 / r)), less its remainder modulo difficulty_step, then at most
+    max. t / T is not clamped, so past T the raw value keeps growing: a max that is not a multiple of the
+    step is reached only once the raw value passes the next multiple. Since 0.19.8 the result is also
+    raised to the first multiple of the step at or above min (`floor_at_min`); before, it could fall below.
+    """
+    raw = (float(global_step) / total_curriculum_step) ** (1.0 / root_degree)
+    d = math.floor(raw * (max_difficulty - min_difficulty) + min_difficulty)
+    d -= d % difficulty_step
+    if floor_at_min:
+        d = max(d, -(-min_difficulty // difficulty_step) * difficulty_step)
+    return min(d, max_difficulty)
+
+
+def deepspeed_fixed_discrete(global_step: int, *, difficulty: Sequence[int], max_step: Sequence[int]) -> int:
+    """DeepSpeed's `fixed_discrete`: difficulty[i] while global_step <= max_step[i], then the last one.
+
+    From `CurriculumScheduler.__fixed_discrete_get_difficulty` (same file as above).
+    """
+    for d, until in zip(difficulty, max_step):
+        if global_step <= until:
+            return d
+    return difficulty[-1]
+
+
+def deepspeed_lengths(metric: dict, steps: int, *, floor_at_min: bool = True) -> list[int]:
+    """The lengths DeepSpeed's sampler sets for seqwarm steps 0..steps-1, from a `curriculum_metrics` entry.
+
+    `DeepSpeedDataSampler.get_next_global_batch` (deepspeed/runtime/data_pipeline/data_sampling/data_sampler.py)
+    adds 1 to its curriculum step before asking for a difficulty, so seqwarm's step s is DeepSpeed's s + 1.
+    `CurriculumScheduler.update_difficulty` starts at min_difficulty and stops updating once the
+    difficulty reaches max_difficulty: a later, shorter stage of a discrete schedule is never used.
+    `floor_at_min=False` gives the rule before 0.19.8.
+    """
+    sc = metric["schedule_config"]
+    lo, hi = metric["min_difficulty"], metric["max_difficulty"]
+    if metric["schedule_type"] == "fixed_discrete":
+
+        def rule(t: int) -> int:
+            return deepspeed_fixed_discrete(t, difficulty=sc["difficulty"], max_step=sc["max_step"])
+    else:
+        root = sc.get("root_degree", 1.0) if metric["schedule_type"] == "fixed_root" else 1.0
+
+        def rule(t: int) -> int:
+            return deepspeed_fixed_root(
+                t,
+                min_difficulty=lo,
+                max_difficulty=hi,
+                total_curriculum_step=sc["total_curriculum_step"],
+                difficulty_step=sc["difficulty_step"],
+                root_degree=root,
+                floor_at_min=floor_at_min,
+            )
+
+    current, out = lo, []
+    for s in range(steps):
+        if current < hi:
+            current = rule(s + 1)
+        out.append(current)
+    return out
+
+
+def composer_seqlen(
+    batch: int, *, min_seq_length: int, max_seq_length: int, step_size: int, warmup_batches: int
+) -> int:
+    """Composer's `SeqLengthWarmup` length at its `state.timestamp.batch` (0 = first batch).
+
+    From composer/algorithms/seq_length_warmup/seq_length_warmup.py, `SeqLengthWarmup.apply`: a staircase
+    of K = (max - min) // step_size increments, one every W // K batches (W = int(total batches x
+    duration)), so it reaches max after K * (W // K) <= W batches. Composer divides by zero when K = 0 or
+    W < K; here that is a ConfigError.
+    """
+    increments = (max_seq_length - min_seq_length) // step_size
+    if increments == 0 or warmup_batches < increments:
+        raise ConfigError(
+            f"curriculum.duration: Composer's SeqLengthWarmup divides by zero with {warmup_batches} warmup batches "
+            f"and {increments} length increments of {step_size} (it needs warmup >= increments >= 1)"
+        )
+    every = warmup_batches // increments
+    return min(max(step_size * (batch // every) + min_seq_length, min_seq_length), max_seq_length)
+
+
+def olmo_truncated_seqlen(
+    step: int, *, min_sequence_length: int, max_sequence_length: int, warmup_steps: int, keep_multiple_of: int
+) -> int:
+    """OLMo-core's `SequenceLengthSchedulerCallback(truncate=True)` length at its trainer step (1 = first step).
+
+    From src/olmo_core/train/callbacks/sequence_length_scheduler.py, `_get_truncated_sequence_length`
+    and `pre_step`: min + (max - min) * min(step, W) / W floored to a multiple of keep_multiple_of (128 by
+    default), with no floor at min; after step W the batch is left at full length.
+    """
+    if step > warmup_steps:
+        return max_sequence_length
+    raw = min_sequence_length + (max_sequence_length - min_sequence_length) * min(step, warmup_steps) / warmup_steps
+    return int(keep_multiple_of * (raw // keep_multiple_of))
+
+
+def olmo_split_seqlen(step: int, *, min_sequence_length: int, max_sequence_length: int, warmup_steps: int) -> int:
+    """OLMo-core's `SequenceLengthSchedulerCallback(truncate=False)` (its default) length at its step (1 = first).
+
+    From `_get_split_sequence_length` (same file): min x 2 ** floor(log2(raw // min)), the rows split
+    into more, shorter rows that keep every token (not SLW's truncation); full length after step W.
+    """
+    if step > warmup_steps:
+        return max_sequence_length
+    raw = min_sequence_length + (max_sequence_length - min_sequence_length) * min(step, warmup_steps) / warmup_steps
+    return min_sequence_length * 2 ** math.floor(math.log(raw // min_sequence_length, 2))
+
+
+# --- the run's length in steps --------------------------------------------------------------------------
+
+
+def run_steps(cfg: Config) -> int:
+    """The optimizer steps the config trains: `seqwarm plan`'s count.
+
+    With `drop_tail: true` every row serves exactly the step's length, so the count is the clock
+    ticking by batch x length (a second for 50K steps); otherwise the plan's sequence order decides
+    how many tokens each step serves, and it is asked (slower: it draws every segment).
+    """
+    if not cfg.curriculum.drop_tail:
+        return sum(1 for _ in plan_steps(cfg))
+    t = cfg.train
+    seqlen_of = SeqlenSchedule(cfg.curriculum)
+    batch_of = BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size)
+    clock = Clock()
+    while not finished(clock, t):
+        clock.tick(batch_of(clock.tokens) * seqlen_of(clock.step), t)
+    return clock.step
+
+
+def _steps_to_tokens(lengths: Sequence[int], batch: int, max_tokens: int | None, cap: int) -> int:
+    """Steps a token-counting loop needs to reach max_tokens at `lengths` (then full length), at most cap."""
+    if max_tokens is None:
+        return cap
+    tokens, step = 0, 0
+    while tokens < max_tokens and step < cap:
+        tokens += batch * (lengths[step] if step < len(lengths) else lengths[-1])
+        step += 1
+    return step
+
+
+# --- the exports -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way a framework can be set up, and the lengths it then trains at seqwarm's steps 0, 1, ..."""
+
+    label: str
+    lengths: Callable[[int], list[int]]  # steps -> lengths
+
+
+@dataclass(frozen=True)
+class Export:
+    framework: str
+    settings: dict
+    """What to put in that framework's config or command line (JSON-able)."""
+    notes: list[str] = field(default_factory=list)
+    """What the settings cannot reproduce."""
+    variants: list[Variant] = field(default_factory=list)
+    """The exported setup first; then other setups of the framework worth comparing."""
+
+
+def _slw(cfg: Config, framework: str) -> None:
+    c = cfg.curriculum
+    if c.kind not in ("slw", "shortformer"):
+        raise ConfigError(
+            f"curriculum.kind: {c.kind} has no sequence length schedule to export to {framework} "
+            "(use slw or shortformer)"
+        )
+
+
+def deepspeed_metric(cfg: Config) -> dict:
+    """The `seqlen_truncate` entry of `curriculum_metrics` for the config's curriculum."""
+    _slw(cfg, "deepspeed")
+    c = cfg.curriculum
+    if c.kind == "shortformer":
+        schedule_type, sc = "fixed_discrete", {"difficulty": [c.seqlen_start, c.seqlen_end], "max_step": [c.duration]}
+        lo = c.seqlen_start
+    elif c.pacing == "discrete":
+        # seqwarm's stage ends before step until_step (0-based); DeepSpeed's at global step <= max_step
+        # (1-based): the same steps.
+        schedule_type = "fixed_discrete"
+        sc = {"difficulty": [s[1] for s in c.stages] + [c.seqlen_end], "max_step": [s[0] for s in c.stages]}
+        lo = min(s[1] for s in c.stages)
+    else:
+        schedule_type = "fixed_root" if c.pacing == "root" else "fixed_linear"
+        sc = {"total_curriculum_step": c.duration, "difficulty_step": c.multiple_of}
+        if c.pacing == "root":
+            sc["root_degree"] = c.root_degree
+        lo = c.seqlen_start
+    return {
+        # A single cluster of all samples, valued by length: no offline data analysis is needed, the
+        # files named "dummy" are never opened (Megatron-DeepSpeed's data-efficiency examples do the same).
+        "index_to_sample_path": "dummy",
+        "index_to_metric_path": "dummy",
+        "difficulty_type": "value",
+        "clustering_type": "single_cluster",
+        "min_difficulty": lo,
+        "max_difficulty": c.seqlen_end,
+        "schedule_type": schedule_type,
+        "schedule_config": sc,
+    }
+
+
+def deepspeed_block(cfg: Config) -> dict:
+    """DeepSpeed's `data_efficiency` block (the form deepspeed 0.19.8 accepts) for the config's curriculum."""
+    return {
+        "data_efficiency": {
+            "enabled": True,
+            "data_sampling": {
+                "enabled": True,
+                # Workers would prefetch batches ahead of the difficulty they were drawn for.
+                "num_workers": 0,
+                "curriculum_learning": {
+                    "enabled": True,
+                    "data_cluster_path": "data_clusters",
+                    "curriculum_metrics": {SEQLEN_METRIC: deepspeed_metric(cfg)},
+                },
+            },
+        }
+    }
+
+
+def _deepspeed_variants(metric: dict) -> list[Variant]:
+    # The rule before 0.19.8 (floor_at_min=False) differs only for a min_difficulty that is not a multiple
+    # of difficulty_step, which seqwarm's config refuses (curriculum.seqlen_start): one variant is enough.
+    return [Variant("deepspeed", lambda n: deepspeed_lengths(metric, n))]
+
+
+def _deepspeed_notes(cfg: Config) -> list[str]:
+    c = cfg.curriculum
+    notes = [
+        "DeepSpeed's sampler counts its first step as 1, so it trains at seqwarm's next length one step early.",
+        "The block only schedules the length: truncating each batch to "
+        f"current_difficulties['{SEQLEN_METRIC}'] is the training script's job (Megatron-DeepSpeed's "
+        "data_post_process does it); the LR and the stop on tokens are the script's too.",
+    ]
+    if c.kind == "slw" and c.pacing != "discrete" and c.seqlen_end % c.multiple_of:
+        notes.append(
+            f"seqlen_end {c.seqlen_end} is not a multiple of {c.multiple_of}: DeepSpeed stays below it until its "
+            "unclamped pacing passes the next multiple."
+        )
+    if c.kind == "slw" and c.pacing == "discrete" and any(a[1] > b[1] for a, b in zip(c.stages, c.stages[1:])):
+        notes.append("stages shrink: DeepSpeed never lowers a difficulty once it reaches max_difficulty.")
+    if not c.drop_tail:
+        notes.append("drop_tail: false (serving the truncated tails later) has no DeepSpeed equivalent.")
+    return notes
+
+
+def export_deepspeed(cfg: Config) -> Export:
+    metric = deepspeed_metric(cfg)
+    return Export("deepspeed", deepspeed_block(cfg), _deepspeed_notes(cfg), _deepspeed_variants(metric))
+
+
+def megatron_flags(cfg: Config, steps: int) -> list[str]:
+    """Megatron-DeepSpeed's command-line flags (megatron/arguments.py) for the config's batch, LR and stop."""
+    t = cfg.train
+    flags = [
+        f"--seq-length {cfg.curriculum.seqlen_end}",
+        f"--global-batch-size {t.global_batch_size}",
+        f"--lr {t.lr:g}",
+        f"--min-lr {t.min_lr:g}",
+        f"--lr-decay-style {t.lr_decay_style}",
+    ]
+    if t.warmup_tokens:
+        flags.append(f"--lr-warmup-tokens {t.warmup_tokens}")
+    else:
+        flags.append(f"--lr-warmup-iters {t.warmup_steps}")
+    if t.lr_decay_unit == "tokens":
+        # With step-wise warmup, Megatron-DeepSpeed's OptimizerParamScheduler.get_lr starts the token-wise
+        # decay at the tokens trained when the warmup ends, as seqwarm's Clock.decay_start_tokens does.
+        flags.append(f"--lr-decay-tokens {t.decay_tokens}")
+    else:
+        flags.append(f"--lr-decay-iters {t.decay_steps}")
+    if t.max_tokens is not None:
+        flags.append(f"--train-tokens {t.max_tokens}")
+    flags.append(f"--train-iters {steps}")
+    return flags
+
+
+def export_megatron(cfg: Config) -> Export:
+    t, c = cfg.train, cfg.curriculum
+    if c.kind == "bsz_warmup":
+        raise ConfigError(
+            "curriculum.kind: bsz_warmup is not exported (Megatron's --rampup-batch-size counts samples, not tokens)"
+        )
+    slw = c.kind != "none"
+    n = run_steps(cfg)
+    metric = deepspeed_metric(cfg) if slw else None
+    if slw:
+        lengths = deepspeed_lengths(metric, n + n // 10 + 16)
+    else:
+        lengths = [c.seqlen_end]
+    # Megatron-DeepSpeed adds samples x curriculum length to consumed_train_tokens (megatron/training.py,
+    # train), seqwarm's count; it needs as many iterations as that count takes at DeepSpeed's lengths.
+    steps = _steps_to_tokens(lengths, t.global_batch_size, t.max_tokens, t.max_steps or 1 << 62)
+    flags = megatron_flags(cfg, steps)
+    notes = [
+        "Megatron-DeepSpeed steps its LR scheduler inside train_step, before it adds the step's tokens: the LR "
+        "of an update uses the step and token counts of the updates before it (seqwarm's counts the update "
+        "itself), and the first update has LR 0 under a warmup.",
+    ]
+    settings: dict = {"flags": flags}
+    variants: list[Variant] = []
+    if slw:
+        flags.append("--data-efficiency-curriculum-learning")
+        flags.append("--deepspeed --deepspeed_config ds_config.json")
+        settings["ds_config.json"] = deepspeed_block(cfg)
+        notes = _deepspeed_notes(cfg)[:1] + notes
+        if not c.drop_tail:
+            notes.append("drop_tail: false (serving the truncated tails later) has no Megatron-DeepSpeed equivalent.")
+        if t.max_tokens is not None and steps != n:
+            notes.append(
+                f"At DeepSpeed's lengths the run needs {steps:,} iterations to reach --train-tokens; seqwarm: {n:,}."
+            )
+        variants = _deepspeed_variants(metric)[:1]
+    return Export("megatron-deepspeed", settings, notes, variants)
+
+
+def composer_duration(total_batches: int, warmup_batches: int) -> float:
+    """The fraction `duration` for which Composer's int(total x duration) is exactly warmup_batches."""
+    d = warmup_batches / total_batches
+    while int(total_batches * d) < warmup_batches:
+        d = math.nextafter(d, math.inf)
+    return d
+
+
+def export_composer(cfg: Config) -> Export:
+    _slw(cfg, "composer")
+    c, t = cfg.curriculum, cfg.train
+    if c.kind != "slw" or c.pacing != "linear":
+        what = "shortformer" if c.kind == "shortformer" else f"pacing {c.pacing}"
+        raise ConfigError(f"curriculum.pacing: Composer's SeqLengthWarmup is linear only; {what} cannot be exported")
+    n = run_steps(cfg)
+    if c.duration > n:
+        raise ConfigError(
+            f"curriculum.duration: T = {c.duration} exceeds the run's {n} steps; Composer's duration is a fraction of "
+            "max_duration, at most 1"
+        )
+    args = {
+        "duration": composer_duration(n, c.duration),
+        "min_seq_length": c.seqlen_start,
+        "max_seq_length": c.seqlen_end,
+        "step_size": c.multiple_of,
+        "truncate": True,
+        "preserve_end_of_sequence": False,
+    }
+    rule = dict(min_seq_length=c.seqlen_start, max_seq_length=c.seqlen_end, step_size=c.multiple_of)
+    composer_seqlen(0, **rule, warmup_batches=c.duration)  # its division by zero, as a ConfigError, now
+    notes = [
+        "Composer's warmup is a staircase: one increment of step_size every W // K batches (K increments), "
+        "so it reaches max_seq_length at batch K * (W // K), before T when K does not divide T.",
+        "Composer counts a batch's tokens before the algorithm truncates it, and refuses token durations with "
+        "SeqLengthWarmup (composer issue 226): max_duration is seqwarm's step count in batches, and the LR "
+        "schedule runs over batches, not over trained tokens (Appendix A.2's token-wise decay is lost).",
+    ]
+    if t.lr_decay_unit == "tokens" and t.max_tokens is not None:
+        notes.append(f"max_duration {n}ba is the step at which seqwarm reaches max_tokens {t.max_tokens:,}.")
+    if not c.drop_tail:
+        notes.append("drop_tail: false (serving the truncated tails later) has no Composer equivalent.")
+    settings = {"SeqLengthWarmup": args, "Trainer": {"max_duration": f"{n}ba"}}
+    variants = [
+        Variant("composer", lambda k: [composer_seqlen(b, **rule, warmup_batches=c.duration) for b in range(k)])
+    ]
+    return Export("composer", settings, notes, variants)
+
+
+def export_olmo(cfg: Config) -> Export:
+    _slw(cfg, "olmo-core")
+    c = cfg.curriculum
+    if c.kind != "slw" or c.pacing != "linear":
+        what = "shortformer" if c.kind == "shortformer" else f"pacing {c.pacing}"
+        raise ConfigError(
+            f"curriculum.pacing: OLMo-core's SequenceLengthSchedulerCallback is linear only; {what} cannot be exported"
+        )
+    lo, hi, w = c.seqlen_start, c.seqlen_end, c.duration
+    ratio = hi // lo if hi % lo == 0 else 0
+    if hi <= lo or ratio & (ratio - 1) or ratio == 0:
+        # pre_train refuses this for truncate=True (its check reads "when 'truncate=False'" but runs when true).
+        raise ConfigError(
+            f"curriculum.seqlen_end: OLMo-core's sequence length scheduler needs seqlen_end ({hi}) = seqlen_start "
+            f"({lo}) x a power of 2 greater than 1"
+        )
+    n = run_steps(cfg)
+    args = {"min_sequence_length": lo, "warmup_steps": w, "truncate": True, "keep_multiple_of": c.multiple_of}
+    notes = [
+        "OLMo-core's step counts from 1, so it trains at seqwarm's next length one step early; keep_multiple_of "
+        f"{c.multiple_of} replaces its default 128, which floors every length below 128 to 0.",
+        "OLMo-core's token totals (and so a token max_duration or token-unit LR schedule) count the tokens "
+        "before truncation: max_duration is seqwarm's step count, and the LR runs over steps.",
+        "OLMo-core trains a row of sequence_length tokens on sequence_length - 1 targets; seqwarm on "
+        "seqlen_end targets (rows of seqlen_end + 1 tokens).",
+    ]
+    if not c.drop_tail:
+        notes.append("drop_tail: false (serving the truncated tails later) has no OLMo-core equivalent.")
+    settings = {
+        "SequenceLengthSchedulerCallback": args,
+        "NumpyFSLDataset": {"sequence_length": hi},
+        "Trainer": {"max_duration": f"Duration.steps({n})"},
+    }
+
+    def exported(k: int, keep: int = c.multiple_of) -> list[int]:
+        kw = dict(min_sequence_length=lo, max_sequence_length=hi, warmup_steps=w, keep_multiple_of=keep)
+        return [olmo_truncated_seqlen(s + 1, **kw) for s in range(k)]
+
+    variants = [Variant(f"olmo-core truncate=True, keep_multiple_of={c.multiple_of}", exported)]
+    if c.multiple_of != 128:
+        variants.append(
+            Variant("olmo-core truncate=True, keep_multiple_of=128 (its default)", lambda k: exported(k, 128))
+        )
+    split = dict(min_sequence_length=lo, max_sequence_length=hi, warmup_steps=w)
+    variants.append(
+        Variant(
+            "olmo-core truncate=False (its default: power-of-two split)",
+            lambda k: [olmo_split_seqlen(s + 1, **split) for s in range(k)],
+        )
+    )
+    return Export("olmo-core", settings, notes, variants)
+
+
+EXPORTERS: dict[str, Callable[[Config], Export]] = {
+    "deepspeed": export_deepspeed,
+    "megatron-deepspeed": export_megatron,
+    "composer": export_composer,
+    "olmo-core": export_olmo,
+}
+
+
+def export(cfg: Config, framework: str) -> Export:
+    if framework not in EXPORTERS:
+        raise ConfigError(f"--to: unknown framework {framework!r} (choose from {', '.join(FRAMEWORKS)})")
+    return EXPORTERS[framework](cfg)
+
+
+# --- the table of differences ------------------------------------------------------------------------
+
+
+def differences(ours: Sequence[int], theirs: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Runs of consecutive steps where the lengths differ, with the same pair: (first, last, ours, theirs)."""
+    runs: list[tuple[int, int, int, int]] = []
+    for s, (a, b) in enumerate(zip(ours, theirs)):
+        if a == b:
+            continue
+        if runs and runs[-1][1] == s - 1 and runs[-1][2:] == (a, b):
+            runs[-1] = (runs[-1][0], s, a, b)
+        else:
+            runs.append((s, s, a, b))
+    return runs
+
+
+def table_text(cfg: Config, exp: Export) -> str:
+    """For each variant: how many of the run's steps differ from seqwarm's length, and those steps' ranges."""
+    n = run_steps(cfg)
+    schedule = SeqlenSchedule(cfg.curriculum)
+    ours = [schedule(s) for s in range(n)]
+    out = []
+    for v in exp.variants:
+        runs = differences(ours, v.lengths(n))
+        count = sum(last - first + 1 for first, last, _, _ in runs)
+        out.append(f"{v.label}: {count:,} of {n:,} steps at another length than seqwarm's (steps from 0)")
+        if runs:
+            rows = [["steps", "seqwarm", "framework"]]
+            rows += [[f"{a}" if a == b else f"{a}-{b}", str(x), str(y)] for a, b, x, y in runs]
+            out.append(text_table(rows, right=(1, 2), rule=False))
+    return "\n".join(out) + "\n"
+
+
+def settings_text(exp: Export) -> str:
+    """The settings as printed: JSON blocks, Megatron-DeepSpeed's flags one a line, then the notes."""
+    s = exp.settings
+    if exp.framework == "megatron-deepspeed":
+        text = " \\\n".join(s["flags"]) + "\n"
+        if "ds_config.json" in s:
+            text += (
+                "\n# ds_config.json (merge into your DeepSpeed config):\n"
+                + json.dumps(s["ds_config.json"], indent=2)
+                + "\n"
+            )
+    else:
+        text = json.dumps(s, indent=2) + "\n"
+    return text + "".join(f"# note: {n}\n" for n in exp.notes)
+
+
+__all__ = [
+    "FRAMEWORKS",
+    "Export",
+    "Variant",
+    "composer_duration",
+    "composer_seqlen",
+    "deepspeed_block",
+    "deepspeed_fixed_discrete",
+    "deepspeed_fixed_root",
+    "deepspeed_lengths",
+    "deepspeed_metric",
+    "differences",
+    "export",
+    "megatron_flags",
+    "olmo_split_seqlen",
+    "olmo_truncated_seqlen",
+    "run_steps",
+    "settings_text",
+    "table_text",
+]
