@@ -24,6 +24,7 @@ _EXPORTS = {
     "LossRatio": "seqwarm.monitor",
     "adam_statistics": "seqwarm.monitor",
     "NonFiniteGuard": "seqwarm.monitor",
+    "SequenceLengthWarmup": "seqwarm.integrations.loop",
     "GPT": "seqwarm.model",
     "GPTConfig": "seqwarm.model",
     "linear_cross_entropy": "seqwarm.loss",

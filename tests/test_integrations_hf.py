@@ -1,0 +1,162 @@
+"""`SLWTrainer`: SLW in the real Hugging Face `transformers.Trainer`, on a tiny GPT2LMHeadModel built from a config,
+offline: lengths equal `seqwarm plan`'s, the LR is seqwarm's `learning_rate` at the same tokens, the run stops at
+max_tokens, evaluation stays full length, and a resume from a Trainer checkpoint continues exactly."""
+
+import shutil
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
+
+from seqwarm.config import load_config  # noqa: E402
+from seqwarm.errors import ConfigError  # noqa: E402
+from seqwarm.integrations import SequenceLengthWarmup  # noqa: E402
+from seqwarm.integrations.hf import SLWTrainer  # noqa: E402
+from seqwarm.plan import plan_steps  # noqa: E402
+from seqwarm.schedule import Clock, learning_rate  # noqa: E402
+
+SEQLEN_END, VOCAB, MICRO, ACCUM = 64, 100, 2, 2
+SETTINGS = dict(seqlen_start=8, seqlen_end=SEQLEN_END, duration=10, lr=1e-3, min_lr=1e-4, warmup_steps=3)
+MAX_TOKENS = 3_000  # 18 steps of 4 rows (7, 7, 15, 23, ... targets per row): a few dozen forward passes
+SAVE_AT = 8
+
+
+def rows(n: int, seed: int) -> list[dict]:
+    """Packed rows in the form a pre-training collator gives: labels = input_ids (the model shifts them)."""
+    ids = torch.randint(0, VOCAB, (n, SEQLEN_END), generator=torch.Generator().manual_seed(seed))
+    return [{"input_ids": r, "labels": r.clone()} for r in ids]
+
+
+def make_trainer(out_dir, widths: list | None = None, **overrides) -> SLWTrainer:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQLEN_END, bos_token_id=0, eos_token_id=0
+    )
+    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
+    model = transformers.GPT2LMHeadModel(config)
+    if widths is not None:  # every forward's (training?, input length)
+        model.register_forward_pre_hook(
+            lambda m, args, kwargs: widths.append((m.training, kwargs["input_ids"].shape[1])), with_kwargs=True
+        )
+    args = dict(
+        output_dir=str(out_dir),
+        report_to=[],
+        use_cpu=True,
+        max_steps=1_000,  # an upper bound: SLW stops at max_tokens first
+        per_device_train_batch_size=MICRO,
+        per_device_eval_batch_size=4,
+        gradient_accumulation_steps=ACCUM,
+        learning_rate=SETTINGS["lr"],
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=SAVE_AT,
+        eval_strategy="steps",
+        eval_steps=10,
+        disable_tqdm=True,
+        seed=0,
+        dataloader_num_workers=0,
+    )
+    args.update(overrides)
+    slw = SequenceLengthWarmup(**SETTINGS, max_tokens=MAX_TOKENS)
+    return SLWTrainer(
+        slw=slw,
+        model=model,
+        args=transformers.TrainingArguments(**args),
+        train_dataset=rows(120, seed=1),
+        eval_dataset=rows(8, seed=2),
+    )
+
+
+def step_rows(trainer) -> dict[int, dict]:
+    """The training log rows (logging_steps=1: one per step), by step."""
+    return {r["step"]: r for r in trainer.state.log_history if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf")
+    widths: list = []
+    trainer = make_trainer(out / "run", widths)
+    trainer.train()
+    return trainer, widths, out
+
+
+def test_lengths_equal_seqwarm_plan_and_the_lr_is_seqwarms_at_the_same_tokens(uninterrupted):
+    trainer, widths, _ = uninterrupted
+    steps = step_rows(trainer)
+    assert sorted(steps) == list(range(1, len(steps) + 1)) and len(steps) > 12
+    cfg = load_config(
+        None,
+        [
+            "curriculum.kind=slw",
+            *(f"curriculum.{k}={SETTINGS[k]}" for k in ("seqlen_start", "seqlen_end", "duration")),
+            f"model.max_seqlen={SEQLEN_END}",
+            f"train.max_steps={len(steps)}",
+            "train.lr_decay_unit=steps",  # only the lengths are compared: plan's tokens count seqlen targets a row
+            f"train.global_batch_size={MICRO * ACCUM}",
+        ],
+    )
+    plan = list(plan_steps(cfg))
+    assert [steps[r["step"]]["seqlen"] for r in plan] == [r["seqlen"] for r in plan]
+    assert plan[0]["seqlen"] == 8 and plan[-1]["seqlen"] == SEQLEN_END
+
+    clock, train = Clock(), trainer.slw.config.train
+    for step in sorted(steps):
+        row = steps[step]
+        tokens = row["tokens"] - clock.tokens
+        # The model shifts the labels: a row of `seqlen` inputs trains seqlen - 1 targets, on all 4 rows of the step.
+        assert tokens == MICRO * ACCUM * (row["seqlen"] - 1)
+        assert row["learning_rate"] == learning_rate(clock.after(tokens, train), train)
+        clock.tick(tokens, train)
+        assert {"loss_ratio", "adam/var_l1", "adam/var_max", "adam/mom_l1"} <= set(row)
+    assert trainer.slw.clock == clock and trainer.state.global_step == clock.step
+
+    # Each micro-batch trains at its step's length; evaluation stays at full length.
+    trained = [w for training, w in widths if training]
+    assert trained == [steps[s]["seqlen"] for s in sorted(steps) for _ in range(ACCUM)]
+    assert {w for training, w in widths if not training} == {SEQLEN_END}
+
+
+def test_it_stops_at_max_tokens_and_saves_there(uninterrupted):
+    trainer, _, out = uninterrupted
+    steps = step_rows(trainer)
+    last = max(steps)
+    assert steps[last]["tokens"] >= MAX_TOKENS > steps[last - 1]["tokens"]
+    assert trainer.state.global_step == last < trainer.args.max_steps
+    assert (out / "run" / f"checkpoint-{last}").is_dir()  # the Trainer's final save, as at its own max_steps
+    assert any("eval_loss" in r and r["step"] == last for r in trainer.state.log_history)
+
+
+def test_a_resume_from_a_trainer_checkpoint_continues_the_schedule_exactly(uninterrupted, tmp_path):
+    whole, _, out = uninterrupted
+    checkpoint = out / "run" / f"checkpoint-{SAVE_AT}"
+    resumed = make_trainer(tmp_path / "resumed")
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    before, after = step_rows(whole), step_rows(resumed)
+    assert sorted(after) == sorted(before)
+    for step in range(SAVE_AT + 1, max(before) + 1):
+        for key in ("seqlen", "tokens", "learning_rate"):
+            assert after[step][key] == before[step][key], (step, key)
+        assert after[step]["loss"] == pytest.approx(before[step]["loss"], rel=1e-5)
+    assert resumed.slw.clock == whole.slw.clock
+    assert resumed.slw.loss_ratio.min_loss == pytest.approx(whole.slw.loss_ratio.min_loss, rel=1e-5)
+
+
+def test_a_checkpoint_without_the_slw_state_is_refused(uninterrupted, tmp_path):
+    _, _, out = uninterrupted
+    checkpoint = tmp_path / f"checkpoint-{SAVE_AT}"
+    shutil.copytree(out / "run" / f"checkpoint-{SAVE_AT}", checkpoint)
+    (checkpoint / "scheduler.pt").unlink()  # as a plain Trainer's checkpoint would lack SLW's clock
+    with pytest.raises(
+        ConfigError, match=r"resume_from_checkpoint: the Trainer is at step 8 but SLW's clock at step 0"
+    ):
+        make_trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_settings_that_fight_slw_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="TrainingArguments.warmup_steps"):
+        make_trainer(tmp_path, warmup_steps=5)
+    with pytest.raises(ConfigError, match="^slw: expected a seqwarm SequenceLengthWarmup"):
+        SLWTrainer(slw=None, model=None)
