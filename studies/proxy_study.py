@@ -353,6 +353,32 @@ def h4(runs: dict, tune: Path | None, tuned: Path | None) -> list[str]:
     return out + [f"Tuner's picks against the best T, mean over seeds: {rel:+.2%}. H4: **{v}**."]
 
 
+# --- H5: SLW keeping its truncated tails --------------------------------------------------------------
+
+TAILS_LRS = (3e-3, 1e-2)
+
+
+def h5(runs: dict) -> tuple[str, dict[float, str]]:
+    rows, verdicts = [], {}
+    for lr in TAILS_LRS:
+        xs, ys, seeds = paired(runs, lr, "slw-keep-tails", "slw", lambda r: r.final_val_loss)
+        _, bs, _ = paired(runs, lr, "slw-keep-tails", "baseline", lambda r: r.final_val_loss)
+        if len(xs) < 2:
+            verdicts[lr] = "not run"
+            rows.append([f"{lr:g}", str(len(xs)), "n/a", "n/a", "n/a", "not run"])
+            continue
+        t = directional(xs, ys)
+        verdicts[lr] = verdict(t)
+        vs_base = interval(mean_ci(np.subtract(xs, bs))) if len(bs) == len(xs) else "n/a"
+        rows.append(
+            [f"{lr:g}", str(len(xs)), interval(t["cmp"].diff), f"{fmt_p(t['p_better'])} / {fmt_p(t['p_worse'])}",
+             vs_base, verdicts[lr]]
+        )  # fmt: skip
+    head = ["LR", "seeds", "final val loss, keep tails - drop tails [CI]", "p lower / p higher",
+            "keep tails - baseline [CI]", "H5"]  # fmt: skip
+    return md(head, rows), verdicts
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path)
@@ -398,6 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         f"## H4: the tuner against a grid over T (LR {PRIMARY_LR:g})",
         "",
         *h4(runs, args.tune, args.tuned),
+        "",
+        "## H5: SLW keeping its truncated tails (drop_tail: false)",
+        "",
+        h5(runs)[0],
         "",
     ]
     sys.stdout.write("\n".join(lines))

@@ -36,9 +36,9 @@ def test_every_shipped_config_loads(path, tmp_path):
 
 
 def test_proxy_study_compares_methods_at_equal_tokens_and_shares_its_runs():
-    grid, controls, duration = (
+    grid, controls, duration, tails = (
         build_cells(load_sweep_file(PACKAGED_CONFIGS / f"proxy-{name}.yaml"), Path(f"unused-{name}"))
-        for name in ("grid", "controls", "duration")
+        for name in ("grid", "controls", "duration", "tails")
     )
     kinds = {c.coords["method"]: c.cfg.curriculum.kind for c in controls}
     assert kinds == {
@@ -48,7 +48,7 @@ def test_proxy_study_compares_methods_at_equal_tokens_and_shares_its_runs():
         "shortformer": "shortformer",
         "bsz-warmup": "bsz_warmup",
     }
-    cells = grid + controls + duration
+    cells = grid + controls + duration + tails
     assert len({c.cfg.train.max_tokens for c in cells}) == 1  # equal tokens for every method
     assert len({c.cfg.train.lr for c in grid}) >= 4 and len({c.cfg.run.seed for c in grid}) >= 5  # docs/PROXY.md
     long = next(c.cfg for c in controls if c.coords["method"] == "baseline-long-warmup")
@@ -59,7 +59,10 @@ def test_proxy_study_compares_methods_at_equal_tokens_and_shares_its_runs():
     for c in cells:
         by_dir.setdefault(c.dir, []).append(c.cfg)
     shared = {d: cfgs for d, cfgs in by_dir.items() if len(cfgs) > 1}
-    assert len(shared) == 5 + 5 + 3 + 3  # controls: baseline, slw x 5 seeds; duration: baseline, T=60 x 3
+    # controls: baseline and slw x 5 seeds at 3e-2; tails: baseline and slw x 5 seeds x 2 LRs, which
+    # include the duration grid's baseline and T=60 runs at 1e-2
+    assert len(shared) == 10 + 20
+    assert {c.cfg.curriculum.drop_tail for c in tails if c.coords["method"] == "slw-keep-tails"} == {False}
     assert all(cfg == cfgs[0] for cfgs in shared.values() for cfg in cfgs)
 
 

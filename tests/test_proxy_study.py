@@ -64,3 +64,12 @@ def test_h3_counts_positive_significant_correlations(runs):
     table, line = study.h3(runs)
     assert "5 of 5 with r > 0" in line and "H3: **supported**" in line  # the variance max follows the spike
     assert table.count("| 0.01 | baseline |") == 5 and table.count("| 0.01 | slw |") == 5
+
+
+def test_h5_compares_keeping_tails_with_dropping_them(tmp_path):
+    for seed in range(1, 6):
+        for method, end in (("baseline", 4.0), ("slw", 4.1), ("slw-keep-tails", 4.05 - 0.001 * seed)):
+            write_run(tmp_path, seed, 0.01, method, spike=1.0, curve=[6.0, end])
+    table, verdicts = study.h5(study.load_runs(tmp_path))
+    assert verdicts == {0.003: "not run", 0.01: "supported"}  # lower than dropping the tails in all 5 seeds
+    assert "| 0.01 | 5 | -0.053 [" in table
