@@ -17,6 +17,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ class Run:
     summary: dict
     rows: list[dict] = field(repr=False)
 
-    @property
+    @cached_property
     def evals(self) -> list[dict]:
         return eval_rows(self.rows)
 
@@ -56,7 +57,7 @@ class Run:
     def final_val_loss(self) -> float | None:
         return self.summary.get("final_val_loss") if self.finished else None
 
-    @property
+    @cached_property  # read by every table: computed once per run
     def stability(self) -> dict:
         return loss_ratio_table(self.rows)
 
