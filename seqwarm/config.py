@@ -160,8 +160,10 @@ class TrainConfig:
     """Adam epsilon."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` picks cuda when available."""
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    """fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling (CUDA only)."""
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
+    """fp32, bf16 autocast, or fp16 autocast with dynamic loss scaling (CUDA only); `auto`: bf16 where the
+    device multiplies bf16 natively (a CUDA GPU with bf16, a CPU with AMX or AVX-512 BF16), fp32 elsewhere.
+    A run records what `auto` resolved to in its config.yaml, so a resume keeps it on any machine."""
     compile: bool = False
     """torch.compile the model, with a dynamic sequence dimension so SLW does not recompile per length."""
     num_threads: int | None = None

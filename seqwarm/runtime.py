@@ -53,3 +53,26 @@ def resolve_device(name: str, local_rank: int = 0, *, option: str = "train.devic
         raise ConfigError(f"LOCAL_RANK {local_rank}: this machine has {torch.cuda.device_count()} CUDA devices")
     torch.cuda.set_device(local_rank)
     return torch.device("cuda", local_rank)
+
+
+def cpu_bf16_units() -> list[str]:
+    """The CPU's bf16 multiply units among AMX (`amx_bf16`, a tile unit) and AVX-512 BF16 (`avx512_bf16`),
+    as the kernels torch dispatches to see them; empty when bf16 would be emulated in fp32."""
+    units = []
+    for name, probe in (("amx_bf16", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported")):
+        check = getattr(torch.cpu, probe, None)  # private in torch 2.x: absent means we cannot tell
+        if check is not None and check():
+            units.append(name)
+    return units
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`train.precision: auto` -> what the device multiplies fastest without a loss scaler: bf16 on a
+    GPU that supports it and on a CPU with AMX or AVX-512 BF16 (docs/PERFORMANCE.md measures what it
+    gains there), fp32 otherwise. fp16 is never picked: it needs loss scaling and
+    overflows where bf16 does not. Explicit values pass through unchanged."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"

@@ -9,6 +9,7 @@ and whether training is over (token-wise termination, Section 5.1).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import shutil
 import time
@@ -32,7 +33,7 @@ from seqwarm.loss import IGNORE_INDEX
 from seqwarm.metrics import METRICS, MetricsLog, read_metrics, run_summary
 from seqwarm.model import GPT
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
-from seqwarm.runtime import keep_freed_memory, resolve_device
+from seqwarm.runtime import keep_freed_memory, resolve_device, resolve_precision
 from seqwarm.schedule import Clock, finished, learning_rate
 
 STATE_FORMAT = "seqwarm-checkpoint-v1"
@@ -123,6 +124,7 @@ def build(
 ) -> Trainer:
     env = env or DistEnv()
     device = device or resolve_device(cfg.train.device, env.local_rank)
+    cfg = with_resolved_precision(cfg, device)
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
     if cfg.train.num_threads:
@@ -189,6 +191,8 @@ def train(
     """
     env = distributed.env_from_torchrun()
     check_parallel(cfg, env)
+    device = resolve_device(cfg.train.device, env.local_rank)
+    cfg = with_resolved_precision(cfg, device)  # config.yaml records what `auto` became on this machine
     run_dir = Path(cfg.run.dir)
     checkpoint, changes = None, {}
     if resume:
@@ -198,7 +202,6 @@ def train(
         changes = rundir.resume_changes(rundir.read_config(run_dir), cfg)
     elif run_dir.exists() and any(run_dir.iterdir()) and not force:
         raise SeqwarmError(f"{run_dir}: run directory exists; use --resume to continue it or --force to replace it")
-    device = resolve_device(cfg.train.device, env.local_rank)
     joined = distributed.init(env, device, cfg.train.dist_timeout_s)
     try:
         if env.main:  # rank 0 prepares the builtin corpus, if needed, before the others read it
@@ -222,6 +225,14 @@ def train(
     finally:
         if joined:
             distributed.shutdown()
+
+
+def with_resolved_precision(cfg: Config, device: torch.device) -> Config:
+    """`cfg` with `train.precision: auto` replaced by what it means on `device` (`resolve_precision`)."""
+    precision = resolve_precision(cfg.train.precision, device)
+    if precision == cfg.train.precision:
+        return cfg
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
 
 
 def read_checkpoint(path: Path) -> Checkpoint:

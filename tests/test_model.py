@@ -67,8 +67,11 @@ def test_weight_decay_only_on_matrices(model):
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize("ignored", [True, False])
 @pytest.mark.parametrize("chunk_size", [7, 64, 4096])
-def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk_size):
+def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk_size, ignored):
+    """The padded-vocabulary matmul with masked logits equals the plain path over the sliced
+    vocabulary, in float64, with and without ignored (padding) targets."""
     import torch.nn.functional as F
 
     from seqwarm.model import linear_cross_entropy
@@ -77,7 +80,8 @@ def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk
     hidden = torch.randn(2, 150, 32, dtype=torch.float64, requires_grad=True)
     weight = (0.1 * torch.randn(50304, 32, dtype=torch.float64)).requires_grad_()
     targets = torch.randint(0, VOCAB_SIZE, (2, 150))
-    targets[:, ::7] = -100  # ignored (padding)
+    if ignored:
+        targets[:, ::7] = -100  # ignored (padding)
     plain = F.cross_entropy((hidden @ weight.T)[..., :VOCAB_SIZE].flatten(0, 1), targets.flatten(), reduction="sum")
     grads = torch.autograd.grad(plain, (hidden, weight))
     chunked = linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size)
@@ -89,3 +93,10 @@ def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_gradients(chunk
         assert linear_cross_entropy(hidden, weight, targets, chunk_size=chunk_size).item() == pytest.approx(
             plain.item()
         )
+
+
+def test_the_output_layer_chunk_size_is_chosen_by_device():
+    from seqwarm.loss import default_chunk_size
+
+    assert default_chunk_size("cpu") < default_chunk_size("cuda")
+    assert default_chunk_size(torch.device("cuda", 1)) == default_chunk_size("cuda")
