@@ -91,3 +91,68 @@ def test_every_rank_counts_the_global_tokens_and_agrees_on_lengths_and_lrs(tmp_p
         clock.tick(tokens, train)
         assert x["tokens"] == y["tokens"] == clock.tokens  # each rank's clock: the global sum
     assert clock.tokens >= SETTINGS["max_tokens"] and ranks[0]["clock"] == clock.state_dict()
+
+
+# The same through Hugging Face's Trainer (DDP over gloo, set up by accelerate): one dataset of rows whose label
+# padding differs row by row, split between the ranks by the Trainer's sampler; each rank records the unpadded
+# targets of the micro-batches it trained (a forward pre-hook), 2 micro-batches of 2 rows per step.
+HF_RANK = """
+import json, sys
+import torch
+import transformers
+from seqwarm.integrations import SequenceLengthWarmup
+from seqwarm.integrations.hf import SLWTrainer
+
+out_dir, settings = sys.argv[1], json.loads(sys.argv[2])
+torch.manual_seed(0)
+config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=32, bos_token_id=0,
+                                 eos_token_id=0)
+model = transformers.GPT2LMHeadModel(config)
+local = []
+model.register_forward_pre_hook(
+    lambda m, args, kwargs: local.append(int((kwargs["labels"][:, 1:] != -100).sum())) if m.training else None,
+    with_kwargs=True,
+)
+ids = torch.randint(0, 50, (64, 32), generator=torch.Generator().manual_seed(1))
+rows = []
+for i, r in enumerate(ids):
+    labels = r.clone()
+    labels[3 + (7 * i) % 29 :] = -100
+    rows.append({"input_ids": r, "labels": labels})
+args = transformers.TrainingArguments(output_dir=out_dir, report_to=[], use_cpu=True, max_steps=100,
+    per_device_train_batch_size=2, gradient_accumulation_steps=2, learning_rate=settings["lr"], logging_steps=1,
+    save_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0, ddp_backend="gloo")
+trainer = SLWTrainer(slw=SequenceLengthWarmup(**settings), model=model, args=args, train_dataset=rows)
+trainer.train()
+rank = trainer.args.process_index
+steps = [{k: r[k] for k in ("step", "seqlen", "tokens", "learning_rate")} for r in trainer.state.log_history
+         if "loss" in r]
+with open(f"{out_dir}/hf{rank}.json", "w") as f:
+    json.dump({"steps": steps, "local": local, "clock": trainer.slw.clock.state_dict()}, f)
+"""
+
+
+@pytest.mark.slow  # two processes import transformers
+def test_the_hf_trainer_counts_the_global_tokens_on_every_rank(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    script = tmp_path / "hf_rank.py"
+    script.write_text(HF_RANK)
+    settings = {**SETTINGS, "max_tokens": 600}
+    torchrun(script, str(tmp_path), json.dumps(settings))
+    ranks = [json.loads((tmp_path / f"hf{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["steps"] == ranks[1]["steps"] and ranks[0]["clock"] == ranks[1]["clock"]
+    steps = ranks[0]["steps"]
+    # Each step's tokens: the unpadded targets of both ranks' two micro-batches, which differ between the ranks.
+    per_rank = [[sum(r["local"][2 * s : 2 * s + 2]) for s in range(len(steps))] for r in ranks]
+    assert all(len(r["local"]) == 2 * len(steps) for r in ranks) and per_rank[0] != per_rank[1]
+    train = SequenceLengthWarmup(**settings).config.train
+    clock = Clock()
+    for step, row in enumerate(steps):
+        tokens = per_rank[0][step] + per_rank[1][step]
+        assert row["learning_rate"] == learning_rate(clock.after(tokens, train), train)
+        clock.tick(tokens, train)
+        assert row["tokens"] == clock.tokens and row["seqlen"] == SeqlenSchedule.linear(
+            seqlen_start=8, seqlen_end=32, duration=4
+        )(step)
+    assert len(steps) > 5 and clock.tokens >= 600 and ranks[0]["clock"] == clock.state_dict()

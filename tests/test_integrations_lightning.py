@@ -3,6 +3,9 @@ layer), offline: lengths equal `seqwarm plan`'s, the tokens of a step are its mi
 seqwarm's `learning_rate` at the same tokens, the run stops at max_tokens, validation stays full length, and a resume
 from a Lightning checkpoint continues exactly."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -180,6 +183,11 @@ def test_a_resume_from_a_lightning_checkpoint_continues_the_schedule_exactly(uni
         assert after[step]["loss_ratio"] == pytest.approx(before[step]["loss_ratio"], rel=1e-5)
     assert slw.clock == whole_slw.clock
     assert slw.loss_ratio.min_loss == pytest.approx(whole_slw.loss_ratio.min_loss, rel=1e-5)
+    # The resumed ModelCheckpoint saved again at step 8, after the first micro-batch of step 9: amid its gradient
+    # accumulation, with SLW's clock at the step's start.
+    (amid,) = (tmp_path / "ckpt").glob(f"*step={SAVE_AT}.ckpt")
+    clock = torch.load(amid, weights_only=True)["callbacks"]["SLWCallback"]["slw"]["clock"]
+    assert (clock["step"], clock["tokens"]) == (SAVE_AT, before[SAVE_AT]["tokens"])
 
 
 def test_a_checkpoint_without_the_slw_state_is_refused(uninterrupted, tmp_path):
@@ -216,3 +224,8 @@ def test_settings_that_fight_slw_are_refused(tmp_path):
     trainer = L.Trainer(accelerator="cpu", max_steps=1, logger=False, enable_progress_bar=False)
     with pytest.raises(ConfigError, match="^Trainer.callbacks: a SLWModuleMixin module needs seqwarm's SLWCallback"):
         trainer.fit(LitGPT(), DataLoader(data(), batch_size=MICRO))
+
+
+def test_seqwarm_imports_without_lightning():
+    code = "import sys, seqwarm, seqwarm.integrations; assert 'lightning' not in sys.modules, 'lightning imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
