@@ -3,8 +3,10 @@ layer), offline: lengths equal `seqwarm plan`'s, the tokens of a step are its mi
 seqwarm's `learning_rate` at the same tokens, the run stops at max_tokens, validation stays full length, and a resume
 from a Lightning checkpoint continues exactly."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -229,3 +231,18 @@ def test_settings_that_fight_slw_are_refused(tmp_path):
 def test_seqwarm_imports_without_lightning():
     code = "import sys, seqwarm, seqwarm.integrations; assert 'lightning' not in sys.modules, 'lightning imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_example_of_integrations_md_runs_warms_up_and_stops_on_tokens():
+    docs = Path(__file__).resolve().parent.parent / "docs" / "INTEGRATIONS.md"
+    blocks = re.findall(r"```python\n(.*?)```", docs.read_text(), flags=re.DOTALL)
+    (example,) = [b for b in blocks if "SLWCallback(" in b]
+    scope: dict = {"__name__": "integrations_md"}
+    exec(compile(example, str(docs), "exec"), scope)
+    slw, trainer = scope["slw"], scope["trainer"]
+    assert slw.finished and slw.clock.tokens >= 8_000 and slw.metrics()["seqlen"] == 128 and slw.schedule(0) == 8
+    assert trainer.global_step == slw.clock.step < 10_000
+    assert trainer.callback_metrics["tokens"].item() == slw.clock.tokens  # a ModelCheckpoint could monitor it
+    assert set(trainer.callback_metrics) >= {"seqlen", "lr", "loss_ratio", "adam/var_max"}
+    # Random tokens cannot be learned: the loss stays near a uniform guess's ln(512) = 6.24.
+    assert 5.5 < slw.loss_ratio.min_loss < 7.0
