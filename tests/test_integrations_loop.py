@@ -137,6 +137,7 @@ def test_a_resume_refuses_another_schedule_and_allows_a_longer_run():
     slw.truncate(torch.zeros(1, 65, dtype=torch.long))
     with pytest.raises(RuntimeError, match="save between steps"):
         slw.state_dict()
+    assert slw.state_dict(drop_open_step=True) == saved and slw.open_step  # the state at the step's start
 
 
 def test_dict_truncation_keeps_masks_labels_and_positions_aligned():

@@ -232,9 +232,13 @@ class SequenceLengthWarmup:
 
     # --- state -------------------------------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        """Everything a resume needs (plain Python values): the clock, the instruments and the settings."""
-        if self._pending is not None:
+    def state_dict(self, *, drop_open_step: bool = False) -> dict:
+        """Everything a resume needs (plain Python values): the clock, the instruments and the settings.
+
+        A step that is open (counted, not stepped) is refused, unless `drop_open_step`: then the state is the one at
+        the step's start, as a checkpoint taken amid gradient accumulation holds no gradients of that step either.
+        """
+        if self._pending is not None and not drop_open_step:
             raise RuntimeError(
                 "SequenceLengthWarmup.state_dict: a step is open (counted, not stepped); save between steps"
             )
