@@ -138,6 +138,7 @@ def test_tensorboard_events_with_hf_tags(tmp_path):
     assert "loss <- train/loss" in md and "val/loss <- eval/loss" in md
 
 
+@pytest.mark.slow
 def test_seqwarms_own_tensorboard_mirror_reports_as_its_metrics(tiny_cfg, tmp_path):
     cfg = tiny_cfg("train.max_steps=6", "log.tensorboard=true", "monitor.adam_every_steps=1")
     train(cfg, progress=False)

@@ -3,6 +3,7 @@ read back (wandb's protobuf records) and must hold the rows of metrics.jsonl."""
 
 import json
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,8 @@ def records(path: Path):
             pos += BLOCK - pos % BLOCK
             continue
         _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
+        if pos + HEADER + length > len(data):  # a chunk still being written
+            break
         parts += data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind in (1, 4):
@@ -47,11 +50,22 @@ def records(path: Path):
             parts = b""
 
 
+def complete_records(file: Path, timeout_s: float = 60.0) -> list:
+    """The records once the run's `exit` record is on disk: wandb-core writes the file from its own process,
+    and `finish()` was seen to return before the records were there."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = list(records(file))
+        if any(r.WhichOneof("record_type") == "exit" for r in found) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def offline_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """The one offline run under RUN_DIR/wandb: its run record's fields and its history rows."""
     (file,) = (Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
     run, history = {}, []
-    for record in records(file):
+    for record in complete_records(file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = {"project": record.run.project, "name": record.run.display_name, "group": record.run.run_group}
