@@ -61,14 +61,16 @@ def complete_records(file: Path, timeout_s: float = 60.0) -> list:
         time.sleep(0.2)
 
 
-def offline_run(run_dir: Path) -> tuple[dict, list[dict]]:
-    """The one offline run under RUN_DIR/wandb: its run record's fields and its history rows."""
-    (file,) = (Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
+def offline_run(run_dir: Path, file: Path | None = None) -> tuple[dict, list[dict]]:
+    """The one offline run under RUN_DIR/wandb (or `file`): its run record's fields and its history rows."""
+    if file is None:
+        (file,) = (Path(run_dir) / "wandb").glob("offline-run-*/run-*.wandb")
     run, history = {}, []
     for record in complete_records(file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run = {"project": record.run.project, "name": record.run.display_name, "group": record.run.run_group}
+            run["job_type"] = record.run.job_type
             run["config"] = {item.key: json.loads(item.value_json) for item in record.run.config.update}
         elif kind == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
@@ -93,6 +95,31 @@ def test_offline_run_holds_the_metrics_of_metrics_jsonl(tiny_cfg):
             assert by_step[r["step"]][key] == r[key], key
     evals = [r for r in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if "val/loss" in r]
     assert evals and all(by_step[e["step"]]["val/ppl"] == e["val/ppl"] for e in evals)
+
+
+@pytest.mark.slow
+def test_a_resumed_session_is_a_second_wandb_run_in_the_group(tiny_cfg):
+    class Crash(Exception):
+        pass
+
+    def crash_at_step_6(clock):
+        if clock.step == 6:
+            raise Crash
+
+    cfg = tiny_cfg("train.max_steps=8", "checkpoint.every_steps=4", "log.wandb=true", "log.wandb_mode=offline")
+    with pytest.raises(Crash):
+        train(cfg, progress=False, on_step=crash_at_step_6)  # steps 5 and 6 are logged, then trained again
+    train(cfg, resume=True, progress=False)
+    files = sorted((Path(cfg.run.dir) / "wandb").glob("offline-run-*/run-*.wandb"), key=lambda f: f.stat().st_mtime)
+    (first, first_history), (second, second_history) = (offline_run(None, f) for f in files)
+    assert (first["group"], first["job_type"]) == ("run", "train") and (second["group"], second["job_type"]) == (
+        "run",
+        "resume",
+    )
+    loss = lambda history: {h["_step"]: h["loss"] for h in history if "loss" in h}  # noqa: E731
+    assert sorted(loss(first_history)) == [1, 2, 3, 4, 5, 6] and sorted(loss(second_history)) == [5, 6, 7, 8]
+    rows = {r["step"]: r["loss"] for r in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if "loss" in r}
+    assert loss(first_history) | loss(second_history) == rows  # the resumed session's values are metrics.jsonl's
 
 
 def test_wandb_mode_from_the_environment_and_rank_0_only(tmp_path, monkeypatch):
