@@ -102,9 +102,11 @@ def cmd_demo(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from seqwarm.external_logs import parse_map
     from seqwarm.report import write_report
 
-    path = write_report([Path(p) for p in args.runs], Path(args.out))
+    key_map = parse_map(args.map or [])  # a bad --map fails before any input is read
+    path = write_report([Path(p) for p in args.runs], Path(args.out), key_map)
     print(f"report: {path}")
 
 
@@ -248,8 +250,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("report", help="Table 1/Table 3 stability tables and figures comparing runs")
-    s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (metrics.jsonl, config.yaml)")
+    s.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN_DIR|LOG",
+        help="seqwarm run directories, or other trainers' logs: TensorBoard event directories, trainer_state.json, .csv, .jsonl",
+    )
     s.add_argument("--out", required=True, help="directory for report.md, CSV tables and PNG figures (replaced)")
+    s.add_argument(
+        "--map",
+        action="append",
+        metavar="KEY=LOG_KEY,...",
+        help="where a foreign log keeps seqwarm's metrics, e.g. loss=train/loss,step=global_step,adam/var_max=v_max "
+        "(default: seqwarm's names, then Hugging Face Trainer's)",
+    )
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import importlib.util
 import types
 import typing
 from dataclasses import dataclass, field
@@ -372,10 +373,22 @@ class LogConfig:
     """Refresh the progress bar's numbers every this many steps (metrics.jsonl gets every step)."""
     tensorboard: bool = False
     """Also write the metrics as TensorBoard scalars to RUN_DIR/tensorboard (needs seqwarm[tensorboard])."""
+    wandb: bool = False
+    """Also log the metrics to Weights & Biases (needs seqwarm[wandb]), from rank 0, with files under RUN_DIR/wandb."""
+    wandb_project: str = "seqwarm"
+    """The W&B project of the run."""
+    wandb_name: str | None = None
+    """The W&B run name, also its group (a resumed session is a new W&B run in it). Default: RUN_DIR's name."""
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    """offline: no account or network (`wandb sync RUN_DIR/wandb/offline-run-*` uploads later). Default: WANDB_MODE, else online."""
 
     def __post_init__(self):
         if self.every_steps <= 0:
             raise ConfigError(f"log.every_steps: must be positive, got {self.every_steps}")
+        if self.wandb and importlib.util.find_spec("wandb") is None:  # find_spec: importing wandb takes seconds
+            raise ConfigError("log.wandb: the wandb package is missing; pip install 'seqwarm[wandb]'")
+        if not self.wandb_project.strip():
+            raise ConfigError("log.wandb_project: must not be empty")
         if self.tensorboard:
             try:
                 import tensorboard  # noqa: F401  (torch's SummaryWriter needs it)

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
+from seqwarm.errors import SeqwarmError, first_line
 from seqwarm.files import atomic_write
 
 METRICS = "metrics.jsonl"
@@ -21,14 +24,31 @@ METRICS = "metrics.jsonl"
 RATIO_THRESHOLDS = (1.2, 1.5)
 
 
+@dataclass(frozen=True)
+class WandbSettings:
+    """Where the Weights & Biases mirror goes (the config's `log.wandb_*` fields)."""
+
+    project: str = "seqwarm"
+    name: str | None = None  # default: the run directory's name
+    mode: str | None = None  # online, offline, disabled; None: WANDB_MODE, else wandb's default
+    config: dict | None = None  # the run's resolved config, shown beside its curves
+
+
 class MetricsLog:
-    """Appends rows to RUN_DIR/metrics.jsonl, mirrored to TensorBoard when asked.
+    """Appends rows to RUN_DIR/metrics.jsonl, mirrored to TensorBoard and to Weights & Biases when asked.
 
     Only rank 0 writes (`enabled=False` elsewhere): every rank computes the same rows.
     """
 
-    def __init__(self, run_dir: Path, tensorboard: bool, enabled: bool = True, start_step: int = 0):
-        self.file = self.tb = None
+    def __init__(
+        self,
+        run_dir: Path,
+        tensorboard: bool,
+        enabled: bool = True,
+        start_step: int = 0,
+        wandb: WandbSettings | None = None,
+    ):
+        self.file = self.tb = self.wandb = None
         if not enabled:
             return
         # On a resume from the checkpoint of step S, what was logged after S belongs to the
@@ -43,15 +63,20 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
+        if wandb is not None:
+            self.wandb = open_wandb(Path(run_dir), wandb, start_step)
 
     def write(self, row: dict) -> None:
         if self.file is None:
             return
         self.file.write(json.dumps(row) + "\n")
+        scalars = {k: v for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
         if self.tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, row["step"])
+            for key, value in scalars.items():
+                self.tb.add_scalar(key, value, row["step"])
+        if self.wandb is not None:
+            # An eval row at the step of a train row joins that step's W&B history row.
+            self.wandb.log(scalars, step=row["step"])
 
     def flush(self) -> None:
         if self.file is not None:
@@ -64,6 +89,37 @@ class MetricsLog:
             self.file.close()
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def open_wandb(run_dir: Path, settings: WandbSettings, start_step: int):
+    """A W&B run writing under RUN_DIR/wandb.
+
+    W&B history cannot be rewound the way TensorBoard's purge_step hides events, and a resume logs the
+    steps after its checkpoint again; so each session is a W&B run of its own, in a group named after
+    the run (job_type `resume` from the second on), and every step appears once per session.
+    """
+    try:
+        import wandb
+    except ImportError:
+        raise SeqwarmError("log.wandb: the wandb package is missing; pip install 'seqwarm[wandb]'") from None
+    name = settings.name or run_dir.resolve().name
+    try:
+        return wandb.init(
+            project=settings.project,
+            name=name,
+            group=name,
+            job_type="resume" if start_step else "train",
+            # read here, not left to wandb: it reads its environment once per process
+            mode=settings.mode or os.environ.get("WANDB_MODE") or None,
+            dir=str(run_dir),
+            config=settings.config,
+            # console off: W&B would otherwise wrap stdout/stderr to copy the progress bar into the run
+            settings=wandb.Settings(console="off"),
+        )
+    except wandb.errors.Error as e:
+        raise SeqwarmError(f"log.wandb: {first_line(e)} (log.wandb_mode=offline needs no account or network)") from e
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -1,7 +1,9 @@
 """`seqwarm report`: the paper's stability tables and curves, read back from run directories.
 
-For one or more run directories (config.yaml, metrics.jsonl and, once finished, summary.json) the
-report writes into one output directory:
+For one or more run directories (config.yaml, metrics.jsonl and, once finished, summary.json), or
+logs of runs seqwarm did not train (TensorBoard events, a Hugging Face trainer_state.json, CSV or
+JSON Lines; read by `seqwarm.external_logs`, with `--map` naming their keys), the report writes
+into one output directory:
 
 - Table 1 (Section 3): the steps whose loss ratio exceeds 1.2 and 1.5, and the maximum loss ratio;
 - Table 3 (Section 3): the Pearson correlation between the loss ratio and the l1 norm / max
@@ -53,6 +55,7 @@ from seqwarm.config import load_config
 from seqwarm.data.format import model_config
 from seqwarm.errors import SeqwarmError
 from seqwarm.eval.results import EVAL_FILE, format_counts, format_value, metric_label, read_eval
+from seqwarm.external_logs import log_kind, read_external
 from seqwarm.files import atomic_write
 from seqwarm.metrics import (
     METRICS,
@@ -89,7 +92,7 @@ class Run:
     path: Path
     rows: list[dict]
     params: int | None
-    finished: bool  # summary.json exists
+    finished: bool | None  # summary.json exists; None for a foreign log (unknown)
     notes: tuple[str, ...] = ()
     evaluation: dict | None = None  # eval.json written by `seqwarm eval`
 
@@ -195,7 +198,7 @@ def summary_table(rows: list[dict]) -> dict:
     ppls = [x for r in evals if (x := finite(r.get("val/ppl"))) is not None]
     skipped = skipped_reasons(train)
     return {
-        "tokens": last.get("tokens", 0),
+        "tokens": last.get("tokens", None if train else 0),  # None: a foreign log without token counts
         "steps": last.get("step", 0),
         "wall_s": max((x for r in rows if (x := finite(r.get("time_s"))) is not None), default=None),
         "final_val_loss": number(evals[-1].get("val/loss")) if evals else None,
@@ -210,13 +213,34 @@ def summary_table(rows: list[dict]) -> dict:
 # --- reading runs --------------------------------------------------------------------------------
 
 
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and ((path / METRICS).exists() or (path / "config.yaml").exists())
+
+
 def check_run_dir(path: Path) -> None:
+    """A seqwarm run directory, or a foreign log `seqwarm.external_logs` reads; else a ReportError naming it."""
     if not path.exists():
-        raise ReportError(f"{path}: no such run directory")
+        raise ReportError(f"{path}: no such run directory or log file")
+    if is_run_dir(path) or log_kind(path) is not None:
+        return
     if not path.is_dir():
-        raise ReportError(f"{path}: not a run directory (a file)")
-    if not (path / METRICS).exists() and not (path / "config.yaml").exists():
-        raise ReportError(f"{path}: not a run directory (no {METRICS} or config.yaml)")
+        raise ReportError(
+            f"{path}: not a run directory nor a log file (.csv, .jsonl, trainer_state.json, TensorBoard events)"
+        )
+    raise ReportError(
+        f"{path}: not a run directory (no {METRICS} or config.yaml) nor TensorBoard events or trainer_state.json"
+    )
+
+
+def label_path(path: Path) -> Path:
+    """The path a run is labelled by: a log file's name without its suffix, a trainer_state.json's directory."""
+    if path.is_file():
+        return (
+            path.parent
+            if path.name == "trainer_state.json" or log_kind(path) == "tensorboard"
+            else path.with_suffix("")
+        )
+    return path
 
 
 def run_labels(paths: Sequence[Path]) -> list[str]:
@@ -255,14 +279,27 @@ def load_run(path: Path, label: str) -> Run:
     return Run(label, path, rows, params, bool(summary), tuple(notes), evaluation)
 
 
-def load_runs(run_dirs: Sequence[Path]) -> list[Run]:
+def load_external(path: Path, label: str, key_map: dict[str, str]) -> Run:
+    log = read_external(path, key_map)
+    notes = list(log.notes)
+    if not train_rows(log.rows):
+        notes.append("no train row with a numeric loss")
+    return Run(label, path, log.rows, None, None, tuple(notes))
+
+
+def load_runs(run_dirs: Sequence[Path], key_map: dict[str, str] | None = None) -> list[Run]:
+    """The runs, each a seqwarm run directory or a foreign log read with `key_map` (seqwarm key -> log key)."""
     if not run_dirs:
         raise ReportError("report: no run directories given")
     for path in run_dirs:
         check_run_dir(Path(path))
     # abspath, not resolve: a symlinked run keeps the name it was given
     paths = list(dict.fromkeys(Path(os.path.abspath(p)) for p in run_dirs))
-    return [load_run(p, label) for p, label in zip(paths, run_labels(paths))]
+    labels = run_labels([label_path(p) for p in paths])
+    return [
+        load_run(p, label) if is_run_dir(p) else load_external(p, label, key_map or {})
+        for p, label in zip(paths, labels)
+    ]
 
 
 # --- writing -------------------------------------------------------------------------------------
@@ -315,8 +352,8 @@ TABLE3_COLUMNS: list[Column] = [
 ]
 SUMMARY_COLUMNS: list[Column] = [
     ("run", lambda r: r["run"]),
-    ("finished", lambda r: "yes" if r["finished"] else "no"),
-    ("tokens", lambda r: f"{r['tokens']:,}"),
+    ("finished", lambda r: NA if r["finished"] is None else "yes" if r["finished"] else "no"),
+    ("tokens", lambda r: fmt(r["tokens"], "{:,}")),
     ("steps", lambda r: f"{r['steps']:,}"),
     ("wall time", lambda r: fmt_seconds(r["wall_s"])),
     ("final val loss", lambda r: fmt(r["final_val_loss"], "{:.4f}")),
@@ -455,12 +492,13 @@ def render_markdown(
     return "\n\n".join(parts) + "\n"
 
 
-def write_report(run_dirs: list[Path], out: Path) -> Path:
+def write_report(run_dirs: list[Path], out: Path, key_map: dict[str, str] | None = None) -> Path:
     """Tables (report.md and CSV) and figures (PNG) for the runs into `out`; returns the report.md path.
 
+    `run_dirs` may name foreign logs too, read with `key_map` (`seqwarm.external_logs.parse_map`).
     Every input is checked before anything is written.
     """
-    runs = load_runs(run_dirs)
+    runs = load_runs(run_dirs, key_map)
     table1 = [{"run": run.label, "params": run.params, **loss_ratio_table(run.rows)} for run in runs]
     table3 = [{"run": run.label, **row} for run in runs for row in correlation_table(run.rows)]
     summary = [

@@ -30,7 +30,7 @@ from seqwarm.data.loader import Batch, TrainLoader
 from seqwarm.distributed import DistEnv
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.loss import IGNORE_INDEX
-from seqwarm.metrics import METRICS, MetricsLog, read_metrics, run_summary
+from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, run_summary
 from seqwarm.model import GPT
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
 from seqwarm.runtime import keep_freed_memory, resolve_device, resolve_precision
@@ -287,7 +287,14 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
     autocast = _autocast(tr.device, t.precision)
     bar = _progress_bar(cfg, clock, enabled=progress and cfg.log.progress and tr.env.main)
     tr.model.train()
-    log = MetricsLog(tr.run_dir, cfg.log.tensorboard, enabled=tr.env.main, start_step=clock.step)
+    wandb = WandbSettings(cfg.log.wandb_project, cfg.log.wandb_name, cfg.log.wandb_mode, cfg.to_dict())
+    log = MetricsLog(
+        tr.run_dir,
+        cfg.log.tensorboard,
+        enabled=tr.env.main,
+        start_step=clock.step,
+        wandb=wandb if cfg.log.wandb else None,
+    )
     try:
         if clock.step == 0 and cfg.eval.every_tokens is not None:
             evaluate_and_log(tr, log, autocast)  # the curves start at the initial model

@@ -155,6 +155,28 @@ def test_a_checkpoint_without_the_slw_state_is_refused(uninterrupted, tmp_path):
         make_trainer(tmp_path / "resumed").train(resume_from_checkpoint=str(checkpoint))
 
 
+def test_seqwarm_report_reads_an_slw_trainers_log_history(uninterrupted, tmp_path):
+    """docs/INTEGRATIONS.md, "Reports on any run's logs": SLWTrainer's log rows carry seqlen, loss_ratio and the
+    Adam statistics, so a report of its trainer_state.json has Table 3 and the sequence-length figure."""
+    import csv
+    import json
+
+    from seqwarm.report import write_report
+
+    trainer, _, _ = uninterrupted
+    state = tmp_path / "slw" / "trainer_state.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"log_history": trainer.state.log_history}))
+    md = write_report([state], tmp_path / "report").read_text()
+    steps = step_rows(trainer)
+    with open(tmp_path / "report" / "table3_correlation.csv", newline="") as f:
+        assert [r["n"] for r in csv.DictReader(f)] == [str(len(steps))] * 2  # every step has both
+    with open(tmp_path / "report" / "table1_loss_ratio.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert float(row["max_loss_ratio"]) == max(r["loss_ratio"] for r in steps.values())  # its own, not recomputed
+    assert (tmp_path / "report" / "seqlen_vs_step.png").exists() and "computed from the logged losses" not in md
+
+
 def test_settings_that_fight_slw_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="TrainingArguments.warmup_steps"):
         make_trainer(tmp_path, warmup_steps=5)

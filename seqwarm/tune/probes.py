@@ -47,7 +47,7 @@ def probe_config(cfg: Config, seqlen_start: int, duration: int, steps: int, info
     t.max_steps = min(steps, t.max_steps) if t.max_steps else steps
     p.eval.max_sequences = info["eval_sequences"]
     p.checkpoint.every_steps, p.checkpoint.keep_last = None, 1  # only the final one, deleted after
-    p.log.tensorboard = False
+    p.log.tensorboard = p.log.wandb = False  # probes are scored from metrics.jsonl, not watched
     # Named by the steps it trains: a probe longer than the full run stops with it, and its cached
     # result (steps = max_steps) must lead `check_cache` back to the same directory.
     p.run.dir = str(probes_dir / probe_name(seqlen_start, duration, t.max_steps))
