@@ -95,6 +95,7 @@ import seqwarm.trainer
 from seqwarm.checkpoint import latest_checkpoint
 from seqwarm.config import Config, ModelConfig, config_from_dict
 from seqwarm.data.format import TokenData
+from seqwarm.errors import SeqwarmError
 from seqwarm.files import atomic_write
 from seqwarm.metrics import METRICS, eval_rows, read_metrics
 from seqwarm.tokenizer import VOCAB_SIZE
@@ -728,4 +729,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SeqwarmError as e:  # a config the variants made is refused (e.g. a precision it does not know)
+        print(f"bench_train: error: {e}", file=sys.stderr)
+        sys.exit(2)

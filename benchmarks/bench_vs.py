@@ -94,8 +94,13 @@ def hf_model(s: VsShape):
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
+        # GPT-2's 50256 is outside a smaller vocabulary; these ids play no part in a training step.
+        bos_token_id=s.vocab - 1,
+        eos_token_id=s.vocab - 1,
     )
-    model = GPT2LMHeadModel(config, attn_implementation="sdpa")
+    model = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")  # HF's way for a fresh model
+    if model.config._attn_implementation != "sdpa":
+        raise RuntimeError(f"transformers gave attention {model.config._attn_implementation!r}, not sdpa")
 
     def loss(x, y):
         return model(input_ids=x, labels=x).loss
@@ -115,7 +120,8 @@ def nanogpt_factory(module):
         config = module.GPTConfig(
             block_size=s.seqlen, vocab_size=s.vocab, n_layer=s.n_layer, n_head=s.n_head, n_embd=s.d_model, dropout=0.0
         )
-        model = module.GPT(config)
+        with contextlib.redirect_stdout(sys.stderr):  # its "number of parameters" line, off the report
+            model = module.GPT(config)
 
         def loss(x, y):
             return model(x, y)[1]

@@ -27,6 +27,7 @@ is exercised and tested wherever it is. The output is plain text, to paste into 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import subprocess
@@ -43,6 +44,7 @@ from _common import dynamo_counts, machine_info, make_corpus, sgemm_peak
 
 from seqwarm.config import config_from_dict
 from seqwarm.data.format import TokenData
+from seqwarm.model import PRESETS
 from seqwarm.monitor import adam_statistics
 from seqwarm.trainer import build, training_steps
 
@@ -206,7 +208,12 @@ def check_precision(s: Setup, data, root: Path, peaks: dict, rep: Report) -> Loo
     precisions = ("bf16", "fp16") if cuda else ("fp32", "bf16")
     kept = None
     for precision in precisions:
+        if kept is not None:  # freed first, so that the peak memory below is this run's alone
+            kept.close()
+            kept = loop = None  # both names held the previous trainer
+            gc.collect()
         if cuda:
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         loop = Loop(make_config(s, data.path, root / f"prec-{precision}", precision=precision), data)
         for _ in range(s.warmup + s.steps):
@@ -232,8 +239,6 @@ def check_precision(s: Setup, data, root: Path, peaks: dict, rep: Report) -> Loo
         rep.numbers[f"{precision}_tokens_per_s"] = tps
         rep.numbers[f"{precision}_adamw_ms"] = adamw_ms
         rep.numbers[f"{precision}_fused_adamw"] = int(fused)
-        if kept is not None:
-            kept.close()
         kept = loop
     return kept
 
@@ -241,7 +246,7 @@ def check_precision(s: Setup, data, root: Path, peaks: dict, rep: Report) -> Loo
 def check_compile(s: Setup, data, root: Path, peaks: dict, rep: Report) -> None:
     """Compiled, under SLW: the length grows every step for `slw_steps`, then stays at full length."""
     torch._dynamo.reset()
-    full = {"gpt2-117m": 1024, "tiny": 128}[s.preset]
+    full = PRESETS[s.preset][3]  # (n_layer, d_model, n_head, max_seqlen)
     curriculum = {
         "kind": "slw",
         "pacing": "linear",
@@ -421,7 +426,7 @@ def main(argv=None) -> Report:
         if "compile" in parts:
             check_compile(s, data, root, peaks, rep)
         if "ddp" in parts:
-            check_ddp(s, Path(data_path), root, rep, timeout_s=240)
+            check_ddp(s, Path(data_path), root, rep, timeout_s=120)  # inside the .sh's 300 s
     rep.line(f"  total {time.perf_counter() - t_start:.0f} s")
     return rep
 
