@@ -1,6 +1,7 @@
 """Training throughput on CPU, and what the Sequence Length Warmup machinery costs per step.
 
-    python benchmarks/bench_train.py [--steps N] [--shapes tiny,gpt2-117m] [--json OUT]
+    python benchmarks/bench_train.py [--steps N] [--shapes tiny,proxy,6x384,gpt2-117m] [--json OUT]
+    python benchmarks/bench_train.py --parts variants --precisions fp32,bf16 --compile --shapes 6x384
 
 Everything printed is measured on the machine it runs on; nothing is estimated. For each model
 shape it measures:
@@ -19,6 +20,21 @@ shape it measures:
    progress bar, the generator itself). `train_step` is split further into the Transformer body's
    forward pass, the chunked output layer + loss (`linear_cross_entropy`), AdamW, and the rest
    (mostly the body's backward pass).
+
+5. (`--parts variants`) the baseline at full length in each precision of `--precisions`
+   (`train.precision`, passed through as given, `auto` included), eager and with `--compile` also
+   `train.compile: true`, their steps interleaved: tokens/s, model FLOP/s (`GPTConfig.flops_per_token`
+   of the built model, the count `seqwarm plan` uses) and their share of the sgemm peak of the
+   precision in use, which is the autocast dtype seen inside the steps (so `auto` reports what it
+   chose) and whose peak (a 2048 x 2048 matmul, fp32 and bf16, median of 5) is measured right
+   before, in the same process on the same threads. A compiled run reports its compile time (what
+   its untimed first steps took beyond as many steady steps) and its recompiles (frames
+   `torch.compile` compiled after the first, from `torch._dynamo.utils.counters`).
+
+Shapes: `tiny`; `proxy` (configs/proxy.yaml's model and batch: cpu-small at 128 positions, a
+1,024-token vocabulary); `6x384` (6 layers, width 384, length 256, batch 8, vocabulary 8,192: the
+body holds most of the FLOPs); `gpt2-117m`. A smaller vocabulary than the corpus's GPT-2 one is the
+same tokens taken modulo its size (`_common.with_vocab`): the compute does not depend on the ids.
 
 What is timed is `fit`'s own loop, not a copy of it: each run is a `seqwarm.trainer.training_steps`
 generator (the loop of `fit`, one step per `next()`), driven with a `FitHook` whose `phase(name)`
@@ -51,49 +67,77 @@ import argparse
 import gc
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
-import seqwarm
+# benchmarks/ is sys.path[0] when a script of it runs (tests add it themselves).
+from _common import (
+    DTYPES,
+    dynamo_counts,
+    machine_info,
+    make_corpus,
+    precision_name,
+    print_header,
+    sgemm_peak,
+    with_vocab,
+)
+
 import seqwarm.model
 import seqwarm.runtime
 import seqwarm.trainer
 from seqwarm.checkpoint import latest_checkpoint
-from seqwarm.config import Config, config_from_dict
+from seqwarm.config import Config, ModelConfig, config_from_dict
 from seqwarm.data.format import TokenData
-from seqwarm.data.prepare import prepare
+from seqwarm.errors import SeqwarmError
+from seqwarm.files import atomic_write
 from seqwarm.metrics import METRICS, eval_rows, read_metrics
-from seqwarm.model import PRESETS
 from seqwarm.tokenizer import VOCAB_SIZE
 from seqwarm.trainer import FitHook, build, training_steps
 
 
 @dataclass(frozen=True)
 class Shape:
-    preset: str  # a key of seqwarm.model.PRESETS
+    name: str
+    model: dict  # the config's model section: a preset of seqwarm.model.PRESETS and overrides
     global_batch: int
     micro_batch: int
     short_lengths: tuple[int, ...]  # lengths measured "during warmup", besides the full length
     warmup_steps: int  # untimed steps first: the first steps grow the heap and create AdamW's state
     steps: int  # timed steps
+    vocab: int | None = None  # the data's vocabulary (None: GPT-2's, the corpus's own; see with_vocab)
 
 
 # Batch sizes are small so that the whole benchmark fits in a few minutes on 2 cores: a gpt2-117m
 # step over one 1024-token sequence already takes seconds there. Per-step costs (bookkeeping, the
 # Adam statistics, AdamW) therefore weigh more here than at the paper's batch 512.
 SHAPES = {
-    "tiny": Shape("tiny", global_batch=16, micro_batch=8, short_lengths=(16, 64), warmup_steps=5, steps=20),
-    "gpt2-117m": Shape("gpt2-117m", global_batch=1, micro_batch=1, short_lengths=(64, 256), warmup_steps=2, steps=3),
+    "tiny": Shape("tiny", {"preset": "tiny"}, 16, 8, short_lengths=(16, 64), warmup_steps=5, steps=20),
+    # configs/proxy.yaml's model and batch: cpu-small at 128 positions, its 1,024-token BPE vocabulary.
+    "proxy": Shape(
+        "proxy", {"preset": "cpu-small", "max_seqlen": 128}, 32, 32, (16, 64), warmup_steps=3, steps=10, vocab=1024
+    ),
+    # Body-dominated (71% of the FLOPs in the blocks): the shape of issue 14's comparison with nanoGPT and HF.
+    "6x384": Shape(
+        "6x384",
+        {"preset": None, "n_layer": 6, "d_model": 384, "n_head": 6, "max_seqlen": 256},
+        8,
+        8,
+        (64, 128),
+        warmup_steps=2,
+        steps=6,
+        vocab=8192,
+    ),
+    "gpt2-117m": Shape("gpt2-117m", {"preset": "gpt2-117m"}, 1, 1, short_lengths=(64, 256), warmup_steps=2, steps=3),
 }
+# The shapes whose timed steps --big-steps sets (--steps sets the others').
+BIG = ("gpt2-117m",)
 
 # Phases of a step, in the order `fit` runs them, as (group, what is timed): the names of
 # `FitHook.phase`, then `loop`, what the step's `next()` spends outside them.
@@ -134,6 +178,9 @@ RESIDUAL = {"data": "batch", "train_step": "rest"}
 # at seqlen_start.
 NEVER = 10**15
 
+# A run to measure: (name, length, curriculum section, train-section overrides).
+Spec = tuple[str, int, dict, dict]
+
 
 @dataclass
 class Result:
@@ -148,6 +195,24 @@ class Result:
     phase_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PHASES, 0.0))
     inner_s: dict[str, float] = field(default_factory=dict)
     gflop_per_token: float = 0.0
+    warm_s: list[float] = field(default_factory=list)  # the untimed first steps' wall times
+    precision: str = "fp32"  # the one in use, as seen inside the steps (autocast's dtype), not the config's
+    compiled: bool = False
+    frames: int = 0  # frames torch.compile compiled during this run's steps (dynamo_counts)
+    graphs: int = 0
+
+    @property
+    def recompiles(self) -> int:
+        """Compiles after the first: what changing shapes, dtypes or guards cost this run."""
+        return max(self.frames - 1, 0)
+
+    @property
+    def warm_excess_s(self) -> float:
+        """What the untimed first steps took beyond as many steady (median) steps: compile time, when compiled.
+
+        An eager run's excess (AdamW's state, the heap growing) is the baseline to read a compiled one against.
+        """
+        return sum(self.warm_s) - len(self.warm_s) * statistics.median(self.step_s)
 
     @property
     def tokens_per_s(self) -> float:
@@ -183,46 +248,21 @@ class Result:
             "step_ms": self.step_ms,
             "median_step_ms": self.median_step_ms,
             "gflop_per_s": self.tokens_per_s * self.gflop_per_token,
+            "recompiles": self.recompiles,
+            "warm_excess_s": self.warm_excess_s if self.step_s else None,
         }
-
-
-# --- data --------------------------------------------------------------------------------------
-
-# The synthetic corpus's vocabulary, space-separated (make_corpus splits it).
-WORDS = (
-    "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
-    "you were her she there been one all we their has would when if so no will more about can time said could them "
-    "model sequence length warmup training loss batch learning rate stable spike variance adam token step river "
-    "mountain city garden winter summer letter story king queen ship house road light night morning evening"
-)
-
-
-def make_corpus(root: Path, *, docs: int = 200, words_per_doc: int = 1500, seed: int = 0) -> Path:
-    """~330K train tokens of random words in paragraphs, prepared into root/prepared.
-
-    Enough full-length sequences for gpt2-117m (1025 tokens each) and a val split of a few of them,
-    which `build` requires. Paragraph breaks matter: `prepare` splits val/test off by paragraph chunks.
-    """
-    src = root / "text"
-    src.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(docs):
-        words = rng.choice(WORDS.split(), size=words_per_doc)
-        sentences = [" ".join(words[j : j + 12]).capitalize() + "." for j in range(0, len(words), 12)]
-        paragraphs = [" ".join(sentences[j : j + 5]) for j in range(0, len(sentences), 5)]
-        (src / f"doc{i:03d}.txt").write_text("\n\n".join(paragraphs))
-    return prepare([str(src)], root / "prepared", val_fraction=0.02, test_fraction=0.01, progress=False)
 
 
 # --- configs and the timed loop --------------------------------------------------------------------
 
 
-def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict) -> Config:
+def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict, train: dict | None = None) -> Config:
+    """The benchmark's config of a run; `train` overrides the train section (precision, compile)."""
     return config_from_dict(
         {
             "run": {"dir": str(run_dir)},
             "data": {"path": str(data)},
-            "model": {"preset": shape.preset},
+            "model": dict(shape.model),
             "train": {
                 "global_batch_size": shape.global_batch,
                 "micro_batch_size": shape.micro_batch,
@@ -232,6 +272,7 @@ def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict) -> Co
                 "max_steps": NEVER,
                 "device": "cpu",
                 "precision": "fp32",
+                **(train or {}),
             },
             "curriculum": curriculum,
             "eval": {"every_tokens": None},  # no periodic evaluation (nor one of the initial model)
@@ -242,16 +283,16 @@ def make_config(shape: Shape, data: Path, run_dir: Path, curriculum: dict) -> Co
 
 
 def full_length(shape: Shape) -> int:
-    return PRESETS[shape.preset][3]  # (n_layer, d_model, n_head, max_seqlen)
+    return ModelConfig(**shape.model).gpt().max_seqlen
 
 
-def curricula(shape: Shape) -> list[tuple[str, int, dict]]:
-    """(run name, length, curriculum section) of the runs measured for a shape."""
+def curricula(shape: Shape) -> list[Spec]:
+    """The runs measured for a shape: fp32, eager, as the config says."""
     full = full_length(shape)
     # A duration of NEVER steps holds the pacing at seqlen_start for the whole measurement.
     slw = {"kind": "slw", "pacing": "linear", "duration": NEVER, "seqlen_end": full, "multiple_of": 8}
-    runs = [("baseline", full, {"kind": "none"}), ("slw, start = end", full, slw | {"seqlen_start": full})]
-    runs += [(f"slw warmup @ {n}", n, slw | {"seqlen_start": n}) for n in shape.short_lengths]
+    runs = [("baseline", full, {"kind": "none"}, {}), ("slw, start = end", full, slw | {"seqlen_start": full}, {})]
+    runs += [(f"slw warmup @ {n}", n, slw | {"seqlen_start": n}, {}) for n in shape.short_lengths]
     return runs
 
 
@@ -273,9 +314,17 @@ class InnerTimers:
 
 
 TIMERS = InnerTimers()
-# linear_cross_entropy is defined in seqwarm.loss; GPT.forward looks it up in seqwarm.model's
-# namespace at each call, so that is the name to replace.
-seqwarm.model.linear_cross_entropy = TIMERS.wrap("output_loss", seqwarm.model.linear_cross_entropy)
+
+
+def time_the_output_layer() -> None:
+    """Wrap `linear_cross_entropy` with its timer, once, when the benchmark runs (not on import).
+
+    It is defined in seqwarm.loss; GPT.forward looks it up in seqwarm.model's namespace at each
+    call, so that is the name to replace.
+    """
+    if not getattr(seqwarm.model.linear_cross_entropy, "timed", False):
+        seqwarm.model.linear_cross_entropy = TIMERS.wrap("output_loss", seqwarm.model.linear_cross_entropy)
+        seqwarm.model.linear_cross_entropy.timed = True
 
 
 class PhaseTimer(FitHook):
@@ -307,20 +356,33 @@ class PhaseTimer(FitHook):
 class Run:
     """A built Trainer and fit's loop over it (`training_steps`), stepped one `next()` at a time."""
 
-    def __init__(self, shape: Shape, name: str, seqlen: int, curriculum: dict, data: TokenData, workdir: Path):
+    def __init__(self, shape: Shape, spec: Spec, data: TokenData, workdir: Path):
+        name, seqlen, curriculum, train = spec
         self.shape = shape
-        self.run_dir = workdir / f"{shape.preset}-{len(list(workdir.iterdir()))}"
+        self.run_dir = workdir / f"{shape.name}-{len(list(workdir.iterdir()))}"
         self.run_dir.mkdir()
-        cfg = make_config(shape, data.path, self.run_dir, curriculum)
+        cfg = make_config(shape, data.path, self.run_dir, curriculum, train)
         self.tr = build(cfg, self.run_dir, data)
         # Instance attributes, looked up by fit's loop at each call (GradScaler.step calls optimizer.step).
         self.tr.seqlen_schedule = TIMERS.wrap("pacing", self.tr.seqlen_schedule)
-        self.tr.model.trunk = TIMERS.wrap("body_forward", self.tr.model.trunk)
+        self.tr.model.trunk = self._seeing_autocast(TIMERS.wrap("body_forward", self.tr.model.trunk))
         self.tr.optimizer.step = TIMERS.wrap("adamw", self.tr.optimizer.step)
         self.hook = PhaseTimer()
         self.steps = training_steps(self.tr, progress=False, hook=self.hook)
-        self.result = Result(name, shape.preset, seqlen, steps=0, tokens=0, wall_s=0.0)
-        self.result.gflop_per_token = cfg.model.gpt().flops_per_token(seqlen) / 1e9
+        self.result = Result(name, shape.name, seqlen, steps=0, tokens=0, wall_s=0.0, compiled=cfg.train.compile)
+        # The built model's, so the data's vocabulary (not the config's `auto`) is counted.
+        self.result.gflop_per_token = self.tr.model.cfg.flops_per_token(seqlen) / 1e9
+
+    def _seeing_autocast(self, trunk):
+        """`trunk`, recording the precision it runs under: what `precision: auto` resolved to, measured."""
+        device = self.tr.device.type
+
+        def seen(*args, **kwargs):
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+            self.result.precision = precision_name(dtype)
+            return trunk(*args, **kwargs)
+
+        return seen
 
     def step(self, *, timed: bool) -> None:
         """One step of fit's loop; with `timed`, its wall, CPU and phase times are added to the result.
@@ -329,14 +391,20 @@ class Run:
         the progress bar): the untimed warm-up steps take it.
         """
         phases, inner, tokens = dict(self.hook.seconds), dict(TIMERS.seconds), self.tr.clock.tokens
+        compiles = dynamo_counts()
         cpu = time.process_time()
         wall = time.perf_counter()
         row = next(self.steps)
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
-        if not timed:
-            return
         r = self.result
+        # Runs step one at a time, so what torch.compile did during this step is this run's.
+        after = dynamo_counts()
+        r.frames += after["frames"] - compiles["frames"]
+        r.graphs += after["graphs"] - compiles["graphs"]
+        if not timed:
+            r.warm_s.append(wall)
+            return
         # What the rows say the step trained must be what this run claims to measure.
         if (row["seqlen"], row["batch_size"], row.get("skipped")) != (r.seqlen, self.shape.global_batch, None):
             raise RuntimeError(f"{r.name}: unexpected step {row}")
@@ -359,15 +427,15 @@ class Run:
         return self.result
 
 
-def measure(shape: Shape, specs: list[tuple[str, int, dict]], data: TokenData, workdir: Path) -> list[Result]:
+def measure(shape: Shape, specs: list[Spec], data: TokenData, workdir: Path) -> list[Result]:
     """Time the runs `specs` side by side: after each one's warm-up, their timed steps alternate.
 
     On a shared machine the speed drifts (other processes, the host); alternating step by step
     makes a slow stretch hit every run alike instead of whichever happened to run then.
     """
-    runs = [Run(shape, name, seqlen, cur, data, workdir) for name, seqlen, cur in specs]
+    runs = [Run(shape, spec, data, workdir) for spec in specs]
     for run in runs:
-        for _ in range(shape.warmup_steps):  # grows the heap, creates AdamW's state
+        for _ in range(shape.warmup_steps):  # grows the heap, creates AdamW's state, compiles
             run.step(timed=False)
     for _ in range(shape.steps):
         for run in runs:
@@ -378,13 +446,58 @@ def measure(shape: Shape, specs: list[tuple[str, int, dict]], data: TokenData, w
     return results
 
 
+# --- precision and compile variants -------------------------------------------------------------------
+
+
+def variants(shape: Shape, precisions: list[str], compile_too: bool) -> list[Spec]:
+    """The baseline at full length in each precision, eager and (with `compile_too`) compiled."""
+    full = full_length(shape)
+    return [
+        (f"{p}{', compiled' if c else ''}", full, {"kind": "none"}, {"precision": p, "compile": c})
+        for p in precisions
+        for c in ((False, True) if compile_too else (False,))
+    ]
+
+
+def measure_peaks(precisions: set[str]) -> dict[str, float]:
+    """sgemm GFLOP/s of fp32 and bf16 (and of any other precision in use), measured now."""
+    return {p: sgemm_peak(p) for p in sorted({"fp32", "bf16"} | (precisions & set(DTYPES)))}
+
+
+def print_variants(shape: Shape, results: list[Result], peaks: dict[str, float]) -> None:
+    print(
+        f"== {shape.name}: precision and compile, full length {results[0].seqlen}, batch {shape.global_batch}, "
+        f"{shape.warmup_steps} untimed + {shape.steps} timed steps each, interleaved"
+    )
+    print("  sgemm peak now (2048^3, median of 5): " + ", ".join(f"{p} {g:,.1f} GFLOP/s" for p, g in peaks.items()))
+    print(
+        f"  {'run':<18} {'in use':>6} {'tokens/s':>9} {'median ms':>9} {'GFLOP/s':>8} {'% peak':>7} "
+        f"{'vs first':>8} {'warm-up +s':>10} {'recompiles':>10} {'cpu/wall':>8}"
+    )
+    first = results[0]
+    for r in results:
+        gflops = r.tokens_per_s * r.gflop_per_token
+        peak = peaks.get(r.precision)
+        share = f"{100 * gflops / peak:6.1f}%" if peak else f"{'n/a':>7}"
+        recompiles = str(r.recompiles) if r.compiled else "-"
+        print(
+            f"  {r.name:<18} {r.precision:>6} {r.tokens_per_s:>9,.0f} {r.median_step_ms:>9.1f} {gflops:>8.1f} "
+            f"{share} {first.median_step_ms / r.median_step_ms:>7.2f}x {r.warm_excess_s:>10.2f} "
+            f"{recompiles:>10} {r.cpu_per_wall:>8.2f}"
+        )
+    print("  in use: the autocast dtype seen inside the steps; % peak: model FLOP/s over that precision's sgemm")
+    print("  peak; vs first: speed-up over the first row by median step; warm-up +s: the untimed first steps'")
+    print("  time beyond as many median steps (a compiled run's compile time; an eager run's shows the rest);")
+    print("  recompiles: torch.compile frames compiled after the first, over all the run's steps")
+    print()
+
+
 # --- the malloc tuning, in child processes ----------------------------------------------------------
 
 
 def child_main(args) -> None:
     """Measure the tiny baseline in this fresh process and print it as one JSON line."""
-    shape = SHAPES["tiny"]
-    shape = Shape(**(asdict(shape) | {"steps": args.steps or shape.steps}))
+    shape = sized(SHAPES["tiny"], args)
     data = TokenData(args.data, vocab_size=VOCAB_SIZE)
     with tempfile.TemporaryDirectory(prefix="bench-train-child-") as tmp:
         (result,) = measure(shape, curricula(shape)[:1], data, Path(tmp))
@@ -393,7 +506,7 @@ def child_main(args) -> None:
     print(json.dumps(result.as_dict() | {"malloc_tuning": applied}))
 
 
-def measure_malloc(data: Path, steps: int | None, repeats: int) -> list[dict]:
+def measure_malloc(data: Path, steps: int | None, warmup: int | None, repeats: int) -> list[dict]:
     """The tiny baseline in fresh processes, without and with the tuning, alternating `repeats` times.
 
     Alternating, as in `measure`, so that a slow stretch of the machine does not decide the ratio.
@@ -404,6 +517,7 @@ def measure_malloc(data: Path, steps: int | None, repeats: int) -> list[dict]:
             cmd = [sys.executable, __file__, "--child", "--data", str(data)]
             cmd += [] if tuned else ["--no-malloc-tuning"]
             cmd += ["--steps", str(steps)] if steps else []
+            cmd += ["--warmup-steps", str(warmup)] if warmup else []
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"child run failed: {' '.join(cmd)}\n{proc.stderr}")
@@ -414,51 +528,9 @@ def measure_malloc(data: Path, steps: int | None, repeats: int) -> list[dict]:
 # --- reporting -------------------------------------------------------------------------------------
 
 
-def machine_info() -> dict:
-    cpu, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and cpu == "unknown":
-                cpu = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "seqwarm": seqwarm.__version__,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "isa": sorted(f for f in flags if f.startswith(("amx", "avx512_bf16", "avx512f", "avx2"))),
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "libc": " ".join(platform.libc_ver()),
-        # Other processes on the cores slow every measurement down; the load average shows them.
-        "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        # Any of these would change what is being measured.
-        "env": {k: v for k, v in os.environ.items() if k.startswith(("OMP_", "MKL_", "MALLOC_", "GLIBC_TUNABLES"))},
-    }
-
-
-def print_header(info: dict) -> None:
-    threads = f"{info['torch_threads']} threads ({info['torch_interop_threads']} interop)"
-    print("seqwarm training benchmark")
-    print(f"  date            {info['date']}")
-    print(f"  cpu             {info['cpu']}, {info['cpu_count']} logical cores ({' '.join(info['isa'])})")
-    print(f"  torch           {info['torch']}, {threads}")
-    print(f"  python / numpy  {info['python']} / {info['numpy']}, {info['libc']}, seqwarm {info['seqwarm']}")
-    print(f"  environment     {info['env'] or 'no OMP_/MKL_/MALLOC_ variables set'}")
-    print(f"  load average    {info['loadavg']} (1, 5, 15 min) before starting")
-    print()
-
-
 def print_throughput(shape: Shape, results: list[Result]) -> None:
     print(
-        f"== {shape.preset}: global batch {shape.global_batch}, micro batch {shape.micro_batch}, fp32, "
+        f"== {shape.name}: global batch {shape.global_batch}, micro batch {shape.micro_batch}, fp32, "
         f"{shape.warmup_steps} untimed + {shape.steps} timed steps per run"
     )
     print(
@@ -547,28 +619,60 @@ def print_malloc(malloc: list[dict]) -> None:
 # --- main ------------------------------------------------------------------------------------------
 
 
+PARTS = ("slw", "variants", "malloc")
+
+
+def split_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, help="timed steps per tiny run (default 20)")
+    p.add_argument("--steps", type=int, help="timed steps per run of every shape but gpt2-117m (tiny: 20 by default)")
     p.add_argument("--big-steps", type=int, help="timed steps per gpt2-117m run (default 3)")
+    p.add_argument("--warmup-steps", type=int, help="untimed first steps per run (default: the shape's, 2 to 5)")
     p.add_argument("--shapes", default="tiny,gpt2-117m", help=f"comma-separated, from {', '.join(SHAPES)}")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, from {', '.join(PARTS)} (default all)")
+    p.add_argument(
+        "--precisions",
+        default="fp32,bf16",
+        help="train.precision of the variants, comma-separated (fp32, bf16, auto where the config has it)",
+    )
+    p.add_argument("--compile", action="store_true", help="also measure every precision with train.compile: true")
     p.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
     p.add_argument("--data", type=Path, help="a prepared corpus to use (default: a synthetic one in a temp dir)")
+    p.add_argument("--corpus-docs", type=int, default=200, help=argparse.SUPPRESS)  # smaller for smoke tests
     p.add_argument("--no-malloc-tuning", action="store_true", help="do not apply keep_freed_memory() in this process")
     p.add_argument(
         "--malloc-repeats", type=int, default=2, help="child runs each without/with malloc tuning (default 2; 0 skips)"
     )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    args.shapes = split_list(args.shapes)
     unknown = [s for s in args.shapes if s not in SHAPES]
     if unknown:
         p.error(f"--shapes: unknown {', '.join(unknown)} (choose from {', '.join(SHAPES)})")
+    args.parts = split_list(args.parts)
+    unknown = [s for s in args.parts if s not in PARTS]
+    if unknown:
+        p.error(f"--parts: unknown {', '.join(unknown)} (choose from {', '.join(PARTS)})")
+    # Passed through to train.precision as given: the config is the one to judge a value.
+    args.precisions = split_list(args.precisions)
+    if not args.precisions:
+        p.error("--precisions: give at least one")
     return args
+
+
+def sized(shape: Shape, args) -> Shape:
+    """The shape with the step counts of the command line."""
+    steps = args.big_steps if shape.name in BIG else args.steps
+    shape = replace(shape, steps=steps) if steps else shape
+    return replace(shape, warmup_steps=args.warmup_steps) if args.warmup_steps else shape
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    time_the_output_layer()
     if args.no_malloc_tuning:
         # build() calls the name it imported, so that is the one to replace.
         seqwarm.trainer.keep_freed_memory = lambda: False
@@ -577,45 +681,56 @@ def main(argv=None) -> None:
         return
 
     info = machine_info()
-    print_header(info)
-    report: dict = {"machine": info, "runs": [], "malloc": None}
+    print_header("seqwarm training benchmark", info)
+    report: dict = {"machine": info, "runs": [], "variants": [], "peaks": {}, "malloc": None}
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         tmp = Path(tmp)
-        data_path = args.data or make_corpus(tmp / "corpus")
-        data = TokenData(data_path, vocab_size=VOCAB_SIZE)
-        tokens = {split: len(a) for split, a in data.splits.items()}
+        data_path = args.data or make_corpus(tmp / "corpus", docs=args.corpus_docs)
+        corpus = TokenData(data_path, vocab_size=VOCAB_SIZE)
+        tokens = {split: len(a) for split, a in corpus.splits.items()}
         print(f"data: {data_path if args.data else 'synthetic random words'}, tokens per split {tokens}")
         print()
         workdir = tmp / "runs"
         workdir.mkdir()
 
         for name in args.shapes:
-            shape = SHAPES[name]
-            steps = args.steps if name == "tiny" else args.big_steps
-            if steps:
-                shape = Shape(**(asdict(shape) | {"steps": steps}))
-            specs = curricula(shape)
-            # The baseline and its SLW twin are compared, so they are timed together; the short
-            # lengths after them, together (not all four at once: two gpt2-117m trainers are ~4 GB).
-            results = measure(shape, specs[:2], data, workdir)
-            results += measure(shape, specs[2:], data, workdir)
-            print_throughput(shape, results)
-            print_phases(results[0], results[1])
-            print_warmup_shares([results[0], *results[2 : 2 + len(shape.short_lengths)]])
-            report["runs"] += [r.as_dict() for r in results]
+            shape = sized(SHAPES[name], args)
+            data = with_vocab(corpus, shape.vocab)
+            if "slw" in args.parts:
+                specs = curricula(shape)
+                # The baseline and its SLW twin are compared, so they are timed together; the short
+                # lengths after them, together (not all four at once: two gpt2-117m trainers are ~4 GB).
+                results = measure(shape, specs[:2], data, workdir)
+                results += measure(shape, specs[2:], data, workdir)
+                print_throughput(shape, results)
+                print_phases(results[0], results[1])
+                print_warmup_shares([results[0], *results[2 : 2 + len(shape.short_lengths)]])
+                report["runs"] += [r.as_dict() for r in results]
+            if "variants" in args.parts:
+                # A fresh compile cache per shape: every compiled run starts from nothing, as training does.
+                torch._dynamo.reset()
+                peaks = measure_peaks(set(args.precisions))
+                results = measure(shape, variants(shape, args.precisions, args.compile), data, workdir)
+                print_variants(shape, results, peaks)
+                report["variants"] += [r.as_dict() for r in results]
+                report["peaks"][name] = peaks
 
-        if "tiny" in args.shapes and args.malloc_repeats > 0:
-            report["malloc"] = measure_malloc(Path(data_path), args.steps, args.malloc_repeats)
+        if "tiny" in args.shapes and "malloc" in args.parts and args.malloc_repeats > 0:
+            report["malloc"] = measure_malloc(Path(data_path), args.steps, args.warmup_steps, args.malloc_repeats)
             print_malloc(report["malloc"])
 
     report["total_s"] = time.perf_counter() - t_start
     report["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"total benchmark time {report['total_s']:.0f} s; load average at the end {report['loadavg_end']}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write(args.json, json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SeqwarmError as e:  # a config the variants made is refused (e.g. a precision it does not know)
+        print(f"bench_train: error: {e}", file=sys.stderr)
+        sys.exit(2)
