@@ -324,7 +324,7 @@ def h4(runs: dict, tune: Path | None, tuned: Path | None) -> list[str]:
     out.append(f"Best T: {best_t} (mean {means[best_t]:.3f}); best-to-worst spread {spread:.1%}.")
     if tune is None:
         return out + ["", "H4: no tuner outputs given; no verdict."]
-    picks, losses, rows = {}, [], []
+    picks, losses, rows, declined = {}, [], [], []
     for s in seeds:
         f = tune / f"seed={s}" / "tune.json"
         if not f.is_file():
@@ -333,6 +333,10 @@ def h4(runs: dict, tune: Path | None, tuned: Path | None) -> list[str]:
         rec = json.loads(f.read_text())
         seqlen_s, t = rec["recommendation"]["seqlen_start"], rec["recommendation"]["duration"]
         cost = rec.get("cost", {})
+        if seqlen_s is None:  # the tuner declined: every seqlen_s candidate fluctuated at this LR
+            declined.append(s)
+            rows.append([str(s), "no recommendation", "-", json.dumps(cost), fmt(grid[best_t][s].final_val_loss)])
+            continue
         picks[s] = (seqlen_s, t)
         loss = None
         if seqlen_s == 8 and t in grid and s in grid[t]:
@@ -347,9 +351,17 @@ def h4(runs: dict, tune: Path | None, tuned: Path | None) -> list[str]:
     out += ["", md(["seed", "tuner's pick", "its final val loss", "tuner cost", f"T={best_t} final"], rows), ""]
     if spread < H4_MATTERS:
         return out + [f"T does not matter here (spread {spread:.1%} < {H4_MATTERS:.0%}): H4 is **vacuous**."]
-    if len(losses) < len(seeds):
+    if len(losses) + len(declined) < len(seeds):
         return out + ["H4: a pick's full run is missing; no verdict."]
-    rel = float(np.mean([a for a, _ in losses])) / float(np.mean([b for _, b in losses])) - 1
+    rel = float(np.mean([a for a, _ in losses])) / float(np.mean([b for _, b in losses])) - 1 if losses else None
+    if declined:
+        # Not foreseen by the protocol (docs/PROXY.md says how this rule was added): a tuner that
+        # recommends nothing cannot be within 2% of the best T, so H4 is not supported.
+        on_picks = f" On the seeds it did pick for, its picks against the best T: {rel:+.2%}." if losses else ""
+        return out + [
+            f"The tuner recommended nothing for {len(declined)} of {len(seeds)} seeds ({', '.join(map(str, declined))})."
+            f"{on_picks} H4: **not supported**."
+        ]
     v = "supported" if rel <= H4_TOLERANCE else "refuted"
     return out + [f"Tuner's picks against the best T, mean over seeds: {rel:+.2%}. H4: **{v}**."]
 

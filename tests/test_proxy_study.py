@@ -73,3 +73,26 @@ def test_h5_compares_keeping_tails_with_dropping_them(tmp_path):
     table, verdicts = study.h5(study.load_runs(tmp_path))
     assert verdicts == {0.003: "not run", 0.01: "supported"}  # lower than dropping the tails in all 5 seeds
     assert "| 0.01 | 5 | -0.053 [" in table
+
+
+def write_tune(root: Path, seed: int, seqlen_s, duration) -> None:
+    d = root / f"seed={seed}"
+    d.mkdir(parents=True)
+    rec = {"recommendation": {"seqlen_start": seqlen_s, "duration": duration}, "cost": {"fraction": 0.1}}
+    (d / "tune.json").write_text(json.dumps(rec))
+
+
+@pytest.mark.parametrize("declines", [False, True])
+def test_h4_judges_the_tuners_pick_against_the_grids_best_t(tmp_path, declines):
+    runs_dir, tune = tmp_path / "runs", tmp_path / "tune"
+    for seed in (1, 2, 3):
+        for method, t in study.DURATIONS.items():
+            end = {15: 4.0, 30: 4.1, 60: 4.2, 120: 4.3}[t]  # T matters: 7.5% from best to worst
+            write_run(runs_dir, seed, study.PRIMARY_LR, method, spike=1.0, curve=[6.0, end])
+        write_tune(tune, seed, None if declines and seed == 2 else 8, 30)  # T=30: 2.5% above the best
+    lines = "\n".join(study.h4(study.load_runs(runs_dir), tune, None))
+    assert "Best T: 15" in lines
+    if declines:
+        assert "recommended nothing for 1 of 3 seeds (2)" in lines and "H4: **not supported**" in lines
+    else:
+        assert "+2.50%" in lines and "H4: **refuted**" in lines
