@@ -33,6 +33,7 @@ from seqwarm.config import load_config, save_config
 from seqwarm.errors import ConfigError, SeqwarmError, first_line
 from seqwarm.files import atomic_directory
 from seqwarm.model import GPTConfig
+from seqwarm.rundir import write_marker
 from seqwarm.saved import SavedModel, open_saved
 from seqwarm.tokenizer import EOT, EOT_ID, VOCAB_SIZE, Tokenizer, gpt2_files
 
@@ -218,11 +219,16 @@ def hf_tokenizer(tok: Tokenizer, max_length: int):
 
 
 def _check_out(out: Path, force: bool, option: str) -> None:
-    """Never write into a user's non-empty directory unless --force."""
+    """Never write into a user's non-empty directory: --force replaces only one seqwarm wrote (its seqwarm.json)."""
     if out.exists() and not out.is_dir():
         raise SeqwarmError(f"{option} {out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not force:
         raise SeqwarmError(f"{option} {out}: directory exists and is not empty (use --force to replace it)")
+    if out.exists() and any(out.iterdir()) and not (out / PROVENANCE).is_file():
+        raise SeqwarmError(
+            f"{option} {out}: not a directory seqwarm wrote (no {PROVENANCE}); --force replaces only those: "
+            "choose another directory or empty it yourself"
+        )
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -318,6 +324,7 @@ def import_hf(
         trainer.model.load_state_dict(state)
         save(trainer)
         save_config(cfg, tmp / "config.yaml")
+        write_marker(tmp)  # a run seqwarm made: `train --resume` continues it, `--force` may replace it
         provenance = {"seqwarm": __version__, "imported_from": str(hf_dir.resolve()), "hf_config": hf_config.to_dict()}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     return out
