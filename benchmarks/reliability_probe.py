@@ -3,7 +3,7 @@
     python benchmarks/reliability_probe.py                  # 20 kill -9, 5 SIGTERM, every corruption kind
     python benchmarks/reliability_probe.py --kills 50 --seed 1
 
-1. Kills: one run of tiny-slw (24 steps, a checkpoint every 4) is trained as a `seqwarm train` process
+1. Kills: one run of tiny-slw (16 steps, a checkpoint every 4) is trained as a `seqwarm train` process
    that gets `kill -9` at a random moment (after a random number of logged steps plus a random
    delay, so some kills land inside a checkpoint save), then `--resume`d, again and again until it
    finishes. Survived: the final weights equal those of an uninterrupted run bit for bit, each step is
@@ -42,10 +42,11 @@ from seqwarm import checkpoint as ckpt  # noqa: E402
 from seqwarm.data.prepare import prepare  # noqa: E402
 from seqwarm.metrics import read_metrics  # noqa: E402
 
-STEPS = 24
+STEPS = 16
 COMMON = [
     "train.num_threads=1",
     f"train.max_steps={STEPS}",
+    "train.max_tokens=100000",
     "train.lr_decay_tokens=8000",
     "checkpoint.every_steps=4",
     "eval.every_tokens=null",

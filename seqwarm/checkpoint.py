@@ -91,7 +91,9 @@ def save_checkpoint(run_dir: Path, step: int, ck: Checkpoint, *, keep_last: int)
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
         save_file(_cpu(ck.rng), tmp / "rng.safetensors")
-        (tmp / "state.json").write_text(json.dumps(ck.state, indent=2))
+        # The manifest's format, named in state.json too: a checkpoint whose manifest was deleted
+        # does not pass for one of seqwarm 0.2 (which wrote none).
+        (tmp / "state.json").write_text(json.dumps({**ck.state, "manifest": MANIFEST_FORMAT}, indent=2))
         write_manifest(tmp)  # last: it vouches for the files above
     for old in list_checkpoints(run_dir)[:-keep_last]:
         remove_checkpoint(old)
@@ -119,7 +121,13 @@ def verify_checkpoint(path: Path) -> str | None:
     manifest = path / MANIFEST
     if not manifest.exists():
         missing = [f for f in FILES if not (path / f).is_file() or not (path / f).stat().st_size]
-        return f"{missing[0]} missing or empty (no manifest)" if missing else None
+        if missing:
+            return f"{missing[0]} missing or empty (no manifest)"
+        try:
+            wrote_one = "manifest" in json.loads((path / "state.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return "state.json: unreadable (no manifest)"
+        return f"{MANIFEST} missing (state.json says one was written)" if wrote_one else None
     try:
         doc = json.loads(manifest.read_text())
         listed = doc["files"]

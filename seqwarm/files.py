@@ -140,7 +140,7 @@ def open_append(path: str | Path) -> IO[str]:
 LOCK = ".seqwarm.lock"
 """The lock file of a run directory (inside it); a prepared directory's is beside it (`lock_path`)."""
 
-_held: dict[str, list] = {}  # lock path -> [fd, depth]: a process may re-enter its own lock
+_held: dict[str, int] = {}  # lock path -> nesting depth: a process may re-enter its own lock
 
 
 def lock_path(directory: str | Path, *, inside: bool) -> Path:
@@ -167,51 +167,66 @@ def directory_lock(
 
     `fcntl.flock` on a lock file: the kernel releases it when its holder exits, however it exits
     (kill -9 included), so a lock left by a dead process is simply taken over; the file's text
-    (PID, host, start time) is only there to name the holder in the error. The file is left in place
-    (unlinking it would let a third process lock a new file while a second still holds the old one).
+    (PID, host, start time) is only there to name the holder in the error. The holder deletes the
+    file before it lets go; whoever then gets the flock of the deleted file sees that the path no
+    longer names it and starts over on a new file, so two processes never hold "the" lock at once.
     The same process may take a lock it already holds (nested calls). `inside`: see `lock_path`; the
     parent directories are created when missing. `wait`: block until the holder is done instead of
     failing (the builtin corpus's cache, which a second run may simply wait for). A file system
     without flock (some NFS mounts) runs unlocked, with a warning.
     """
-    import fcntl  # POSIX only, like the rest of seqwarm's process handling
-
     path = lock_path(directory, inside=inside)
     key = os.path.realpath(path)
     if key in _held:
-        _held[key][1] += 1
+        _held[key] += 1
         try:
             yield path
         finally:
-            _held[key][1] -= 1
+            _held[key] -= 1
         return
+    fd = _acquire(path, directory, what, wait)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode(directory=False))
-    except OSError as e:
-        raise SeqwarmError(f"{directory}: cannot create its lock file {path.name} ({e.strerror})") from None
-    try:
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        _held[key] = 0
+        try:
+            yield path
+        finally:
+            del _held[key]
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # while still holding it: see the docstring
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _acquire(path: Path, directory: str | Path, what: str, wait: bool) -> int:
+    """An open descriptor of the lock file `path`, flocked, that `path` still names."""
+    import fcntl  # POSIX only, like the rest of seqwarm's process handling
+
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, default_mode(directory=False))
+        except OSError as e:
+            raise SeqwarmError(f"{directory}: cannot create its lock file {path.name} ({e.strerror})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise SeqwarmError(
                 f"{directory}: {what} in use by another seqwarm process, {lock_holder(path)}; "
                 "wait for it to finish or stop it"
             ) from None
         except OSError as e:  # ENOLCK, EOPNOTSUPP: no locks on this file system
             print(f"seqwarm: warning: {directory}: cannot lock ({e.strerror}); running unlocked", file=sys.stderr)
-        record = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        _held[key] = [fd, 0]
+            return fd
         try:
-            yield path
-        finally:
-            del _held[key]
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, 0)  # released: a later reader finds no holder named
-    finally:
-        os.close(fd)  # releases the flock
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the holder before us deleted this file as it let go: lock the new one
 
 
 def only_lock(directory: str | Path) -> bool:

@@ -222,14 +222,20 @@ def test_no_checkpoint_passes_verification_is_one_line(run_copy, capsys):
 
 
 def test_a_checkpoint_without_a_manifest_still_loads(run_copy, finished):
-    for step in ("step-00000005", "step-00000010"):
-        (run_copy / "checkpoints" / step / ckpt.MANIFEST).unlink()  # as seqwarm 0.2 wrote them
-    shutil.rmtree(run_copy / "checkpoints" / "step-00000010")
-    assert ckpt.verify_checkpoint(run_copy / "checkpoints" / "step-00000005") is None
-    (run_copy / "checkpoints" / "step-00000005" / "rng.safetensors").write_bytes(b"")
-    assert "rng.safetensors missing or empty (no manifest)" == ckpt.verify_checkpoint(
-        run_copy / "checkpoints" / "step-00000005"
-    )
+    latest = run_copy / "checkpoints" / "step-00000010"
+    (latest / ckpt.MANIFEST).unlink()  # a manifest deleted: not taken for an old checkpoint
+    assert ckpt.verify_checkpoint(latest) == "manifest.json missing (state.json says one was written)"
+    old = run_copy / "checkpoints" / "step-00000005"  # made into one as seqwarm 0.2 wrote it
+    (old / ckpt.MANIFEST).unlink()
+    state = json.loads((old / "state.json").read_text())
+    del state["manifest"]
+    (old / "state.json").write_text(json.dumps(state))
+    assert ckpt.verify_checkpoint(old) is None
+    shutil.rmtree(latest)
+    assert main(["train", "--resume", str(run_copy)]) == 0  # trains steps 6-10 from it
+    assert same(weights(latest), weights(finished / "checkpoints" / "step-00000010"))
+    (old / "rng.safetensors").write_bytes(b"")
+    assert ckpt.verify_checkpoint(old) == "rng.safetensors missing or empty (no manifest)"
 
 
 def test_leftovers_of_interrupted_saves_are_ignored_and_cleaned(run_copy, capsys):
