@@ -119,6 +119,8 @@ def interrupt_until_done(run: Path, data: Path, sig: int, times: int, rng: rando
             stopped = int(lines[0].split("after step ")[1].split()[0]) if ok else -1
             ok = ok and ckpt.latest_checkpoint(run).name == f"step-{stopped:08d}"
             counts["clean_exits"] += ok
+            if not ok:  # say why, for the record
+                counts.setdefault("other_exits", []).append(f"rc {proc.returncode}: {' | '.join(lines)[-200:]}")
         counts["left_tmp"] += bool([n for n in leftovers(run) if ".tmp-" in n])
     proc = seqwarm("--resume", str(run)) if ckpt.latest_checkpoint(run) else None
     if proc:
@@ -245,7 +247,7 @@ def main() -> None:
                 total["runs_survived"] += ok
                 total["signals_in_survived_runs"] += counts["signals"] if ok else 0
                 for k, v in counts.items():
-                    total[k] = total.get(k, 0) + v
+                    total[k] = total.get(k, [] if isinstance(v, list) else 0) + v
                 print(label, run.name, counts, "survived" if ok else "FAILED", flush=True)
             result[label] = total
         result["corruptions"] = corruptions(ref, data, rng, reference, work)

@@ -235,7 +235,10 @@ def train(
             if env.main:
                 rundir.write_config(run_dir, cfg)
             distributed.barrier(env)
-            return fit(trainer, progress=progress, hook=FitHook(on_step=on_step) if on_step else None)
+            summary = fit(trainer, progress=progress, hook=FitHook(on_step=on_step) if on_step else None)
+            if stop.requested and env.main:  # it came during the last step, its eval or the summary
+                _note(f"{stop.name} received as the run ended: it finished, nothing was cut short")
+            return summary
     finally:
         if joined:
             distributed.shutdown()

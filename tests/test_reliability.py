@@ -333,7 +333,7 @@ def test_a_crash_before_the_first_checkpoint_resumes_from_step_0(corpus_dir, tmp
 # --- interrupts -----------------------------------------------------------------------------------
 
 
-def test_sigint_saves_the_step_and_a_second_signal_stops_at_once(corpus_dir, tmp_path):
+def test_sigint_saves_the_step_and_a_second_signal_stops_at_once(corpus_dir, tmp_path, capsys):
     run = tmp_path / "run"
     before = signal.getsignal(signal.SIGINT)
 
@@ -354,6 +354,10 @@ def test_sigint_saves_the_step_and_a_second_signal_stops_at_once(corpus_dir, tmp
         train(config(corpus_dir, run), resume=True, progress=False, on_step=signal_at(4, 2))
     assert e.value.exit_code == 130
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-00000003"]  # no new checkpoint
+    # a signal during the last step lets the run finish
+    summary = train(config(corpus_dir, run), resume=True, progress=False, on_step=signal_at(10, 1))
+    assert summary["steps"] == 10
+    assert "SIGINT received as the run ended: it finished" in capsys.readouterr().err
 
 
 @pytest.mark.slow
