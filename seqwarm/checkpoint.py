@@ -5,11 +5,19 @@ Adam's moments (optimizer.safetensors + optimizer.json), the RNG states (rng.saf
 JSON state of the clock, the data position, the loss-ratio tracker and the loss scaler
 (state.json). It is written into a temporary directory and renamed into place, so a crash during a
 save leaves the previous checkpoint as the latest, never a half-written one.
+
+manifest.json, written last, records every other file's size and sha256; `verify_checkpoint`
+checks them, so a flipped byte or an edited state.json is found before a resume trusts it (a
+checkpoint of seqwarm 0.2 and earlier has no manifest: what can be checked without one is).
+A temporary directory left by a save that was killed (`.step-*.tmp-*`), the renamed old copy of a
+re-saved step (`.step-*.old-*`), an old checkpoint being removed (`.step-*.del`) and an empty
+`step-*` directory are not checkpoints: `clean_checkpoints` removes them at start-up.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -18,9 +26,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from seqwarm.files import atomic_directory
+from seqwarm.errors import SeqwarmError
+from seqwarm.files import atomic_directory, file_sha256, fsync_path
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8,})$")
+LEFTOVER_RE = re.compile(r"^\.step-\d{8,}\.(tmp-|old-|del)")  # what an interrupted save or removal leaves
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "seqwarm-manifest-v1"
+FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -28,17 +41,28 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first (temporary directories of interrupted saves are ignored)."""
+    """The checkpoints, oldest first (temporary directories of interrupted saves and empty `step-*` ones are ignored).
+
+    Listed is not verified: a resume checks each with `verify_checkpoint` before trusting it.
+    """
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir()]
+    found = [
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if (m := CHECKPOINT_RE.match(p.name)) and p.is_dir() and any(p.iterdir())  # an empty one is debris
+    ]
     return [p for _, p in sorted(found)]
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+class CheckpointError(SeqwarmError):
+    """A checkpoint failed verification (its manifest, its files, non-finite values): a resume tries the one before."""
 
 
 @dataclass
@@ -67,10 +91,112 @@ def save_checkpoint(run_dir: Path, step: int, ck: Checkpoint, *, keep_last: int)
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
         save_file(_cpu(ck.rng), tmp / "rng.safetensors")
-        (tmp / "state.json").write_text(json.dumps(ck.state, indent=2))
+        # The manifest's format, named in state.json too: a checkpoint whose manifest was deleted
+        # does not pass for one of seqwarm 0.2 (which wrote none).
+        (tmp / "state.json").write_text(json.dumps({**ck.state, "manifest": MANIFEST_FORMAT}, indent=2))
+        write_manifest(tmp)  # last: it vouches for the files above
     for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove_checkpoint(old)
     return final
+
+
+def write_manifest(path: Path) -> None:
+    """manifest.json of a checkpoint directory: each file's size and sha256 (inside `atomic_directory`)."""
+    files = {
+        p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in sorted(Path(path).iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
+    (Path(path) / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1) + "\n")
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """What is wrong with a checkpoint's files, in a few words, or None when they are as written.
+
+    With a manifest: every file it lists has its size and sha256 (no file missing or changed).
+    Without one (seqwarm 0.2 and earlier), only that the files exist and are not empty; the loader
+    then catches a truncated safetensors file or a JSON that does not parse.
+    """
+    path = Path(path)
+    manifest = path / MANIFEST
+    if not manifest.exists():
+        missing = [f for f in FILES if not (path / f).is_file() or not (path / f).stat().st_size]
+        if missing:
+            return f"{missing[0]} missing or empty (no manifest)"
+        try:
+            wrote_one = "manifest" in json.loads((path / "state.json").read_text())
+        except (OSError, ValueError, TypeError):
+            return "state.json: unreadable (no manifest)"
+        return f"{MANIFEST} missing (state.json says one was written)" if wrote_one else None
+    try:
+        doc = json.loads(manifest.read_text())
+        listed = doc["files"]
+        if doc["format"] != MANIFEST_FORMAT or not isinstance(listed, dict):
+            return f"{MANIFEST}: not a manifest of format {MANIFEST_FORMAT!r}"
+        for name, want in listed.items():
+            file = path / name
+            if not file.is_file():
+                return f"{name} missing"
+            if file.stat().st_size != want["size"]:
+                return f"{name}: {file.stat().st_size} bytes, the manifest says {want['size']}"
+            if file_sha256(file) != want["sha256"]:
+                return f"{name}: sha256 differs from the manifest (the file changed after the save)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST}: unreadable"
+    absent = [f for f in FILES if f not in listed]
+    return f"{absent[0]}: not in the manifest" if absent else None
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint so that no kill can leave a half-deleted one that looks like a checkpoint.
+
+    It is renamed out of the `step-*` namespace first (one atomic rename), then deleted; a kill
+    during the deletion leaves a `.step-*.del` directory, which `clean_checkpoints` removes.
+    """
+    path = Path(path)
+    doomed = path.with_name(f".{path.name}.del")
+    if doomed.exists():
+        shutil.rmtree(doomed)
+    os.replace(path, doomed)
+    fsync_path(path.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def clean_checkpoints(run_dir: Path) -> list[str]:
+    """Remove what interrupted saves and removals left in checkpoints/, and empty `step-*` directories.
+
+    Call it holding the run directory's lock (no save can be in progress). An old copy whose step
+    has no checkpoint any more (a kill between the two renames of a re-save) is put back instead.
+    Returns the names removed or restored, for the log.
+    """
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    done = []
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and LEFTOVER_RE.match(p.name):
+            step = p.name[1:].split(".", 1)[0]  # ".step-00000010.old-abc" -> "step-00000010"
+            kept = p / step
+            if ".old-" in p.name and kept.is_dir() and not (root / step).exists():
+                os.replace(kept, root / step)
+                done.append(f"{p.name} (restored as {step})")
+            else:
+                done.append(p.name)
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.is_dir() and CHECKPOINT_RE.match(p.name) and not any(p.iterdir()):
+            p.rmdir()
+            done.append(f"{p.name} (empty)")
+    return done
+
+
+def set_aside(path: Path) -> Path:
+    """Rename a checkpoint that failed verification to `step-XXXXXXXX.failed` (kept for a look, no longer a checkpoint)."""
+    path = Path(path)
+    target = path.with_name(f"{path.name}.failed")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(path, target)
+    return target
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

@@ -1,6 +1,8 @@
 """The `seqwarm` command line: prepare, train, plan, export-schedule, report, eval, export, import-hf, demo, sweep, tune.
 
-Errors a user can fix (`SeqwarmError`) print as one line and exit with code 2.
+Errors a user can fix (`SeqwarmError`) print as one line and exit with code 2. A training run stopped
+by SIGINT or SIGTERM (after writing a checkpoint) prints one line and exits with 130 or 143
+(`seqwarm.interrupt`).
 """
 
 from __future__ import annotations
@@ -375,8 +377,13 @@ def main(argv: list[str] | None = None) -> int:
         target.extend(extra)
     # Under torchrun, a rank other than 0 names itself: its error may be its own (a file missing on its node).
     who = f"[rank {_rank()}] " if _rank() else ""
+    from seqwarm.interrupt import Interrupted
+
     try:
         args.func(args)
+    except Interrupted as e:
+        print(f"seqwarm: {who}{e}", file=sys.stderr)
+        return e.exit_code
     except SeqwarmError as e:
         print(f"seqwarm: error: {who}{e}", file=sys.stderr)
         return 2

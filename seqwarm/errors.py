@@ -14,7 +14,7 @@ class DataError(SeqwarmError):
 
 
 class DivergedError(SeqwarmError):
-    """Training stopped on a non-finite loss or gradient (`monitor.on_nonfinite`); the last checkpoint is intact.
+    """Training stopped on a non-finite loss or gradient (`monitor.on_nonfinite`); the message names the last checkpoint.
 
     Not a mistake in the input but an outcome: `seqwarm sweep` records it and goes on with the grid.
     """

@@ -33,6 +33,7 @@ from seqwarm.config import load_config, save_config
 from seqwarm.errors import ConfigError, SeqwarmError, first_line
 from seqwarm.files import atomic_directory
 from seqwarm.model import GPTConfig
+from seqwarm.rundir import is_run_dir, write_marker
 from seqwarm.saved import SavedModel, open_saved
 from seqwarm.tokenizer import EOT, EOT_ID, VOCAB_SIZE, Tokenizer, gpt2_files
 
@@ -217,12 +218,18 @@ def hf_tokenizer(tok: Tokenizer, max_length: int):
     )
 
 
-def _check_out(out: Path, force: bool, option: str) -> None:
-    """Never write into a user's non-empty directory unless --force."""
+def _check_out(out: Path, force: bool, option: str, run: bool = False) -> None:
+    """Never write into a user's non-empty directory: --force replaces only one seqwarm wrote (its seqwarm.json)."""
     if out.exists() and not out.is_dir():
         raise SeqwarmError(f"{option} {out}: exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not force:
         raise SeqwarmError(f"{option} {out}: directory exists and is not empty (use --force to replace it)")
+    made = (out / PROVENANCE).is_file() or (run and is_run_dir(out))  # `run`: import-hf's --out, a run directory
+    if out.exists() and any(out.iterdir()) and not made:
+        raise SeqwarmError(
+            f"{option} {out}: not a directory seqwarm wrote (no {PROVENANCE}); --force replaces only those: "
+            "choose another directory or empty it yourself"
+        )
 
 
 # --- export --------------------------------------------------------------------------------------
@@ -284,7 +291,7 @@ def import_hf(
     training from there, and `seqwarm eval RUN_DIR` evaluates the imported model as it is.
     """
     hf_dir, out = Path(hf_dir), Path(out)
-    _check_out(out, force, "--out")
+    _check_out(out, force, "--out", run=True)
     if not (hf_dir / "config.json").is_file():
         raise SeqwarmError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
     set_by_hf = {f"model.{f}" for f in ("preset", "vocab_size", *MODEL_FIELDS)}
@@ -318,6 +325,7 @@ def import_hf(
         trainer.model.load_state_dict(state)
         save(trainer)
         save_config(cfg, tmp / "config.yaml")
+        write_marker(tmp)  # a run seqwarm made: `train --resume` continues it, `--force` may replace it
         provenance = {"seqwarm": __version__, "imported_from": str(hf_dir.resolve()), "hf_config": hf_config.to_dict()}
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=str) + "\n")
     return out

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqwarm.errors import SeqwarmError, first_line
-from seqwarm.files import atomic_write
+from seqwarm.files import atomic_write, open_append
 
 METRICS = "metrics.jsonl"
 # Table 1 counts the steps above 1.2; Appendix A.3.1 (Table 5) counts those above 1.5.
@@ -58,7 +58,7 @@ class MetricsLog:
         if path.exists():
             keep = [r for r in read_metrics(path) if r["step"] <= start_step]
             atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
-        self.file = open(path, "a")
+        self.file = open_append(path)  # append-only while the run trains
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -5,6 +5,8 @@
     RUN_DIR/summary.json     totals and the stability record, written when training ends
     RUN_DIR/resumes.jsonl    one line per resume that changed a setting: the step, old and new values
     RUN_DIR/checkpoints/     `seqwarm.checkpoint`
+    RUN_DIR/.seqwarm-run     the marker: seqwarm made this directory, so `--force` may replace it
+    RUN_DIR/.seqwarm.lock    held by the process writing the run (`seqwarm.files.directory_lock`)
 
 A resume continues the computation of the first session, so it may not change what is computed:
 the model, the data, the curriculum, the LR schedule, the batch, the seed or the precision
@@ -12,23 +14,32 @@ the model, the data, the curriculum, the LR schedule, the batch, the seed or the
 how it is observed (eval, log, monitor cadence, checkpoints) and where and how fast it runs
 (device, threads, micro-batch, compile, parallelism). config.yaml is rewritten with those allowed
 changes, so it always describes the run as it continues, and resumes.jsonl keeps the history.
+
+`--force` replaces a directory only when seqwarm made it (`is_run_dir`), and never one that holds
+the run's own data (`check_replaceable`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
+import yaml
+
+from seqwarm import __version__
 from seqwarm.config import Config, load_config, save_config
-from seqwarm.errors import ConfigError
-from seqwarm.files import atomic_write
+from seqwarm.errors import ConfigError, SeqwarmError
+from seqwarm.files import LOCK, append_line, atomic_write
 from seqwarm.metrics import read_metrics
 from seqwarm.schedule import Clock
 
 CONFIG = "config.yaml"
 SUMMARY = "summary.json"
 RESUMES = "resumes.jsonl"
+MARKER = ".seqwarm-run"
 
 # What a resume may change. Everything else is refused: see the module docstring.
 RESUMABLE = {
@@ -57,12 +68,23 @@ def config_path(run_dir: Path) -> Path:
     return Path(run_dir) / CONFIG
 
 
-def read_config(run_dir: Path) -> Config:
-    """The run's config.yaml; ConfigError naming the file when it is missing or invalid."""
+def read_config(run_dir: Path, overrides: list[str] = ()) -> Config:
+    """The run's config.yaml (with `overrides`); ConfigError naming the file when it is missing, empty or invalid.
+
+    An empty one is refused rather than read as "all defaults": seqwarm never writes one (it writes
+    atomically), so it was cut by a crash of an older version or by a hand, and training on the
+    built-in defaults would silently be another run.
+    """
     path = config_path(run_dir)
     if not path.is_file():
         raise ConfigError(f"{path}: missing; not a seqwarm run directory, or its config was deleted")
-    return load_config(path)
+    try:
+        empty = yaml.safe_load(path.read_text()) is None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        empty = False  # load_config names the problem
+    if empty:
+        raise ConfigError(f"{path}: empty; the run's config is lost, so it cannot be resumed (start a new run)")
+    return load_config(path, overrides)
 
 
 def write_config(run_dir: Path, cfg: Config) -> None:
@@ -121,11 +143,67 @@ def record_resume(run_dir: Path, clock: Clock, changes: dict[str, tuple]) -> Non
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "changes": {k: {"old": a, "new": b} for k, (a, b) in changes.items()},
     }
-    with open(Path(run_dir) / RESUMES, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    append_line(Path(run_dir) / RESUMES, json.dumps(row))
 
 
 def read_resumes(run_dir: Path) -> list[dict]:
     """The resumes of a run that changed settings, oldest first (a line cut by a crash is ignored)."""
     path = Path(run_dir) / RESUMES
     return [r for r in read_metrics(path) if "changes" in r] if path.exists() else []
+
+
+# --- what --force may replace --------------------------------------------------------------------
+
+
+def write_marker(run_dir: Path) -> None:
+    """Mark `run_dir` as a run directory seqwarm made (what lets `--force` replace it later)."""
+    atomic_write(Path(run_dir) / MARKER, json.dumps({"seqwarm": __version__, "created": time.time()}) + "\n")
+
+
+def is_run_dir(run_dir: Path) -> bool:
+    """Whether seqwarm made `run_dir`: its marker, or (a run of seqwarm 0.2 and earlier) config.yaml with
+    metrics.jsonl or checkpoints/."""
+    d = Path(run_dir)
+    return (d / MARKER).is_file() or (
+        (d / CONFIG).is_file() and ((d / "metrics.jsonl").is_file() or (d / "checkpoints").is_dir())
+    )
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    path, directory = Path(os.path.realpath(path)), Path(os.path.realpath(directory))
+    return path == directory or directory in path.parents
+
+
+def check_replaceable(run_dir: Path, keep: dict[str, Path]) -> None:
+    """Refuse `--force` on a directory seqwarm did not make, or one holding a `keep` input ({field: path}).
+
+    A directory that is missing, empty or holds only its lock file needs no --force and passes.
+    """
+    d = Path(run_dir)
+    if d.exists() and not d.is_dir():
+        raise SeqwarmError(f"run.dir {d}: exists and is not a directory")
+    if not d.exists() or all(p.name == LOCK for p in d.iterdir()):
+        return
+    if not is_run_dir(d):
+        raise SeqwarmError(
+            f"run.dir {d}: not a seqwarm run directory (no {MARKER}, config.yaml or metrics.jsonl); "
+            "--force replaces only a run seqwarm made: choose another run.dir or empty it yourself"
+        )
+    for name, path in keep.items():
+        if _inside(path, d):
+            raise SeqwarmError(f"{name} {path}: inside run.dir {d}; --force would delete it: move one of them")
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Empty a run directory for `--force` (its lock, held by the caller, stays).
+
+    The marker goes last, so a kill part-way leaves a directory `--force` still recognises.
+    """
+    d = Path(run_dir)
+    entries = [p for p in d.iterdir() if p.name not in (LOCK, MARKER)]
+    for p in entries:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    (d / MARKER).unlink(missing_ok=True)

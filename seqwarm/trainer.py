@@ -11,24 +11,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import shutil
+import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 
-from seqwarm import __version__, distributed, rundir
-from seqwarm.checkpoint import Checkpoint, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from seqwarm import __version__, distributed, files, rundir
+from seqwarm import checkpoint as ckpt
+from seqwarm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from seqwarm.config import Config, load_config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
 from seqwarm.data.corpus import open_data
 from seqwarm.data.format import SequenceIndex, TokenData
 from seqwarm.data.loader import Batch, TrainLoader
 from seqwarm.distributed import DistEnv
-from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
+from seqwarm.errors import ConfigError, DivergedError, SeqwarmError, first_line
+from seqwarm.interrupt import Interrupted, StopRequest, graceful_stop
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, run_summary
 from seqwarm.model import GPT
@@ -61,6 +65,8 @@ class Trainer:
     guard: NonFiniteGuard
     time_offset: float = 0.0  # wall seconds of earlier sessions of this run (resume)
     session_start: float = field(default_factory=time.perf_counter)
+    stop: StopRequest | None = None  # set by a signal: save and stop after the current step
+    last_checkpoint: Path | None = None  # written or verified-and-loaded in this process
 
     def wall_s(self) -> float:
         """Wall seconds this run has trained, over all its sessions."""
@@ -186,42 +192,56 @@ def train(
 
     Nothing in the run directory is touched until the config and the data have been checked. On
     `resume`, `cfg` may differ from the run's config.yaml only in what does not change what is
-    computed (`seqwarm.rundir.resume_changes`). Under torchrun every process calls this; rank 0
-    alone writes to the run directory.
+    computed (`seqwarm.rundir.resume_changes`); the newest checkpoint that passes verification is
+    used. Under torchrun every process calls this; rank 0 alone locks and writes the run directory.
+    SIGINT/SIGTERM stop the run after the current step with a checkpoint (`seqwarm.interrupt`).
     """
+    if resume and force:
+        raise ConfigError("--resume and --force conflict: --resume continues the run, --force replaces it; give one")
     env = distributed.env_from_torchrun()
     check_parallel(cfg, env)
     device = resolve_device(cfg.train.device, env.local_rank)
     cfg = with_resolved_precision(cfg, device)  # config.yaml records what `auto` became on this machine
     run_dir = Path(cfg.run.dir)
-    checkpoint, changes = None, {}
-    if resume:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise SeqwarmError(f"{run_dir}: no checkpoint to resume from (start over with --force)")
-        changes = rundir.resume_changes(rundir.read_config(run_dir), cfg)
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
-        raise SeqwarmError(f"{run_dir}: run directory exists; use --resume to continue it or --force to replace it")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SeqwarmError(f"run.dir {run_dir}: exists and is not a directory")
     joined = distributed.init(env, device, cfg.train.dist_timeout_s)
+    created = not run_dir.exists()
     try:
-        if env.main:  # rank 0 prepares the builtin corpus, if needed, before the others read it
-            data = open_data(cfg, progress)
-        distributed.barrier(env)
-        if not env.main:
-            data = open_data(cfg, progress=False)
-        trainer = build(cfg, run_dir, data, env, device)
-        if checkpoint is not None:
-            trainer.load_state_dict(read_checkpoint(checkpoint))
-            if env.main and changes:
-                rundir.record_resume(run_dir, trainer.clock, changes)
-        elif env.main:
-            if force and run_dir.exists():
-                shutil.rmtree(run_dir)
-            run_dir.mkdir(parents=True, exist_ok=True)
-        if env.main:
-            rundir.write_config(run_dir, cfg)
-        distributed.barrier(env)
-        return fit(trainer, progress=progress, hook=FitHook(on_step=on_step) if on_step else None)
+        with contextlib.ExitStack() as held:
+            loaded: list[Checkpoint] = []  # rank 0's verified checkpoint, read once
+
+            def claim() -> tuple[Path | None, dict]:
+                held.enter_context(files.directory_lock(run_dir, what="run directory"))
+                if created:  # runs before the lock is released, and only by the process that held it
+                    held.callback(_remove_if_unused, run_dir)
+                return _check_run_dir(cfg, run_dir, resume=resume, force=force, loaded=loaded)
+
+            checkpoint, changes = _on_rank0(env, claim)
+            stop = held.enter_context(graceful_stop())
+            if env.main:  # rank 0 prepares the builtin corpus, if needed, before the others read it
+                data = open_data(cfg, progress)
+            distributed.barrier(env)
+            if not env.main:
+                data = open_data(cfg, progress=False)
+            trainer = build(cfg, run_dir, data, env, device)
+            trainer.stop = stop
+            if checkpoint is not None:
+                trainer.load_state_dict(loaded[0] if loaded else read_checkpoint(checkpoint))
+                trainer.last_checkpoint = checkpoint
+                if env.main and changes:
+                    rundir.record_resume(run_dir, trainer.clock, changes)
+            elif env.main:
+                if not files.only_lock(run_dir):  # --force (checked), or --resume of a run with no checkpoint yet
+                    rundir.clear_run_dir(run_dir)
+                rundir.write_marker(run_dir)
+            if env.main:
+                rundir.write_config(run_dir, cfg)
+            distributed.barrier(env)
+            summary = fit(trainer, progress=progress, hook=FitHook(on_step=on_step) if on_step else None)
+            if stop.requested and env.main:  # it came during the last step, its eval or the summary
+                _note(f"{stop.name} received as the run ended: it finished, nothing was cut short")
+            return summary
     finally:
         if joined:
             distributed.shutdown()
@@ -235,16 +255,121 @@ def with_resolved_precision(cfg: Config, device: torch.device) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
 
 
-def read_checkpoint(path: Path) -> Checkpoint:
-    """A checkpoint of this format, read back; SeqwarmError naming the file when it is of another one."""
-    ck = load_checkpoint(path)
+def _remove_if_unused(run_dir: Path) -> None:
+    """A run directory this process created and then wrote nothing into (refused, or failed before its
+    first file): removed, so that it does not stand in the way of the next attempt."""
+    if run_dir.is_dir() and files.only_lock(run_dir):
+        (run_dir / files.LOCK).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+
+
+def _on_rank0(env: DistEnv, fn: Callable[[], object]):
+    """`fn()` on rank 0, its result (or its one-line error) on every rank, so all ranks stop alike."""
+    result, error = None, None
+    if env.main:
+        try:
+            result = fn()
+        except SeqwarmError as e:
+            error = e
+    result, message = distributed.broadcast((result, None if error is None else str(error)), env)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise SeqwarmError(message)
+    return result
+
+
+def _note(message: str) -> None:
+    print(f"seqwarm: {message}", file=sys.stderr)
+
+
+def _check_run_dir(
+    cfg: Config, run_dir: Path, *, resume: bool, force: bool, loaded: list[Checkpoint]
+) -> tuple[Path | None, dict]:
+    """Under the run directory's lock: may this run write `run_dir`, and from which checkpoint?
+
+    Returns (the checkpoint to resume from, or None to start at step 0; the resume's changes).
+    Cleans what interrupted saves left. Changes nothing in the directory when it refuses.
+    """
+    if not resume:
+        if not files.only_lock(run_dir):
+            if not force:
+                raise SeqwarmError(
+                    f"{run_dir}: run directory exists; use --resume to continue it or --force to replace it"
+                )
+            rundir.check_replaceable(run_dir, keep={"data.path": _data_path(cfg)})
+        return None, {}
+    changes = rundir.resume_changes(rundir.read_config(run_dir), cfg)
+    for name in ckpt.clean_checkpoints(run_dir):
+        _note(f"{ckpt.checkpoint_dir(run_dir) / name}: removed, left by an interrupted save")
+    found = ckpt.list_checkpoints(run_dir)
+    if not found and (run_dir / rundir.SUMMARY).exists():
+        raise SeqwarmError(f"{run_dir}: finished ({rundir.SUMMARY}) and has no checkpoint left; nothing to resume")
+    if not found:
+        rundir.check_replaceable(run_dir, keep={"data.path": _data_path(cfg)})
+        _note(f"{run_dir}: no checkpoint yet (stopped before its first); training it from step 0")
+        return None, {}
+    failed = []
+    for path in reversed(found):
+        try:
+            loaded.append(read_checkpoint(path, verify=True))
+        except CheckpointError as e:
+            _note(f"{path.name}: {e}; {'trying the one before' if path != found[0] else 'none left'}")
+            failed.append((path, str(e)))
+            continue
+        for bad, _ in failed:  # out of the step-* names, so that training writes those steps afresh
+            _note(f"{bad.name}: set aside as {ckpt.set_aside(bad).name}")
+        if failed:
+            _note(f"resuming from {path.name}, the newest checkpoint that passes verification")
+        return path, changes
+    raise SeqwarmError(
+        f"{run_dir}: no checkpoint passes verification ({'; '.join(f'{p.name}: {why}' for p, why in failed)})"
+    )
+
+
+def _data_path(cfg: Config) -> Path:
+    """The directory `data.path` names (the cache's, for a builtin corpus name): what --force must not delete."""
+    from seqwarm.data.builtin.names import builtin_data_dir, builtin_tokenizer
+
+    path = cfg.data.path
+    return builtin_data_dir(str(path)) if builtin_tokenizer(path) is not None else Path(path)
+
+
+def read_checkpoint(path: Path, *, verify: bool = False) -> Checkpoint:
+    """A checkpoint of this format, read back; SeqwarmError naming the file when it is of another one.
+
+    `verify`: first check the files against the manifest, and afterwards that every weight and Adam
+    moment is finite (seqwarm never saves other ones); CheckpointError saying what failed.
+    """
+    path = Path(path)
+    if verify and (problem := ckpt.verify_checkpoint(path)):
+        raise CheckpointError(problem)
+    try:
+        ck = load_checkpoint(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{Path(e.filename).name} missing") from None
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise CheckpointError(f"unreadable ({first_line(e)})") from None
     found = ck.state.get("format", STATE_FORMAT)  # seqwarm 0.1.0 wrote this layout without naming it
     if found != STATE_FORMAT:
         raise SeqwarmError(
-            f"{Path(path) / 'state.json'}: checkpoint format {found!r} (written by seqwarm {ck.state.get('seqwarm', '?')}); "
+            f"{path / 'state.json'}: checkpoint format {found!r} (written by seqwarm {ck.state.get('seqwarm', '?')}); "
             f"this seqwarm {__version__} reads {STATE_FORMAT!r}"
         )
+    if verify:
+        tensors = [*ck.model.items(), *((f"optimizer {k}", v) for k, v in _optimizer_tensors(ck.optimizer))]
+        bad = next((k for k, v in tensors if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise CheckpointError(f"{bad} holds non-finite values")
     return ck
+
+
+def _optimizer_tensors(sd: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    for pid, entries in sd.get("state", {}).items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                yield f"{pid}.{name}", value
 
 
 class FitHook:
@@ -321,9 +446,11 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
             # A loss-scale overflow is fp16's normal way to find its scale, not a failure.
             reason = None if result.overflow else tr.guard.observe(result.applied)
             if reason:
+                last = tr.last_checkpoint
+                where = f"the last checkpoint, {last.name}, holds finite weights" if last else "no checkpoint written"
                 raise DivergedError(
                     f"step {clock.step}: loss {result.loss}, gradient norm {result.grad_norm}; the update was not "
-                    f"applied; stopping: {reason} (the last checkpoint is intact)"
+                    f"applied; stopping: {reason} ({where})"
                 )
 
             if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or finished(clock, t):
@@ -339,6 +466,16 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                 )
             hook.on_step(clock)
             yield row
+            if not finished(clock, t) and _stop_requested(tr):
+                log.flush()
+                if tr.last_checkpoint is None or tr.last_checkpoint.name != f"step-{clock.step:08d}":
+                    save(tr)
+                signum = tr.stop.requested or signal.SIGTERM  # another rank's signal: the job is being stopped
+                raise Interrupted(
+                    f"{signal.Signals(signum).name}: stopped after step {clock.step} with a checkpoint; "
+                    f"continue with: seqwarm train --resume {tr.run_dir}",
+                    signum,
+                )
     finally:
         log.close()
         bar.close()
@@ -497,7 +634,18 @@ def save(tr: Trainer) -> Path | None:
         save_checkpoint(tr.run_dir, tr.clock.step, ck, keep_last=tr.cfg.checkpoint.keep_last) if tr.env.main else None
     )
     distributed.barrier(tr.env)
+    tr.last_checkpoint = ckpt.checkpoint_dir(tr.run_dir) / f"step-{tr.clock.step:08d}"
     return path
+
+
+def _stop_requested(tr: Trainer) -> bool:
+    """Whether a signal asked this run to stop; under torchrun, whether any rank got one (all stop at the same step)."""
+    if tr.stop is None:
+        return False
+    if not tr.env.enabled:
+        return tr.stop.requested is not None
+    flag = torch.tensor([0.0 if tr.stop.requested is None else 1.0], device=tr.device)
+    return bool(distributed.all_reduce(flag, op="max").item())
 
 
 def write_summary(tr: Trainer) -> dict:
@@ -543,7 +691,11 @@ def main_train(config_path: str | None, overrides: list[str], *, resume: str | N
     if resume is not None:
         if config_path is not None:
             raise ConfigError("train: give either CONFIG or --resume RUN_DIR, not both")
-        cfg = load_config(rundir.config_path(Path(resume)), [*overrides, f"run.dir={resume}"])
+        if force:
+            raise ConfigError(
+                "--resume and --force conflict: --resume continues the run, --force replaces it; give one"
+            )
+        cfg = rundir.read_config(Path(resume), [*overrides, f"run.dir={resume}"])
     else:
         cfg = load_config(config_path, overrides)
     return train(cfg, resume=resume is not None, force=force)

@@ -190,8 +190,14 @@ def test_export_never_overwrites_without_force(exported, tmp_path, capsys):
     (out / "mine.txt").write_text("keep")
     assert main(["export", str(checkpoint), "--hf", str(out)]) == 2
     assert "not empty (use --force" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+    # --force replaces only a directory seqwarm wrote, never a user's own files
+    assert main(["export", str(checkpoint), "--hf", str(out), "--force"]) == 2
+    assert "not a directory seqwarm wrote" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+    (out / "mine.txt").unlink()
+    assert main(["export", str(checkpoint), "--hf", str(out)]) == 0
+    (out / "extra.txt").write_text("stale")
     assert main(["export", str(checkpoint), "--hf", str(out), "--force"]) == 0
-    assert not (out / "mine.txt").exists() and (out / "model.safetensors").exists()
+    assert not (out / "extra.txt").exists() and (out / "model.safetensors").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temporary directory left behind
 
 

@@ -90,6 +90,7 @@ def test_a_checkpoint_of_an_unknown_format_is_refused(interrupted):
     assert state["format"] == "seqwarm-checkpoint-v1"
     state["format"] = "seqwarm-checkpoint-v9"
     state_file.write_text(json.dumps(state))
+    ckpt.write_manifest(state_file.parent)  # as a future seqwarm would write it
     with pytest.raises(SeqwarmError, match=r"state.json: checkpoint format 'seqwarm-checkpoint-v9'"):
         train(interrupted, resume=True, progress=False)
 

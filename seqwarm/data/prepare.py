@@ -25,7 +25,7 @@ from tqdm import tqdm
 from seqwarm import __version__
 from seqwarm.data.format import FORMAT, SPLITS, token_dtype
 from seqwarm.errors import DataError
-from seqwarm.files import atomic_directory
+from seqwarm.files import atomic_directory, directory_lock
 from seqwarm.tokenizer import (
     TOKENIZER_FILE,
     TOKENIZER_NAME,
@@ -60,18 +60,22 @@ def prepare(
 ) -> Path:
     """Tokenize `inputs` (text/JSONL files and directories) into `out` with `tokenizer` (`--tokenizer`)."""
     chosen = choose_tokenizer(tokenizer)
-    out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
-    return prepare_documents(
-        list(read_documents(inputs)),
-        out,
-        label=", ".join(inputs),
-        sources=[{"name": str(Path(p)), "role": "train"} for p in inputs],
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        chunk_chars=chunk_chars,
-        progress=progress,
-        tokenizer=chosen,
-    )
+    check_output(
+        out, val_fraction=val_fraction, test_fraction=test_fraction, force=force, inputs=inputs
+    )  # before any write
+    with directory_lock(out, inside=False, what="prepared-data directory"):
+        out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force, inputs=inputs)
+        return prepare_documents(
+            list(read_documents(inputs)),
+            out,
+            label=", ".join(inputs),
+            sources=[{"name": str(Path(p)), "role": "train"} for p in inputs],
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            chunk_chars=chunk_chars,
+            progress=progress,
+            tokenizer=chosen,
+        )
 
 
 def choose_tokenizer(spec: str | int | Tokenizer) -> Tokenizer | int:
@@ -88,16 +92,43 @@ def choose_tokenizer(spec: str | int | Tokenizer) -> Tokenizer | int:
     return read_tokenizer_file(parsed)
 
 
-def check_output(out: Path, *, val_fraction: float, test_fraction: float, force: bool) -> Path:
-    """`out` as a Path, once the split fractions are valid and `out` may be written (before any reading)."""
+def check_output(
+    out: Path, *, val_fraction: float, test_fraction: float, force: bool, inputs: Iterable[str] = ()
+) -> Path:
+    """`out` as a Path, once the split fractions are valid and `out` may be written (before any reading).
+
+    `--force` replaces only a prepared directory (a meta.json of this format: `is_prepared`), and
+    never one that holds an input (`prepare SRC --out SRC --force` would delete the texts).
+    """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(
             f"--val-fraction/--test-fraction: need fractions summing below 1, got {val_fraction}, {test_fraction}"
         )
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a directory")
+    if not out.exists() or not any(out.iterdir()):
+        return out
+    if not force:
         raise DataError(f"{out}: output directory exists and is not empty (use --force to replace it)")
+    for item in inputs:
+        src, dest = Path(item).resolve(), out.resolve()
+        if src == dest or dest in src.parents:
+            raise DataError(f"{item}: an input inside --out {out}; --force would delete it: choose another --out")
+    if not is_prepared(out):
+        raise DataError(
+            f"--out {out}: not a prepared-data directory (no meta.json of format {FORMAT}); "
+            "--force replaces only a directory seqwarm prepared: choose another --out or empty it yourself"
+        )
     return out
+
+
+def is_prepared(directory: Path) -> bool:
+    """Whether `directory` holds a corpus seqwarm prepared: its marker is a meta.json of this format."""
+    try:
+        return json.loads((Path(directory) / "meta.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def prepare_documents(

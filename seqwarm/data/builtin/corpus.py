@@ -27,7 +27,7 @@ from seqwarm.data.builtin.clean import clean_gutenberg, wiki_articles
 from seqwarm.data.builtin.names import builtin_data_dir, builtin_tokenizer, cache_dir
 from seqwarm.data.prepare import Document, check_output, prepare_documents
 from seqwarm.errors import DataError
-from seqwarm.files import atomic_directory, file_sha256
+from seqwarm.files import atomic_directory, directory_lock, file_sha256
 from seqwarm.tokenizer import Tokenizer
 
 BUILD = "builtin-v1"
@@ -54,7 +54,10 @@ def ensure_builtin(progress: bool = True, name: str = "builtin") -> Path:
     out = builtin_data_dir(name)
     meta = out / "meta.json"
     if not meta.exists() or json.loads(meta.read_text()).get("builtin_build") != BUILD:
-        prepare_builtin(out, force=True, progress=progress, tokenizer=tokenizer)
+        # Two runs on first use: the second waits for the first's corpus rather than building its own.
+        with directory_lock(out, inside=False, what="builtin corpus cache", wait=True):
+            if not meta.exists() or json.loads(meta.read_text()).get("builtin_build") != BUILD:
+                prepare_builtin(out, force=True, progress=progress, tokenizer=tokenizer)
     return out
 
 
@@ -69,21 +72,23 @@ def prepare_builtin(
     tokenizer: str | int | Tokenizer = "gpt2",
 ) -> Path:
     """`seqwarm prepare --corpus builtin`: the train role split and tokenized, the held-out roles kept as text."""
-    out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
-    corpus = load_builtin(cache_dir() / "sources", progress=progress)
-    return prepare_documents(
-        corpus.train,
-        out,
-        label="builtin",
-        sources=corpus.sources,
-        heldout={"wikipedia": corpus.wikipedia, "narrative": corpus.narrative},
-        extra_meta={"builtin_build": BUILD},  # a new build of the sources re-prepares the tokens
-        val_fraction=val_fraction,
-        test_fraction=test_fraction,
-        chunk_chars=chunk_chars,
-        progress=progress,
-        tokenizer=tokenizer,
-    )
+    check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)  # before any write
+    with directory_lock(out, inside=False, what="prepared-data directory"):
+        out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
+        corpus = load_builtin(cache_dir() / "sources", progress=progress)
+        return prepare_documents(
+            corpus.train,
+            out,
+            label="builtin",
+            sources=corpus.sources,
+            heldout={"wikipedia": corpus.wikipedia, "narrative": corpus.narrative},
+            extra_meta={"builtin_build": BUILD},  # a new build of the sources re-prepares the tokens
+            val_fraction=val_fraction,
+            test_fraction=test_fraction,
+            chunk_chars=chunk_chars,
+            progress=progress,
+            tokenizer=tokenizer,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
