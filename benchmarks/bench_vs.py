@@ -5,7 +5,8 @@
 
 A step is the same for every implementation: forward with the loss (under `torch.autocast` for
 bf16), backward, gradient clipping to norm 1.0, `torch.optim.AdamW` (seqwarm's defaults: betas
-0.9/0.999, weight decay 0.01 on matrices and embeddings only), `zero_grad(set_to_none=True)`. The
+0.9/0.999, weight decay 0.01 on matrices and embeddings only; fused for seqwarm, as its trainer builds
+it, and the foreach default for the others, as theirs do on a CPU), `zero_grad(set_to_none=True)`. The
 models share the shape (layers, width, heads, positions, vocabulary), have no dropout, GELU-tanh
 MLPs and tied embeddings, and see the same random token batch. What differs is each one's own
 forward and loss: seqwarm's `GPT.forward` with targets (the chunked `linear_cross_entropy`, summed,
@@ -139,7 +140,12 @@ class Stepper:
         self.name, self.precision = name, precision
         self.model, self.loss = make(shape)
         self.model.train()
-        self.optimizer = torch.optim.AdamW(decay_groups(self.model, 0.01), lr=6e-4, betas=(0.9, 0.999), eps=1e-8)
+        # Each implementation's own AdamW: seqwarm's trainer builds it fused (`trainer.build`, CPU too);
+        # nanoGPT's `configure_optimizers` fuses on CUDA only, and the HF Trainer's default (adamw_torch)
+        # is the foreach path.
+        self.optimizer = torch.optim.AdamW(
+            decay_groups(self.model, 0.01), lr=6e-4, betas=(0.9, 0.999), eps=1e-8, fused=name == "seqwarm"
+        )
         # Entered once per step, never nested: both context managers may be reused.
         self.autocast = (
             contextlib.nullcontext() if precision == "fp32" else torch.autocast("cpu", dtype=DTYPES[precision])
