@@ -67,8 +67,11 @@ def prepare_builtin(
     force: bool = False,
     progress: bool = True,
     tokenizer: str | int | Tokenizer = "gpt2",
+    **options,
 ) -> Path:
-    """`seqwarm prepare --corpus builtin`: the train role split and tokenized, the held-out roles kept as text."""
+    """`seqwarm prepare --corpus builtin`: the train role split and tokenized, the held-out roles kept as text.
+
+    `options`: `prepare_documents`'s workers, shard_tokens, buffer_mb."""
     out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
     corpus = load_builtin(cache_dir() / "sources", progress=progress)
     return prepare_documents(
@@ -83,6 +86,7 @@ def prepare_builtin(
         chunk_chars=chunk_chars,
         progress=progress,
         tokenizer=tokenizer,
+        **options,
     )
 
 
