@@ -52,6 +52,7 @@ __all__ = ["Document", "read_documents", "prepare", "prepare_documents", "TEXT_S
 
 SHARD_TOKENS = 1 << 27  # 134M tokens: 256 MiB of uint16 per shard file
 BUFFER_MB = 64
+ITEM_CHARS = 1 << 20  # text per work item at most
 
 
 def prepare(
@@ -86,6 +87,7 @@ def prepare(
         chunk_chars=chunk_chars,
         progress=progress,
         tokenizer=chosen,
+        force=force,
         append=append,
         workers=workers,
         shard_tokens=shard_tokens,
@@ -112,7 +114,8 @@ def check_output(out: Path, *, val_fraction: float, test_fraction: float, force:
     """`out` as a Path, once the split fractions are valid and `out` may be written (before any reading).
 
     A directory holding an unfinished prepare is resumed (its inputs are checked later); one
-    holding a corpus takes `--append` or `--force`; `--force` removes whatever is there.
+    holding a corpus takes `--append` or `--force`; with `--force`, `prepare_documents` removes
+    whatever is there once the input has been read through without error.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(
@@ -126,7 +129,6 @@ def check_output(out: Path, *, val_fraction: float, test_fraction: float, force:
             raise DataError(f"{out}: --append needs a directory written by `seqwarm prepare`")
         return out
     if force:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
         return out
     if (out / PROGRESS).is_file():
         return out  # resumed, or refused if it is another job's (prepare_documents)
@@ -151,6 +153,7 @@ def prepare_documents(
     chunk_chars: int,
     progress: bool,
     tokenizer: str | int | Tokenizer = TOKENIZER_NAME,
+    force: bool = False,
     append: bool = False,
     workers: int | None = None,
     shard_tokens: int = SHARD_TOKENS,
@@ -188,7 +191,7 @@ def prepare_documents(
         "shard_tokens": shard_tokens,
         "append_to": None if base is None else {s: len(base["splits"][s]["shards"]) for s in SPLITS},
     }
-    state = read_progress(out) if (out / PROGRESS).is_file() else None
+    state = read_progress(out) if (out / PROGRESS).is_file() and not force else None
     if state is not None and state["job"] != json.loads(json.dumps(job)):
         raise DataError(
             f"{out}: holds an unfinished prepare of other inputs or settings ({state['job']['label']}); "
@@ -198,6 +201,8 @@ def prepare_documents(
         cuts = split_cuts(lambda: chunk_documents(read(), chunk_chars), val_fraction, test_fraction)
         if not cuts["has_text"]:
             raise DataError(f"{label}: no text found")
+        if force and out.exists():  # the old directory goes only once the new input is known to be good
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
         state = {"job": job, "cuts": cuts, "tokenizer_meta": {}, "done_chunks": 0, "splits": None}
         out.mkdir(parents=True, exist_ok=True)
         if isinstance(tok, int):
@@ -254,7 +259,9 @@ def _tokenize(read, out, state, tok, base, chunk_chars, workers, shard_tokens, b
     writers = {s: SplitWriter(out, s, dtype, shard_tokens, first[s], saved.get(s)) for s in SPLITS}
     workers = os.cpu_count() or 1 if workers is None else max(1, workers)
     max_pending = 1 if workers == 1 else 2 * workers
-    item_chars = max(1, int(buffer_mb * 1e6) // (max_pending + 1))  # the items in flight and the one being filled
+    # The items in flight and the one being filled share the buffer; an item of at most ITEM_CHARS
+    # keeps the workers busy on a corpus of a few items' size, and its tokens cheap to send back.
+    item_chars = max(1, min(ITEM_CHARS, int(buffer_mb * 1e6) // (max_pending + 1)))
     total = state["cuts"]["chars"]
     # Worker processes only pay off with more items than workers; the tokens are the same either way.
     workers = min(workers, max(1, total // item_chars))

@@ -86,6 +86,7 @@ def prepare_builtin(
         chunk_chars=chunk_chars,
         progress=progress,
         tokenizer=tokenizer,
+        force=force,
         **options,
     )
 
