@@ -7,10 +7,13 @@ A corpus of `--mb` MB of generated English-like text (documents of 200-2,000 wor
 fixed 2,000-word vocabulary, seeded) is written once per format. Then, in the same run:
 
 - raw: GPT-2's tiktoken `encode_ordinary_batch` on the documents already in memory, with one thread
-  per core (tiktoken's own parallelism), on a sample of the corpus: the tokenizer's limit;
+  per core (tiktoken's own parallelism), on a 20 MB sample of the corpus: the tokenizer's limit,
+  per wall second and per CPU second, measured again right before each prepare run;
 - for each format and worker count: `python -m seqwarm prepare` in a child process, its wall time
-  (both passes, from the files to the published shards), tokens/s, the ratio to raw, and the peak
-  RSS summed over the child and its worker processes (sampled from /proc every 50 ms).
+  (both passes, from the files to the published shards, interpreter start and imports included),
+  tokens/s, its CPU seconds (the child and its workers), both as ratios to raw, and the peak RSS
+  summed over the child and its worker processes (sampled from /proc every 50 ms). On a busy
+  machine the wall-clock ratio follows the load; the CPU-second ratio is the cost per token.
 
 The outputs of every worker count are checked to be byte-identical. Wall times depend on what
 else the machine runs; record the CPU with the figures.
@@ -172,6 +175,7 @@ def bench_prepare(args) -> None:
         for w in [int(x) for x in args.workers.split(",")]:
             out = root / f"out-{fmt}-{w}"
             shutil.rmtree(out, ignore_errors=True)
+            raw, raw_cpu = raw_throughput(docs)  # again before each run: the machine's load drifts
             wall, cpu, peak = run_prepare(inp, out, w)
             meta = json.loads((out / "meta.json").read_text())
             tokens = sum(s["tokens"] for s in meta["splits"].values())
@@ -179,7 +183,7 @@ def bench_prepare(args) -> None:
             print(
                 f"{fmt:<8} {disk / 1e6:7.1f} MB  workers {w}  {wall:7.1f} s  {tokens / wall:>10,.0f} tokens/s  "
                 f"ratio {tokens / wall / raw:.2f}  CPU {cpu:6.1f} s  {tokens / cpu:>10,.0f} tokens/CPU-s  "
-                f"ratio {tokens / cpu / raw_cpu:.2f}  peak RSS {peak / 2**20:,.0f} MiB",
+                f"ratio {tokens / cpu / raw_cpu:.2f}  peak RSS {peak / 2**20:,.0f} MiB  (raw {raw:,.0f} tokens/s)",
                 flush=True,
             )
             shutil.rmtree(out) if w != min(outputs) else None
@@ -191,7 +195,9 @@ def bench_prepare(args) -> None:
 
 
 def bench_loader(steps: int = 40) -> None:
-    """Per-step time of a tiny GPT's forward and backward with the loader inline or prefetched."""
+    """A tiny GPT's training steps with the loader inline and prefetched, alternating step by step
+    (so that the machine's load hits both alike): the time `next_batch` takes in the step, and the
+    whole step's median."""
     import torch
 
     from seqwarm.data.format import SequenceIndex
@@ -199,34 +205,33 @@ def bench_loader(steps: int = 40) -> None:
     from seqwarm.model import GPT, GPTConfig
 
     torch.manual_seed(0)
-    tokens = np.random.default_rng(0).integers(0, 50257, size=20_000_000, dtype=np.uint16)
-    model = GPT(GPTConfig(n_layer=2, n_head=4, d_model=128, max_seqlen=512))
+    vocab = 2048
+    tokens = np.random.default_rng(0).integers(0, vocab, size=20_000_000, dtype=np.uint16)
+    model = GPT(GPTConfig(n_layer=2, n_head=4, d_model=128, max_seqlen=256, vocab_size=vocab))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    B, L = 32, 512
-    result = {}
-    for prefetch in (False, True, False, True):
-        loader = TrainLoader(SequenceIndex(tokens, L), seed=1)
-        times = []
-        for _ in range(steps):
+    B, L = 16, 256
+    loaders = {mode: TrainLoader(SequenceIndex(tokens, L), seed=1) for mode in ("inline", "prefetched")}
+    data = {mode: [] for mode in loaders}
+    step_s = {mode: [] for mode in loaders}
+    for _ in range(steps):
+        for mode, loader in loaders.items():
             start = time.perf_counter()
             batch = loader.next_batch(B, L)
-            if prefetch:
+            data[mode].append(time.perf_counter() - start)
+            if mode == "prefetched":
                 loader.prefetch(B, L)
-            loss = model(batch.inputs, batch.targets)
-            (loss / B).backward()
+            (model(batch.inputs, batch.targets) / B).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            times.append(time.perf_counter() - start)
+            step_s[mode].append(time.perf_counter() - start)
+    for loader in loaders.values():
         loader.close()
-        result.setdefault(prefetch, []).append(float(np.median(times[5:])))
-        t0 = time.perf_counter()
-        for _ in range(20):
-            TrainLoader(SequenceIndex(tokens, L), seed=1).next_batch(B, L)
-        read = (time.perf_counter() - t0) / 20
-    off, on = min(result[False]), min(result[True])
-    print(f"loader: batch {B} x {L}, tiny GPT (2 layers, 128 wide), {torch.get_num_threads()} threads")
-    print(f"  reading one batch inline: {read * 1e3:.2f} ms")
-    print(f"  median step, inline: {off * 1e3:.1f} ms; prefetched: {on * 1e3:.1f} ms; saved {(off - on) * 1e3:.1f} ms")
+    print(f"loader: batch {B} x {L}, tiny GPT (2 layers, 128 wide, {vocab} ids), {torch.get_num_threads()} threads")
+    for mode in loaders:
+        print(
+            f"  {mode:<10}  next_batch median {np.median(data[mode][5:]) * 1e3:6.2f} ms   "
+            f"step median {np.median(step_s[mode][5:]) * 1e3:7.1f} ms"
+        )
 
 
 def main() -> None:
