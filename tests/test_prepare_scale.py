@@ -265,3 +265,57 @@ def test_loader_batches_are_identical_with_and_without_prefetch(formats, tmp_pat
         ahead.prefetch(6 if step != 3 else 5, guess)  # one wrong guess: the batch is read again
     assert ahead.prefetch_hits == len(lengths) - 2
     ahead.close()
+
+
+def test_cli_prepare_appends_and_refuses_a_prepared_directory(formats, tmp_path, capsys):
+    from seqwarm.cli import main
+
+    out = tmp_path / "out"
+    common = ["--val-fraction", "0", "--test-fraction", "0", "--workers", "1"]
+    assert main(["prepare", formats["txt"], "--out", str(out), "--shard-tokens", "4000", *common]) == 0
+    assert main(["prepare", formats["txt"], "--out", str(out), *common]) == 2
+    assert "holds a prepared corpus (use --append" in capsys.readouterr().err
+    assert main(["prepare", formats["parquet"], "--out", str(out), "--append", *common]) == 0
+    assert np.array_equal(
+        stream(out),
+        np.concatenate(
+            [stream(prepare([formats["txt"]], tmp_path / "a", val_fraction=0, test_fraction=0, progress=False))] * 2
+        ),
+    )
+
+
+@pytest.mark.slow  # a real process, killed mid-run
+def test_a_killed_prepare_resumes_to_the_same_result(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = tmp_path / "big.jsonl"
+    src.write_bytes(jsonl_bytes(synthetic_text(9, n_docs=600, words_per_doc=300)))
+    args = ["prepare", str(src), "--shard-tokens", "3000", "--buffer-mb", "0.01", "--workers", "1"]
+    reference = tmp_path / "ref"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    subprocess.run([sys.executable, "-m", "seqwarm", *args, "--out", str(reference)], env=env, check=True)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "seqwarm", *args, "--out", str(out)], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        progress = out / "progress.json"
+        try:
+            state = json.loads(progress.read_text())
+        except (OSError, ValueError):  # not written yet
+            state = {"splits": None}
+        if state["splits"] and len(state["splits"]["train"]["shards"]) >= 3:
+            proc.send_signal(signal.SIGKILL)  # mid-shard: items go on being written between checkpoints
+            break
+        time.sleep(0.02)
+    proc.wait()
+    killed = proc.returncode == -signal.SIGKILL
+    if killed:
+        assert not (out / "meta.json").exists() and (out / "progress.json").exists()
+    subprocess.run([sys.executable, "-m", "seqwarm", *args, "--out", str(out)], env=env, check=True)
+    assert shard_files(out) == shard_files(reference)
+    assert (out / "meta.json").read_text() == (reference / "meta.json").read_text()
+    assert killed, "the prepare was killed before it finished (else this test checked a plain run)"
