@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
+    import torch
+
     from seqwarm.config import Config
     from seqwarm.model import GPTConfig
 
@@ -125,6 +126,10 @@ class SequenceIndex:
 
     def rows(self, indices) -> torch.Tensor:
         """(len(indices), seqlen + 1) int64."""
+        # Imported here: `seqwarm prepare` imports this module and never builds a tensor (torch's
+        # import is about 1.5 CPU-s and 250 MB of resident memory).
+        import torch
+
         L = self.seqlen
         return torch.from_numpy(np.stack([self.tokens[i * L : i * L + L + 1] for i in indices]).astype(np.int64))
 
