@@ -257,7 +257,7 @@ def _tokenize(read, out, state, tok, base, chunk_chars, workers, shard_tokens, b
     first = {s: 0 if base is None else len(base["splits"][s]["shards"]) for s in SPLITS}
     saved = state["splits"] or {}
     writers = {s: SplitWriter(out, s, dtype, shard_tokens, first[s], saved.get(s)) for s in SPLITS}
-    workers = os.cpu_count() or 1 if workers is None else max(1, workers)
+    workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
     max_pending = 1 if workers == 1 else 2 * workers
     # The items in flight and the one being filled share the buffer; an item of at most ITEM_CHARS
     # keeps the workers busy on a corpus of a few items' size, and its tokens cheap to send back.
