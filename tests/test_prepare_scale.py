@@ -2,6 +2,7 @@
 
 import gzip
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -296,7 +297,9 @@ def test_a_killed_prepare_resumes_to_the_same_result(tmp_path):
     src.write_bytes(jsonl_bytes(synthetic_text(9, n_docs=600, words_per_doc=300)))
     args = ["prepare", str(src), "--shard-tokens", "3000", "--buffer-mb", "0.01", "--workers", "1"]
     reference = tmp_path / "ref"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    import seqwarm
+
+    env = {**os.environ, "PYTHONPATH": str(Path(seqwarm.__file__).parents[1])}  # this tree, from any directory
     subprocess.run([sys.executable, "-m", "seqwarm", *args, "--out", str(reference)], env=env, check=True)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "seqwarm", *args, "--out", str(out)], env=env)
