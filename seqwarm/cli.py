@@ -46,11 +46,20 @@ def cmd_prepare(args) -> None:
     if name is not None and not args.force:
         path = ensure_builtin(progress=True, name=name)
     else:
-        options = dict(val_fraction=args.val_fraction, test_fraction=args.test_fraction, tokenizer=tokenizer)
+        options = dict(
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            tokenizer=tokenizer,
+            workers=args.workers,
+            shard_tokens=args.shard_tokens,
+            buffer_mb=args.buffer_mb,
+        )
         if inputs == ["builtin"]:
             path = prepare_builtin(out, **options, force=args.force, progress=True)
         else:
-            path = prepare(inputs, out, **options, force=args.force, progress=True)
+            path = prepare(
+                inputs, out, **options, force=args.force, append=args.append, text_field=args.text_field, progress=True
+            )
     meta = json.loads((path / "meta.json").read_text())
     counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
     tokenizer = "" if meta["tokenizer"] == "gpt2" else f"tokenizer {meta['tokenizer']} ({meta['vocab_size']:,} ids), "
@@ -205,12 +214,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prepare", help="tokenize a corpus into memory-mapped train/val/test splits")
-    s.add_argument("inputs", nargs="*", help="text/JSONL files or directories (default: the builtin corpus)")
+    s.add_argument(
+        "inputs",
+        nargs="*",
+        help="text, JSONL (.gz/.zst), Parquet files, saved datasets, directories or globs (default: the builtin corpus)",
+    )
     s.add_argument("--corpus", choices=["builtin"], help="the embedded English corpus (default when no inputs)")
     s.add_argument("--out", help="output directory (default for builtin: the seqwarm cache)")
     s.add_argument("--val-fraction", type=float, default=0.01)
     s.add_argument("--test-fraction", type=float, default=0.01)
     s.add_argument("--force", action="store_true", help="replace an existing output directory")
+    s.add_argument("--append", action="store_true", help="add the inputs to an existing prepared directory")
+    s.add_argument("--text-field", default="text", help="the JSONL key or Parquet column holding the text")
+    s.add_argument("--workers", type=int, default=None, help="tokenizing processes (default: the machine's cores)")
+    s.add_argument("--shard-tokens", type=int, default=1 << 27, help="tokens per shard file (default 134,217,728)")
+    s.add_argument("--buffer-mb", type=float, default=64, help="text held in memory at once, in MB (default 64)")
     s.add_argument(
         "--tokenizer",
         default="gpt2",

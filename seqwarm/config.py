@@ -62,8 +62,9 @@ class RunConfig:
 class DataConfig:
     path: str = "builtin"
     """Directory written by `seqwarm prepare`, or `builtin` for the embedded corpus (prepared on first use)."""
-    verify: Literal["full", "size"] = "full"
-    """Check token files against meta.json: `full` recomputes the sha256, `size` only the length (huge corpora)."""
+    verify: Literal["full", "size", "lazy"] = "full"
+    """Check token files against meta.json: `full` recomputes the sha256, `size` only the length (huge corpora),
+    `lazy` each shard's sha256 the first time training reads it."""
 
 
 @dataclass

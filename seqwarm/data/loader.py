@@ -4,10 +4,18 @@
 indexing, Section 4; see `seqwarm.data.order`). `TrainLoader` asks a `SequenceOrder` which
 segments the next global batch trains on, reads their tokens and truncates them to the step's
 pacing length, padding a last tail shorter than that (its padding targets are ignored).
+
+`prefetch(batch_size, seqlen)` reads the next batch's tokens in a background thread while the
+current step runs, from a copy of the order: `next_batch` still draws its segments from the order
+itself and takes the prefetched rows only when they are of exactly those segments, so batches,
+and the order's state (what a checkpoint stores: consumed batches, never prefetched ones), are the
+same with and without it.
 """
 
 from __future__ import annotations
 
+import copy
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,17 +43,63 @@ class TrainLoader:
     contiguous share `rank` of every global batch.
     """
 
-    def __init__(self, index: SequenceIndex, *, seed: int, drop_tail: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        index: SequenceIndex,
+        *,
+        seed: int,
+        drop_tail: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        pin_memory: bool = False,
+    ):
         self.index = index
         self.order = SequenceOrder(len(index), index.seqlen, seed=seed, drop_tail=drop_tail)
         self.rank, self.world_size = rank, world_size
+        self.pin_memory = pin_memory  # page-locked rows, so that .to(cuda, non_blocking=True) is asynchronous
+        self._pool: ThreadPoolExecutor | None = None
+        self._ahead: tuple[int, int, Future] | None = None
+        self.prefetch_hits = 0
 
     def next_batch(self, batch_size: int, seqlen: int) -> Batch:
         starts, served = self.order.next_segments(batch_size, seqlen)
-        share = batch_size // self.world_size
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[:2] == (batch_size, seqlen):
+            p_starts, p_served, inputs, targets = ahead[2].result()
+            if np.array_equal(p_starts, starts) and np.array_equal(p_served, served):
+                self.prefetch_hits += 1
+                return Batch(inputs, targets, tokens=int(served.sum()), starts=starts, served=served)
+        elif ahead is not None:
+            ahead[2].result()  # a guess that missed (a skipped step changed the batch size): let it finish
+        inputs, targets = self._rows(starts, served, seqlen)
+        return Batch(inputs, targets, tokens=int(served.sum()), starts=starts, served=served)
+
+    def prefetch(self, batch_size: int, seqlen: int) -> None:
+        """Start reading the batch that `next_batch(batch_size, seqlen)` would return next, in the background."""
+        if self._ahead is not None:
+            self._ahead[2].result()
+        order = copy.deepcopy(self.order)  # integers only: the pool of tails at most, never tokens
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqwarm-prefetch")
+
+        def work():
+            starts, served = order.next_segments(batch_size, seqlen)
+            return (starts, served, *self._rows(starts, served, seqlen))
+
+        self._ahead = (batch_size, seqlen, self._pool.submit(work))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool, self._ahead = None, None
+
+    def _rows(self, starts: np.ndarray, served: np.ndarray, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+        share = len(starts) // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
         inputs, targets = self.read(starts[mine], served[mine], seqlen)
-        return Batch(inputs, targets, tokens=int(served.sum()), starts=starts, served=served)
+        if self.pin_memory:
+            inputs, targets = inputs.pin_memory(), targets.pin_memory()
+        return inputs, targets
 
     def read(self, starts: np.ndarray, served: np.ndarray, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rows of `seqlen + 1` tokens from the segments, then truncation into inputs and targets.
@@ -64,4 +118,7 @@ class TrainLoader:
         return self.order.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
+        if self._ahead is not None:
+            self._ahead[2].result()
+            self._ahead = None  # read from the state being replaced
         self.order.load_state_dict(state)

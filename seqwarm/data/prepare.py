@@ -1,31 +1,41 @@
-"""`seqwarm prepare`: text -> tokens -> one memory-mapped file per split, plus meta.json.
+"""`seqwarm prepare`: documents -> tokens -> sharded, memory-mapped files per split, plus meta.json.
 
-Documents are joined with `<|endoftext|>` (each document is followed by one), as GPT-2 was trained.
-The val/test splits are chosen by hashing fixed-size chunks of the documents, so the split of a
-corpus does not depend on the order its files are listed in, and a re-run gives identical files.
+Documents (any input format: `seqwarm.data.sources`) are joined with `<|endoftext|>` (each document
+is followed by one), as GPT-2 was trained. They are cut into chunks of about `chunk_chars` at
+paragraph breaks, and the val/test splits are the chunks whose names hash smallest: so the split
+does not depend on the order the files are listed in, the number of workers or the shard size, and
+a re-run gives identical files. The input is streamed, twice: a first pass reads only the chunks'
+names and keeps the few smallest hashes (`split_cuts`), a second tokenizes, in `--workers`
+processes (`seqwarm.data.encode`), into shards (`seqwarm.data.shards`); memory is bounded by
+`--buffer-mb`, not by the corpus. An interrupted prepare resumes from its last finished shard;
+`--append` adds more input to a prepared directory, split by the same rule on its own.
+
 The tokenizer is GPT-2's (the default), a byte-level BPE trained here on the train split's chunks
 only, since the split is decided before anything is tokenized (`--tokenizer bpe:N`), or a given
 tokenizer.json (`--tokenizer PATH`); the last two are stored in the directory (seqwarm.tokenizer).
-The output directory is written whole or not at all (`seqwarm.files.atomic_directory`). The
-builtin corpus comes through here too, from `seqwarm.data.builtin.corpus`.
+The builtin corpus comes through here too, from `seqwarm.data.builtin.corpus`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import sys
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from seqwarm import __version__
-from seqwarm.data.format import FORMAT, SPLITS, token_dtype
+from seqwarm.data.encode import EncodeStats, encode_stream
+from seqwarm.data.format import FORMAT, FORMAT_SHARDED, SPLITS, token_dtype
+from seqwarm.data.shards import PROGRESS, SplitWriter, read_progress, write_progress
+from seqwarm.data.sources import JSONL_SUFFIXES, TEXT_SUFFIXES, Document, list_inputs, read_documents, read_input
 from seqwarm.errors import DataError
-from seqwarm.files import atomic_directory, directory_lock
+from seqwarm.files import atomic_write, directory_lock, file_sha256
 from seqwarm.tokenizer import (
     TOKENIZER_FILE,
     TOKENIZER_NAME,
@@ -34,17 +44,15 @@ from seqwarm.tokenizer import (
     parse_tokenizer,
     read_tokenizer_file,
     require_tokenizers,
+    tokenizer_from_meta,
     train_bpe,
 )
 
-TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
-JSONL_SUFFIXES = {".jsonl", ".json"}
+__all__ = ["Document", "read_documents", "prepare", "prepare_documents", "TEXT_SUFFIXES", "JSONL_SUFFIXES"]
 
-
-@dataclass(frozen=True)
-class Document:
-    source: str  # a stable name: e.g. "docs/a.txt", "docs/b.jsonl:3", "shakespeare/hamlet", "wikipedia/Anarchism"
-    text: str
+SHARD_TOKENS = 1 << 27  # 134M tokens: 256 MiB of uint16 per shard file
+BUFFER_MB = 64
+ITEM_CHARS = 1 << 20  # text per work item at most
 
 
 def prepare(
@@ -55,26 +63,42 @@ def prepare(
     test_fraction: float = 0.01,
     chunk_chars: int = 8000,
     force: bool = False,
+    append: bool = False,
     progress: bool = True,
-    tokenizer: str = TOKENIZER_NAME,
+    tokenizer: str | int | Tokenizer = TOKENIZER_NAME,
+    text_field: str = "text",
+    workers: int | None = None,
+    shard_tokens: int = SHARD_TOKENS,
+    buffer_mb: float = BUFFER_MB,
+    stats: EncodeStats | None = None,
 ) -> Path:
-    """Tokenize `inputs` (text/JSONL files and directories) into `out` with `tokenizer` (`--tokenizer`)."""
+    """Tokenize `inputs` (files, directories, globs: `seqwarm.data.sources`) into `out` with `tokenizer`."""
     chosen = choose_tokenizer(tokenizer)
     check_output(
-        out, val_fraction=val_fraction, test_fraction=test_fraction, force=force, inputs=inputs
+        out, val_fraction=val_fraction, test_fraction=test_fraction, force=force, append=append, inputs=inputs
     )  # before any write
     with directory_lock(out, inside=False, what="prepared-data directory"):
-        out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force, inputs=inputs)
+        out = check_output(
+            out, val_fraction=val_fraction, test_fraction=test_fraction, force=force, append=append, inputs=inputs
+        )
+        files = list_inputs(inputs)  # a missing input or an unknown format fails before any reading
         return prepare_documents(
-            list(read_documents(inputs)),
+            lambda: (doc for file in files for doc in read_input(file, text_field)),
             out,
             label=", ".join(inputs),
             sources=[{"name": str(Path(p)), "role": "train"} for p in inputs],
+            fingerprint=[f.fingerprint() for f in files] + [text_field],
             val_fraction=val_fraction,
             test_fraction=test_fraction,
             chunk_chars=chunk_chars,
             progress=progress,
             tokenizer=chosen,
+            force=force,
+            append=append,
+            workers=workers,
+            shard_tokens=shard_tokens,
+            buffer_mb=buffer_mb,
+            stats=stats,
         )
 
 
@@ -93,50 +117,70 @@ def choose_tokenizer(spec: str | int | Tokenizer) -> Tokenizer | int:
 
 
 def check_output(
-    out: Path, *, val_fraction: float, test_fraction: float, force: bool, inputs: Iterable[str] = ()
+    out: Path,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    force: bool,
+    append: bool = False,
+    inputs: Iterable[str] = (),
 ) -> Path:
     """`out` as a Path, once the split fractions are valid and `out` may be written (before any reading).
 
-    `--force` replaces only a prepared directory (a meta.json of this format: `is_prepared`), and
-    never one that holds an input (`prepare SRC --out SRC --force` would delete the texts).
+    A directory holding an unfinished prepare is resumed (its inputs are checked later); one
+    holding a corpus takes `--append` or `--force`. `--force` replaces only a prepared directory
+    (a meta.json of this format, `is_prepared`, or an unfinished prepare's progress file), and never
+    one that holds an input (`prepare SRC --out SRC --force` would delete the texts);
+    `prepare_documents` removes what is there once the input has been read through without error.
     """
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(
             f"--val-fraction/--test-fraction: need fractions summing below 1, got {val_fraction}, {test_fraction}"
         )
     out = Path(out)
+    if force and append:
+        raise DataError("prepare: --force replaces the output directory, --append adds to it; give one")
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
     if not out.exists() or not any(out.iterdir()):
+        if append:
+            raise DataError(f"{out}: --append needs a directory written by `seqwarm prepare`")
         return out
-    if not force:
-        raise DataError(f"{out}: output directory exists and is not empty (use --force to replace it)")
-    for item in inputs:
-        src, dest = Path(item).resolve(), out.resolve()
-        if src == dest or dest in src.parents:
-            raise DataError(f"{item}: an input inside --out {out}; --force would delete it: choose another --out")
-    if not is_prepared(out):
-        raise DataError(
-            f"--out {out}: not a prepared-data directory (no meta.json of format {FORMAT}); "
-            "--force replaces only a directory seqwarm prepared: choose another --out or empty it yourself"
-        )
-    return out
+    if force:
+        for item in inputs:
+            src, dest = Path(item).resolve(), out.resolve()
+            if src == dest or dest in src.parents:
+                raise DataError(f"{item}: an input inside --out {out}; --force would delete it: choose another --out")
+        if not is_prepared(out) and not (out / PROGRESS).is_file():
+            raise DataError(
+                f"--out {out}: not a prepared-data directory (no meta.json of format {FORMAT_SHARDED} or {FORMAT}); "
+                "--force replaces only a directory seqwarm prepared: choose another --out or empty it yourself"
+            )
+        return out
+    if (out / PROGRESS).is_file():
+        return out  # resumed, or refused if it is another job's (prepare_documents)
+    if (out / "meta.json").is_file():
+        if append:
+            return out
+        raise DataError(f"{out}: holds a prepared corpus (use --append to add input to it, --force to replace it)")
+    raise DataError(f"{out}: output directory exists and is not empty (use --force to replace it)")
 
 
 def is_prepared(directory: Path) -> bool:
     """Whether `directory` holds a corpus seqwarm prepared: its marker is a meta.json of this format."""
     try:
-        return json.loads((Path(directory) / "meta.json").read_text()).get("format") == FORMAT
+        return json.loads((Path(directory) / "meta.json").read_text()).get("format") in (FORMAT, FORMAT_SHARDED)
     except (OSError, ValueError, AttributeError):
         return False
 
 
 def prepare_documents(
-    docs: list[Document],
+    docs: list[Document] | Callable[[], Iterable[Document]],
     out: Path,
     *,
     label: str,
     sources: list[dict],
+    fingerprint: list | None = None,
     heldout: dict[str, list[Document]] | None = None,
     extra_meta: dict | None = None,
     val_fraction: float,
@@ -144,102 +188,220 @@ def prepare_documents(
     chunk_chars: int,
     progress: bool,
     tokenizer: str | int | Tokenizer = TOKENIZER_NAME,
+    force: bool = False,
+    append: bool = False,
+    workers: int | None = None,
+    shard_tokens: int = SHARD_TOKENS,
+    buffer_mb: float = BUFFER_MB,
+    stats: EncodeStats | None = None,
 ) -> Path:
-    """Split and tokenize `docs` into `out` (replaced whole); `heldout` texts go to heldout/NAME.jsonl untokenized.
+    """Split and tokenize `docs` (a list, or a function giving a fresh iterator: the input is read
+    more than once) into `out`; `heldout` texts go to heldout/NAME.jsonl untokenized.
 
-    `label` names the input in errors, `sources` is meta.json's record of it, `extra_meta` is
-    appended to meta.json. `tokenizer` is what `choose_tokenizer` takes.
+    `label` names the input in errors, `sources` is meta.json's record of it, `fingerprint` what a
+    resumed prepare checks the input against (by default the names and sizes of `docs`),
+    `extra_meta` is appended to meta.json. `tokenizer` is what `choose_tokenizer` takes.
     """
-    heldout = heldout or {}
-    tok = choose_tokenizer(tokenizer)
-    if not docs or not any(d.text.strip() for d in docs):
-        raise DataError(f"{label}: no text found")
-    units = assign_splits(chunk_documents(docs, chunk_chars), val_fraction, test_fraction)
-    tokenizer_meta = {}
+    read = docs if callable(docs) else (lambda: iter(docs))
+    if fingerprint is None:
+        digest = hashlib.sha256()
+        for d in read():
+            digest.update(f"{d.source}\0{len(d.text)}\0".encode())
+        fingerprint = [digest.hexdigest()]
+    if shard_tokens < 1:
+        raise DataError(f"--shard-tokens: must be at least 1, got {shard_tokens}")
+    if buffer_mb <= 0:
+        raise DataError(f"--buffer-mb: must be positive, got {buffer_mb}")
+    out = Path(out)
+    base = json.loads((out / "meta.json").read_text()) if append and (out / "meta.json").is_file() else None
+    if base is not None and base.get("format") != FORMAT_SHARDED:
+        raise DataError(f"{out}: --append needs the sharded format; prepare this corpus again to convert it")
+    tok = _job_tokenizer(choose_tokenizer(tokenizer), base, out)
+    split_rule = {"chunk_chars": chunk_chars, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    job = {
+        "label": label,
+        "fingerprint": fingerprint,
+        "split_rule": split_rule,
+        "tokenizer": tok if isinstance(tok, int) else [tok.name, tok.sha256()],
+        "shard_tokens": shard_tokens,
+        "append_to": None if base is None else {s: len(base["splits"][s]["shards"]) for s in SPLITS},
+    }
+    state = read_progress(out) if (out / PROGRESS).is_file() and not force else None
+    if state is not None and state["job"] != json.loads(json.dumps(job)):
+        raise DataError(
+            f"{out}: holds an unfinished prepare of other inputs or settings ({state['job']['label']}); "
+            "run that command again to resume it, or use --force to start over"
+        )
+    if state is None:
+        cuts = split_cuts(lambda: chunk_documents(read(), chunk_chars), val_fraction, test_fraction)
+        if not cuts["has_text"]:
+            raise DataError(f"{label}: no text found")
+        if force and out.exists():  # the old directory goes only once the new input is known to be good
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        state = {"job": job, "cuts": cuts, "tokenizer_meta": {}, "done_chunks": 0, "splits": None}
+        out.mkdir(parents=True, exist_ok=True)
+        if isinstance(tok, int):
+            state["tokenizer_meta"] = _train_tokenizer(tok, read, chunk_chars, cuts, out, progress)
+        elif tok.json is not None and base is None:
+            atomic_write(out / TOKENIZER_FILE, tok.json)
+            state["tokenizer_meta"] = {"tokenizer_source": {"file": tok.source}}
+        write_progress(out, state)
+    elif progress:
+        print(f"{out}: resuming an unfinished prepare at chunk {state['done_chunks']:,}", file=sys.stderr)
     if isinstance(tok, int):
-        # Trained on the train split only: val and test stay unseen by the tokenizer as by the model.
-        train_texts = [text for text, _, s in units if s == "train"]
-        if progress:
-            print(f"training a byte-level BPE of {tok:,} tokens on {len(train_texts):,} train chunks", file=sys.stderr)
-        tok = train_bpe(train_texts, tok)
-        tokenizer_meta["tokenizer_source"] = {
-            "trained_on": "train",
-            "chars": sum(len(t) for t in train_texts),
-            "tokenizers": require_tokenizers().__version__,
-        }
-    elif tok.json is not None:
-        tokenizer_meta["tokenizer_source"] = {"file": tok.source}
-    dtype = token_dtype(tok.vocab_size)
-    with atomic_directory(out) as tmp:  # `out` is either the old directory or complete
+        tok = read_tokenizer_file(out / TOKENIZER_FILE, f"bpe:{tok}")
+    _tokenize(read, out, state, tok, base, chunk_chars, workers, shard_tokens, buffer_mb, progress, stats)
+    _publish(out, state, tok, base, sources, heldout or {}, extra_meta or {}, split_rule)
+    return out
+
+
+def _job_tokenizer(tok: Tokenizer | int, base: dict | None, out: Path) -> Tokenizer | int:
+    """The tokenizer of this job: an appended part is tokenized as the corpus was."""
+    if base is None:
+        return tok
+    existing = tokenizer_from_meta(base, out)
+    asked = f"bpe:{tok}" if isinstance(tok, int) else tok.name
+    if asked not in (TOKENIZER_NAME, existing.name) or (
+        isinstance(tok, Tokenizer) and tok.json and tok.json != existing.json
+    ):
+        raise DataError(f"--tokenizer {asked}: {out} was tokenized with {existing.name}; --append keeps it")
+    return existing
+
+
+def _train_tokenizer(vocab: int, read, chunk_chars: int, cuts: dict, out: Path, progress: bool) -> dict:
+    """Train the BPE on the train split's chunks (val and test stay unseen by it) and store it in `out`."""
+    if progress:
+        print(f"training a byte-level BPE of {vocab:,} tokens on the train chunks", file=sys.stderr)
+    chars = 0
+
+    def train_texts() -> Iterator[str]:
+        nonlocal chars
+        for split, text, _ in split_units(read(), chunk_chars, cuts):
+            if split == "train":
+                chars += len(text)
+                yield text
+
+    tok = train_bpe(train_texts(), vocab)
+    atomic_write(out / TOKENIZER_FILE, tok.json)
+    return {"tokenizer_source": {"trained_on": "train", "chars": chars, "tokenizers": require_tokenizers().__version__}}
+
+
+def _tokenize(read, out, state, tok, base, chunk_chars, workers, shard_tokens, buffer_mb, progress, stats) -> None:
+    """The second pass: every chunk after `state['done_chunks']` tokenized into its split's shards."""
+    dtype = np.dtype(token_dtype(tok.vocab_size))
+    first = {s: 0 if base is None else len(base["splits"][s]["shards"]) for s in SPLITS}
+    saved = state["splits"] or {}
+    writers = {s: SplitWriter(out, s, dtype, shard_tokens, first[s], saved.get(s)) for s in SPLITS}
+    workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
+    max_pending = 1 if workers == 1 else 2 * workers
+    # The items in flight and the one being filled share the buffer; an item of at most ITEM_CHARS
+    # keeps the workers busy on a corpus of a few items' size, and its tokens cheap to send back.
+    item_chars = max(1, min(ITEM_CHARS, int(buffer_mb * 1e6) // (max_pending + 1)))
+    total = state["cuts"]["chars"]
+    # Worker processes only pay off with more items than workers; the tokens are the same either way.
+    workers = min(workers, max(1, total // item_chars))
+    max_pending = 1 if workers == 1 else 2 * workers
+    done = state["done_chunks"]
+    units = split_units(read(), chunk_chars, state["cuts"])
+    skipped = 0
+    for _ in range(done):
+        skipped += len(next(units)[1])
+    try:
+        with tqdm(
+            total=total, initial=skipped, desc="tokenize", unit="char", unit_scale=True, disable=not progress
+        ) as bar:
+            for n, chars, result in encode_stream(
+                _items(units, item_chars), tok, dtype, workers=workers, max_pending=max_pending, stats=stats
+            ):
+                for split, tokens in result.items():
+                    writers[split].append(tokens)
+                done += n
+                bar.update(chars)
+                if any(w.closed_any for w in writers.values()):
+                    _checkpoint(out, state, writers, done)
+        for w in writers.values():
+            w.finish()
+        _checkpoint(out, state, writers, done)
+    except BaseException:
+        for w in writers.values():
+            w.abandon()
+        raise
+
+
+def _checkpoint(out: Path, state: dict, writers: dict[str, SplitWriter], done: int) -> None:
+    for w in writers.values():
+        w.sync()
+        w.closed_any = False
+    state["done_chunks"] = done
+    state["splits"] = {s: w.state() for s, w in writers.items()}
+    write_progress(out, state)
+
+
+def _items(units: Iterator[tuple[str, str, bool]], item_chars: int) -> Iterator[list[tuple[str, str, bool]]]:
+    item, size = [], 0
+    for unit in units:
+        item.append(unit)
+        size += len(unit[1])
+        if size >= item_chars:
+            yield item
+            item, size = [], 0
+    if item:
+        yield item
+
+
+def _publish(out, state, tok, base, sources, heldout, extra_meta, split_rule) -> None:
+    """meta.json, written last and atomically: the directory is a corpus from this moment on."""
+    splits = {}
+    for s in SPLITS:
+        shards = (base["splits"][s]["shards"] if base else []) + state["splits"][s]["shards"]
+        digest = hashlib.sha256()  # of the split's whole token stream, as the single-file format recorded
+        for shard in shards:
+            with open(out / shard["file"], "rb") as f:
+                _feed(digest, f)
+        splits[s] = {"tokens": sum(x["tokens"] for x in shards), "sha256": digest.hexdigest(), "shards": shards}
+    if state["cuts"]["needs"] and not all(splits[s]["tokens"] for s in state["cuts"]["needs"]):
+        raise DataError(f"{out}: a split came out empty")
+    for name, held in heldout.items():
+        (out / "heldout").mkdir(exist_ok=True)
+        atomic_write(
+            out / "heldout" / f"{name}.jsonl",
+            "".join(json.dumps({"source": d.source, "text": d.text}) + "\n" for d in held),
+        )
+    if base is not None:
+        meta = dict(base)
+        meta["splits"] = splits
+        meta["sources"] = base["sources"] + [{**src, "appended": True} for src in sources]
+        meta["created_by"] = f"seqwarm {__version__}"
+    else:
+        tokenizer_meta = dict(state["tokenizer_meta"])
         if tok.json is not None:
-            (tmp / TOKENIZER_FILE).write_bytes(tok.json.encode())
-            tokenizer_meta = {"tokenizer_file": TOKENIZER_FILE, "tokenizer_sha256": tok.sha256(), **tokenizer_meta}
-        splits = {}
-        for split in SPLITS:
-            texts = [(text, ends) for text, ends, s in units if s == split]
-            splits[split] = write_tokens(
-                texts, tmp / f"{split}.bin", tok, dtype, desc=f"tokenize {split}", progress=progress
-            )
-        for name, held in heldout.items():
-            path = tmp / "heldout" / f"{name}.jsonl"
-            path.parent.mkdir(exist_ok=True)
-            with path.open("w") as f:
-                for d in held:
-                    f.write(json.dumps({"source": d.source, "text": d.text}) + "\n")
+            tokenizer_meta = {
+                "tokenizer_file": TOKENIZER_FILE,
+                "tokenizer_sha256": file_sha256(out / TOKENIZER_FILE),
+                **tokenizer_meta,
+            }
         meta = {
-            "format": FORMAT,
+            "format": FORMAT_SHARDED,
             "created_by": f"seqwarm {__version__}",
             "tokenizer": tok.name,
             "vocab_size": tok.vocab_size,
             "eot_id": tok.eot_id,
-            "dtype": np.dtype(dtype).name,
-            **tokenizer_meta,  # nothing for GPT-2: its meta.json is what it has always been
+            "dtype": np.dtype(token_dtype(tok.vocab_size)).name,
+            **tokenizer_meta,  # nothing for GPT-2
             "splits": splits,
-            "split_rule": {"chunk_chars": chunk_chars, "val_fraction": val_fraction, "test_fraction": test_fraction},
+            "shard_tokens": state["job"]["shard_tokens"],
+            "split_rule": split_rule,
             "sources": sources,
             "heldout": {name: f"heldout/{name}.jsonl" for name in heldout},
-            **(extra_meta or {}),
+            **extra_meta,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    return out
+    atomic_write(out / "meta.json", json.dumps(meta, indent=2) + "\n")
+    (out / PROGRESS).unlink()
 
 
-def read_documents(inputs: Iterable[str]) -> Iterator[Document]:
-    """Text files (one document each), JSONL files (one document per line, field `text`), directories of them."""
-    for item in inputs:
-        path = Path(item)
-        if not path.exists():
-            raise DataError(f"{path}: no such file or directory")
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        files = [p for p in files if p.suffix in TEXT_SUFFIXES | JSONL_SUFFIXES] if path.is_dir() else files
-        if not files:
-            raise DataError(f"{path}: no .txt/.md/.jsonl files in this directory")
-        for file in files:
-            # A document is named by its path below the input's parent, not by its absolute path: the
-            # split rule hashes the names, and it must not change when the corpus moves.
-            yield from _read_file(file, file.relative_to(path.parent).as_posix())
-
-
-def _read_file(file: Path, name: str) -> Iterator[Document]:
-    try:
-        if file.suffix in JSONL_SUFFIXES:
-            with file.open(encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        text = json.loads(line)["text"]
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
-                        raise DataError(f"{file}:{lineno}: expected a JSON object with a 'text' field") from e
-                    if not isinstance(text, str):
-                        raise DataError(f"{file}:{lineno}: 'text' must be a string")
-                    yield Document(f"{name}:{lineno}", text)
-        else:
-            yield Document(name, file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise DataError(f"{file}: not UTF-8 text") from e
-    except OSError as e:
-        raise DataError(f"{file}: cannot read ({e.strerror})") from e
+def _feed(digest, f, block: int = 1 << 22) -> None:
+    while chunk := f.read(block):
+        digest.update(chunk)
 
 
 def chunk_documents(docs: Iterable[Document], chunk_chars: int) -> Iterator[tuple[str, str, bool]]:
@@ -270,42 +432,69 @@ def assign_splits(
     return [(text if ends else text + "\n\n", ends, split.get(i, "train")) for i, (_, text, ends) in enumerate(chunks)]
 
 
-def write_tokens(
-    texts: list[tuple[str, bool]],
-    path: Path,
-    tok: Tokenizer,
-    dtype: type[np.unsignedinteger],
-    *,
-    desc: str,
-    progress: bool,
-    batch: int = 256,
+def split_cuts(
+    chunks: Callable[[], Iterable[tuple[str, str, bool]]], val_fraction: float, test_fraction: float
 ) -> dict:
-    """Tokenize (text, ends_document) pieces into a file of `dtype`; return its token count and sha256.
+    """The split rule of `assign_splits` in one streaming pass, with memory for the few smallest hashes only.
 
-    `<|endoftext|>` is appended after each document's last piece as a token id, and text is encoded
-    as ordinary text, so a document that happens to contain that string does not forge a separator.
+    `assign_splits` sends the `round(n * val_fraction)` chunks whose key hashes smallest to val and
+    the next `round(n * test_fraction)` to test; that is: val up to the hash of the last val chunk
+    (the cut), test up to the last test chunk's. Finding the cuts needs only the hashes below about
+    twice the fractions (sha256 is uniform), kept in a list pruned as the count grows; in the
+    negligible case that too few were kept, the pass is repeated keeping all. Returns the cuts (hex,
+    None for an empty split), chunk and character counts, and whether any text was seen.
     """
-    eot = tok.eot_id
-    sha = hashlib.sha256()
-    n_tokens = 0
-    total_chars = sum(len(t) for t, _ in texts)
-    with (
-        path.open("wb") as f,
-        tqdm(total=total_chars, desc=desc, unit="char", unit_scale=True, disable=not progress) as bar,
-    ):
-        for i in range(0, len(texts), batch):
-            part = texts[i : i + batch]
-            ids = tok.encode_ordinary_batch([t for t, _ in part])
-            pieces = [np.asarray(t + [eot] if ends else t, dtype=np.int64) for t, (_, ends) in zip(ids, part)]
-            arr = np.concatenate(pieces) if pieces else np.empty(0, np.int64)
-            if len(arr) and not 0 <= arr.min() <= arr.max() < tok.vocab_size:  # a tokenizer.json with sparse ids
-                raise DataError(
-                    f"tokenizer {tok.name}: produced id {arr.max()} outside its vocabulary of {tok.vocab_size}"
-                )
-            arr = arr.astype(dtype)
-            data = arr.tobytes()
-            f.write(data)
-            sha.update(data)
-            n_tokens += len(arr)
-            bar.update(sum(len(t) for t, _ in part))
-    return {"file": path.name, "tokens": n_tokens, "sha256": sha.hexdigest()}
+    frac = val_fraction + test_fraction
+    for keep_all in (False, True):
+        cands: list[bytes] = []
+        n = chars = 0
+        has_text = False
+        bound, cap = 1 << 64, 4096
+        for key, text, _ in chunks():
+            n += 1
+            chars += len(text)
+            has_text = has_text or bool(text.strip())
+            if not frac:
+                continue
+            d = hashlib.sha256(key.encode()).digest()
+            if int.from_bytes(d[:8], "big") < bound:
+                cands.append(d)
+                if len(cands) >= cap and not keep_all:
+                    bound = _bound(frac, n)
+                    cands = [c for c in cands if int.from_bytes(c[:8], "big") < bound]
+                    cap = max(cap, 2 * len(cands))
+        n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+        if not has_text:
+            return {"has_text": False}
+        if n and (val_fraction and not n_val or test_fraction and not n_test):
+            raise DataError(f"corpus too small to split: {n} chunks")
+        final = 1 << 64 if keep_all else _bound(frac, max(n, 1))
+        cands = sorted(c for c in cands if int.from_bytes(c[:8], "big") < final)
+        if len(cands) >= n_val + n_test:
+            break
+    return {
+        "val": cands[n_val - 1].hex() if n_val else None,
+        "test": cands[n_val + n_test - 1].hex() if n_test else None,
+        "n": n,
+        "chars": chars,
+        "has_text": has_text,
+        "needs": [s for s, f in (("val", val_fraction), ("test", test_fraction)) if f],
+    }
+
+
+def _bound(frac: float, n: int) -> int:
+    """The hash prefix below which the cuts lie, but for a vanishing chance: twice the expected count, plus 64."""
+    return min(1 << 64, int((2 * frac + 64 / n) * (1 << 64)))
+
+
+def split_units(docs: Iterable[Document], chunk_chars: int, cuts: dict) -> Iterator[tuple[str, str, bool]]:
+    """(split, text, ends_document) of every chunk in corpus order, by the cuts of `split_cuts`.
+
+    A piece that does not end its document keeps the paragraph break that followed it.
+    """
+    val = bytes.fromhex(cuts["val"]) if cuts["val"] else None
+    test = bytes.fromhex(cuts["test"]) if cuts["test"] else None
+    for key, text, ends in chunk_documents(docs, chunk_chars):
+        d = hashlib.sha256(key.encode()).digest() if val or test else b""
+        split = "val" if val and d <= val else "test" if test and d <= test else "train"
+        yield split, text if ends else text + "\n\n", ends

@@ -135,7 +135,7 @@ def eval_split(model: GPT, plan: Plan, split: str) -> TaskResult:
         dataset=f"{split} split of {plan.data.path}",
         metrics={"ppl": safe_exp(total / count), "loss": total / count},
         counts={"tokens": count},
-        source=str(plan.data.path / info["file"]),
+        source=str(plan.data.path / info.get("file", f"{split}-*.bin")),  # a sharded split: its shards
         sha256=info["sha256"],
         settings={"seqlen": index.seqlen},
     )

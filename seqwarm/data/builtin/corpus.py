@@ -70,8 +70,11 @@ def prepare_builtin(
     force: bool = False,
     progress: bool = True,
     tokenizer: str | int | Tokenizer = "gpt2",
+    **options,
 ) -> Path:
-    """`seqwarm prepare --corpus builtin`: the train role split and tokenized, the held-out roles kept as text."""
+    """`seqwarm prepare --corpus builtin`: the train role split and tokenized, the held-out roles kept as text.
+
+    `options`: `prepare_documents`'s workers, shard_tokens, buffer_mb."""
     check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)  # before any write
     with directory_lock(out, inside=False, what="prepared-data directory"):
         out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
@@ -88,6 +91,8 @@ def prepare_builtin(
             chunk_chars=chunk_chars,
             progress=progress,
             tokenizer=tokenizer,
+            force=force,
+            **options,
         )
 
 

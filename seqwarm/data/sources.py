@@ -1,0 +1,256 @@
+"""The documents of `seqwarm prepare`'s inputs, streamed: text, JSONL (plain, .gz, .zst), Parquet, saved datasets.
+
+An input is a file, a directory (searched recursively for the formats below, in sorted order),
+or a glob (`data/*.jsonl.zst`, `**` recursive). A directory holding a Hugging Face
+`datasets.save_to_disk` result (`state.json`, or `dataset_dict.json` for several splits) is read
+as that dataset, straight from its Arrow files with pyarrow: `datasets` itself is not needed.
+
+    .txt .md .rst .text              one document per file
+    .jsonl .json (+ .gz, .zst)       one document per line: an object whose `--text-field` is a string
+    .parquet                         one document per row: the `--text-field` column
+    save_to_disk directory           one document per row: the `--text-field` column
+
+Documents are named by their path below the input's parent (the split rule hashes the names, so
+they must not change when the corpus moves), a record by its file and its line or row number
+(1-based): `docs/a.txt`, `docs/b.jsonl:3`, `docs/c.parquet:7`. The compression suffix is not part
+of the name, so `b.jsonl`, `b.jsonl.gz` and `b.jsonl.zst` split alike. Everything is read a
+line, or a record batch, at a time: memory does not grow with a file's size.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from seqwarm.errors import DataError, first_line
+
+TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
+JSONL_SUFFIXES = {".jsonl", ".json"}
+COMPRESSED = {".gz", ".zst"}
+PARQUET_SUFFIXES = {".parquet"}
+ROWS_PER_BATCH = 1024  # Parquet/Arrow rows decoded at a time
+
+
+@dataclass(frozen=True)
+class Document:
+    source: str  # a stable name: e.g. "docs/a.txt", "docs/b.jsonl:3", "shakespeare/hamlet", "wikipedia/Anarchism"
+    text: str
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One file (or saved dataset directory) to read, and the name its documents are given."""
+
+    path: Path
+    name: str
+    kind: str  # "text", "jsonl", "parquet", "dataset"
+
+    def fingerprint(self) -> list:
+        """What a resumed prepare checks to know the input is unchanged: its name, size and mtime."""
+        paths = dataset_files(self.path) if self.kind == "dataset" else [self.path]
+        return [self.name, [[p.stat().st_size, p.stat().st_mtime_ns] for p in paths]]
+
+
+def file_kind(path: Path) -> str | None:
+    suffixes = path.suffixes[-2:] if path.suffix in COMPRESSED else path.suffixes[-1:]
+    if not suffixes:
+        return None
+    if path.suffix in COMPRESSED:
+        return "jsonl" if len(suffixes) == 2 and suffixes[0] in JSONL_SUFFIXES else None
+    if path.suffix in TEXT_SUFFIXES:
+        return "text"
+    if path.suffix in JSONL_SUFFIXES:
+        return "jsonl"
+    if path.suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    return None
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
+
+
+def list_inputs(inputs: Iterable[str]) -> list[InputFile]:
+    """The files of `inputs`, in order, checked to exist and to be of a known format (before any reading)."""
+    out: list[InputFile] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists() and glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True))
+            base = _glob_base(item)
+            files = [p for p in matches if p.is_file() and file_kind(p)] + [p for p in matches if is_saved_dataset(p)]
+            if not files:
+                raise DataError(f"{item}: no file of a known format matches (.txt/.md/.jsonl[.gz|.zst]/.parquet)")
+            out += [_input(p, p.relative_to(base.parent).as_posix()) for p in sorted(files)]
+            continue
+        if not path.exists():
+            raise DataError(f"{path}: no such file or directory")
+        if is_saved_dataset(path):
+            out.append(InputFile(path, path.name, "dataset"))
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and file_kind(p))
+            if not files:
+                raise DataError(f"{path}: no .txt/.md/.jsonl[.gz|.zst]/.parquet files in this directory")
+            out += [_input(p, p.relative_to(path.parent).as_posix()) for p in files]
+        else:
+            # A file given by name is read whatever its suffix: text unless it says otherwise.
+            out.append(_input(path, path.name, default="text"))
+    return out
+
+
+def _glob_base(pattern: str) -> Path:
+    """The directory part of a glob before its first wildcard: names are relative to its parent, as for a directory."""
+    parts = Path(pattern).parts
+    fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))]]
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _input(path: Path, name: str, default: str | None = None) -> InputFile:
+    kind = file_kind(path) or default
+    if path.suffix in COMPRESSED and kind != "jsonl":
+        raise DataError(f"{path}: only JSONL is read compressed (.jsonl.gz, .jsonl.zst)")
+    if path.suffix in COMPRESSED:
+        name = name.removesuffix(path.suffix)  # b.jsonl.zst splits as b.jsonl does
+    return InputFile(path, name, kind)
+
+
+def read_documents(inputs: Iterable[str], text_field: str = "text") -> Iterator[Document]:
+    """Every document of `inputs`, in order (see the module docstring)."""
+    for file in list_inputs(inputs):
+        yield from read_input(file, text_field)
+
+
+def read_input(file: InputFile, text_field: str = "text") -> Iterator[Document]:
+    try:
+        if file.kind == "jsonl":
+            yield from _read_jsonl(file, text_field)
+        elif file.kind == "parquet":
+            yield from _read_parquet(file, text_field)
+        elif file.kind == "dataset":
+            yield from _read_dataset(file, text_field)
+        else:
+            yield Document(file.name, file.path.read_text(encoding="utf-8"))  # newlines translated, as always
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file.path}: not UTF-8 text") from e
+    except OSError as e:
+        raise DataError(f"{file.path}: cannot read ({e.strerror or first_line(e)})") from e
+
+
+def _open_binary(path: Path):
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")
+    if path.suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(f"{path}: reading .zst needs the zstandard package: pip install zstandard") from None
+        raw = path.open("rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True))
+    return path.open("rb")
+
+
+def _corrupt_errors() -> tuple[type[BaseException], ...]:
+    errors: tuple[type[BaseException], ...] = (gzip.BadGzipFile, EOFError, zlib.error)
+    try:
+        import zstandard
+
+        errors += (zstandard.ZstdError,)
+    except ImportError:
+        pass
+    return errors
+
+
+def _read_jsonl(file: InputFile, field: str) -> Iterator[Document]:
+    lineno = 0
+    try:
+        with _open_binary(file.path) as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{file.path}:{lineno}: not UTF-8 text") from None
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)[field]
+                except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+                    raise DataError(f"{file.path}:{lineno}: expected a JSON object with a {field!r} field") from e
+                if not isinstance(text, str):
+                    raise DataError(f"{file.path}:{lineno}: {field!r} must be a string")
+                yield Document(f"{file.name}:{lineno}", text)
+    except _corrupt_errors() as e:
+        raise DataError(
+            f"{file.path}: corrupt {file.path.suffix.lstrip('.')} data after line {lineno} ({first_line(e)})"
+        ) from None
+
+
+def _require_pyarrow(path: Path):
+    try:
+        import pyarrow
+        import pyarrow.ipc
+        import pyarrow.parquet
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet/Arrow needs the pyarrow package: pip install pyarrow") from None
+    return pyarrow
+
+
+def _rows(path: Path, batches, field: str, name: str, first: int = 1) -> Iterator[Document]:
+    row = first
+    for batch in batches:
+        for text in batch.column(field).to_pylist():
+            if not isinstance(text, str):
+                raise DataError(f"{path}: row {row}: {field!r} must be a string, not {type(text).__name__}")
+            yield Document(f"{name}:{row}", text)
+            row += 1
+
+
+def _read_parquet(file: InputFile, field: str) -> Iterator[Document]:
+    pa = _require_pyarrow(file.path)
+    try:
+        pf = pa.parquet.ParquetFile(file.path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{file.path}: not a readable Parquet file ({first_line(e)})") from None
+    names = pf.schema_arrow.names
+    if field not in names:
+        raise DataError(f"{file.path}: no column {field!r} (columns: {', '.join(names)}; choose with --text-field)")
+    try:
+        yield from _rows(file.path, pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]), field, file.name)
+    except pa.ArrowException as e:
+        raise DataError(f"{file.path}: corrupt Parquet data ({first_line(e)})") from None
+
+
+def dataset_files(path: Path) -> list[Path]:
+    """The Arrow files of a `save_to_disk` directory, in the order the dataset lists them (splits in order)."""
+    try:
+        if (path / "dataset_dict.json").is_file():
+            splits = json.loads((path / "dataset_dict.json").read_text())["splits"]
+            return [f for split in splits for f in dataset_files(path / split)]
+        state = json.loads((path / "state.json").read_text())
+        return [path / f["filename"] for f in state["_data_files"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DataError(f"{path}: not a readable datasets.save_to_disk directory ({first_line(e)})") from None
+
+
+def _read_dataset(file: InputFile, field: str) -> Iterator[Document]:
+    pa = _require_pyarrow(file.path)
+    row = 1
+    for arrow in dataset_files(file.path):
+        try:
+            with pa.memory_map(str(arrow)) as source:
+                reader = pa.ipc.open_stream(source)
+                if field not in reader.schema.names:
+                    raise DataError(
+                        f"{arrow}: no column {field!r} (columns: {', '.join(reader.schema.names)}; "
+                        "choose with --text-field)"
+                    )
+                for doc in _rows(arrow, reader, field, file.name, first=row):
+                    yield doc
+                    row += 1
+        except pa.ArrowException as e:
+            raise DataError(f"{arrow}: corrupt Arrow data ({first_line(e)})") from None
