@@ -249,14 +249,14 @@ def write_tokens(
     progress: bool,
     batch: int = 256,
 ) -> dict:
-    """Tokenize (text, ends_document) pieces into a file of `dtype`; return its token count and sha256.
+    """Tokenize (text, ends_document) pieces into a file of `dtype`; return its token count, sha256 and largest id.
 
     `<|endoftext|>` is appended after each document's last piece as a token id, and text is encoded
     as ordinary text, so a document that happens to contain that string does not forge a separator.
     """
     eot = tok.eot_id
     sha = hashlib.sha256()
-    n_tokens = 0
+    n_tokens, max_id = 0, -1
     total_chars = sum(len(t) for t, _ in texts)
     with (
         path.open("wb") as f,
@@ -271,10 +271,12 @@ def write_tokens(
                 raise DataError(
                     f"tokenizer {tok.name}: produced id {arr.max()} outside its vocabulary of {tok.vocab_size}"
                 )
+            max_id = max(max_id, int(arr.max()) if len(arr) else -1)
             arr = arr.astype(dtype)
             data = arr.tobytes()
             f.write(data)
             sha.update(data)
             n_tokens += len(arr)
             bar.update(sum(len(t) for t, _ in part))
-    return {"file": path.name, "tokens": n_tokens, "sha256": sha.hexdigest()}
+    # max_id: what `TokenData` checks against the vocabulary under `data.verify: size` without reading the ids
+    return {"file": path.name, "tokens": n_tokens, "sha256": sha.hexdigest(), "max_id": max_id}
