@@ -457,7 +457,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         path = Path(path) if Path(path).exists() else shipped_config(path) or Path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text, not a YAML config") from e
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from e
         except yaml.YAMLError as e:

@@ -86,3 +86,22 @@ def atomic_directory(final: str | Path, *, mode: int | None = None) -> Iterator[
         fsync_path(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path: str | Path, what: str, *, directory: bool) -> None:
+    """SeqwarmError, before any work, unless `path` can be written as a file (`directory=False`) or a
+    directory: a file where a directory is expected (or the reverse), a file among its parents, or a
+    nearest existing parent that this process may not write into (permissions, a read-only mount)."""
+    from seqwarm.errors import SeqwarmError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory, not a file" if path.is_dir() else "a file, not a directory"
+        raise SeqwarmError(f"{what} {path}: is {kind}")
+    parent = path if path.exists() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SeqwarmError(f"{what} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SeqwarmError(f"{what} {path}: {parent} is not writable (permission denied or a read-only file system)")

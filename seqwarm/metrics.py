@@ -14,6 +14,7 @@ import json
 import math
 from pathlib import Path
 
+from seqwarm.errors import DataError
 from seqwarm.files import atomic_write
 
 METRICS = "metrics.jsonl"
@@ -72,7 +73,11 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # seqwarm writes ASCII JSON: this is not a metrics file, or a damaged one
+        raise DataError(f"{path}: not UTF-8 text, not a metrics.jsonl written by seqwarm") from None
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

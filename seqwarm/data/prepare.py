@@ -25,7 +25,7 @@ from tqdm import tqdm
 from seqwarm import __version__
 from seqwarm.data.format import FORMAT, SPLITS, token_dtype
 from seqwarm.errors import DataError
-from seqwarm.files import atomic_directory
+from seqwarm.files import atomic_directory, check_writable
 from seqwarm.tokenizer import (
     TOKENIZER_FILE,
     TOKENIZER_NAME,
@@ -95,6 +95,7 @@ def check_output(out: Path, *, val_fraction: float, test_fraction: float, force:
             f"--val-fraction/--test-fraction: need fractions summing below 1, got {val_fraction}, {test_fraction}"
         )
     out = Path(out)
+    check_writable(out, "--out", directory=True)
     if out.exists() and any(out.iterdir()) and not force:
         raise DataError(f"{out}: output directory exists and is not empty (use --force to replace it)")
     return out
