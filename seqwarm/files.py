@@ -98,7 +98,7 @@ def check_writable(path: str | Path, what: str, *, directory: bool) -> None:
     if path.exists() and path.is_dir() != directory:
         kind = "a directory, not a file" if path.is_dir() else "a file, not a directory"
         raise SeqwarmError(f"{what} {path}: is {kind}")
-    parent = path if path.exists() else path.parent
+    parent = path.parent  # atomic writes create their temporary file or directory beside the target
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():

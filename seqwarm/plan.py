@@ -20,7 +20,7 @@ from seqwarm.schedule import Clock, finished, learning_rate
 from seqwarm.tables import text_table
 
 MAX_PLAN_STEPS = 1_000_000
-"""The most steps `seqwarm plan` simulates: about a minute of one core and 0.5 GB for its rows, over 3x
+"""The most steps `seqwarm plan` simulates: about a minute of one core and 0.4 GB for its rows, over 3x
 the longest shipped config (gpt2-117m-bsz512, 300K steps). A plan is simulated step by step (with
 `drop_tail: false` the tokens of a step depend on every step before it), so without a bound
 `train.max_tokens=1e15` would run for days; a larger plan is refused in one line before any work."""

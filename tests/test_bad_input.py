@@ -411,3 +411,14 @@ def test_the_table_covers_every_subcommand():
     (sub,) = [a for a in build_parser()._actions if a.dest == "command"]
     covered = {cmd for cmd in sub.choices for c in CASES if c.__name__.startswith(cmd.replace("-", "_") + "_")}
     assert covered == set(sub.choices) and len(CASES) >= 35
+
+
+def test_check_writable_accepts_what_can_be_written(tmp_path):
+    from seqwarm.files import check_writable
+
+    (tmp_path / "old.json").write_text("{}")
+    (tmp_path / "dir").mkdir()
+    check_writable(tmp_path / "old.json", "--json", directory=False)  # replaced beside itself
+    check_writable(tmp_path / "new" / "deeper" / "x.json", "--json", directory=False)  # parents made
+    check_writable(tmp_path / "dir", "--out", directory=True)
+    check_writable(tmp_path / "new-dir", "--out", directory=True)
