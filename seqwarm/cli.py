@@ -8,6 +8,7 @@ by SIGINT or SIGTERM (after writing a checkpoint) prints one line and exits with
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from seqwarm.config import resolve_config
 from seqwarm.errors import ConfigError, SeqwarmError
+
+ONE_LINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
 
 
 def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
@@ -408,6 +411,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `seqwarm plan ... | head`: the reader has what it wanted
         sys.stderr.close()
         return 0
+    except OSError as e:
+        # The environment, not seqwarm: a full disk or quota, a read-only or forbidden directory, a file
+        # where a directory belongs. One line naming the file; whatever was being saved stays the old one.
+        if e.errno not in ONE_LINE_ERRNOS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"seqwarm: error: {who}{where}{e.strerror or os.strerror(e.errno)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("seqwarm: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import functools
 import importlib.util
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,12 +51,28 @@ def resolve_config(name: str | Path) -> Path:
     return shipped
 
 
+def check_finite(section: object, name: str) -> None:
+    """ConfigError for a NaN or infinite float field of `section`: each passes or fails every
+    comparison in the wrong way (`nan <= 0` is false, so `x <= 0` checks let it through)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}.{f.name}: must be a finite number, got {value}")
+
+
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding range (RandomState), which torch and every other seeded library accept
+
+
 @dataclass
 class RunConfig:
     dir: str = "runs/run"
     """Run directory: config.yaml, metrics.jsonl, checkpoints/ and the summary go here."""
     seed: int = 1234
     """Seeds the weights, the data order and dropout."""
+
+    def __post_init__(self):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"run.seed: must be an integer in [0, 2**32 - 1], got {self.seed!r}")
 
 
 @dataclass
@@ -89,6 +106,7 @@ class ModelConfig:
     GPT-2's 50,257. An integer must equal the data's vocabulary (a one-line error otherwise)."""
 
     def __post_init__(self):
+        check_finite(self, "model")
         if self.vocab_size != "auto" and self.vocab_size <= 0:
             raise ConfigError(f"model.vocab_size: must be positive or auto, got {self.vocab_size}")
         if self.preset is not None and self.preset not in PRESETS:
@@ -176,6 +194,7 @@ class TrainConfig:
     """Seconds a collective waits for the other processes before failing (a dead or stuck rank ends the run)."""
 
     def __post_init__(self):
+        check_finite(self, "train")
         for name in (
             "global_batch_size",
             "micro_batch_size",
@@ -209,6 +228,8 @@ class TrainConfig:
             raise ConfigError("train.lr_decay_steps: required for step-wise decay when train.max_steps is unset")
         if self.grad_clip < 0:
             raise ConfigError(f"train.grad_clip: must be >= 0, got {self.grad_clip}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay: must be >= 0, got {self.weight_decay}")
         if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1) or self.adam_eps <= 0:
             raise ConfigError("train.adam_beta1/adam_beta2 must be in [0, 1) and train.adam_eps > 0")
         if self.dist_timeout_s <= 0:
@@ -253,6 +274,7 @@ class CurriculumConfig:
     """bsz_warmup: trained tokens over which the batch grows linearly to train.global_batch_size (GPT-3: 4B)."""
 
     def __post_init__(self):
+        check_finite(self, "curriculum")
         if self.multiple_of <= 0:
             raise ConfigError(f"curriculum.multiple_of: must be a positive integer, got {self.multiple_of}")
         if self.kind == "none":
@@ -451,7 +473,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         path = Path(path) if Path(path).exists() else shipped_config(path) or Path(path)
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text, not a YAML config") from e
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from e
         except yaml.YAMLError as e:

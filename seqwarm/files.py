@@ -233,3 +233,22 @@ def only_lock(directory: str | Path) -> bool:
     """Whether `directory` is missing, empty, or holds nothing but its lock file."""
     directory = Path(directory)
     return not directory.exists() or all(p.name == LOCK for p in directory.iterdir())
+
+
+def check_writable(path: str | Path, what: str, *, directory: bool) -> None:
+    """SeqwarmError, before any work, unless `path` can be written as a file (`directory=False`) or a
+    directory: a file where a directory is expected (or the reverse), a file among its parents, or a
+    nearest existing parent that this process may not write into (permissions, a read-only mount)."""
+    from seqwarm.errors import SeqwarmError
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != directory:
+        kind = "a directory, not a file" if path.is_dir() else "a file, not a directory"
+        raise SeqwarmError(f"{what} {path}: is {kind}")
+    parent = path.parent  # atomic writes create their temporary file or directory beside the target
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SeqwarmError(f"{what} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SeqwarmError(f"{what} {path}: {parent} is not writable (permission denied or a read-only file system)")

@@ -26,12 +26,13 @@ import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from seqwarm import __version__
 from seqwarm.checkpoint import load_weights
 from seqwarm.config import load_config, save_config
 from seqwarm.errors import ConfigError, SeqwarmError, first_line
-from seqwarm.files import atomic_directory
+from seqwarm.files import atomic_directory, check_writable
 from seqwarm.model import GPTConfig
 from seqwarm.rundir import is_run_dir, write_marker
 from seqwarm.saved import SavedModel, open_saved
@@ -41,7 +42,15 @@ HF_HINT = "pip install 'seqwarm[hf]'"
 LAYER_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, what seqwarm's blocks use
 # Both are the tanh approximation of GELU that seqwarm's MLP computes.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
-PROVENANCE = "seqwarm.json"  # export: which checkpoint; import: which HF directory
+PROVENANCE = "seqwarm.json"
+SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")  # the weights import-hf reads (one file or shards)
+PICKLE_SUFFIXES = {
+    ".bin",
+    ".pt",
+    ".pth",
+    ".ckpt",
+    ".pkl",
+}  # never loaded: torch.load of a pickle can run code  # export: which checkpoint; import: which HF directory
 
 # seqwarm parameter -> (HF GPT2LMHeadModel parameter, stored transposed by HF's Conv1D)
 _BLOCK = {
@@ -220,8 +229,7 @@ def hf_tokenizer(tok: Tokenizer, max_length: int):
 
 def _check_out(out: Path, force: bool, option: str, run: bool = False) -> None:
     """Never write into a user's non-empty directory: --force replaces only one seqwarm wrote (its seqwarm.json)."""
-    if out.exists() and not out.is_dir():
-        raise SeqwarmError(f"{option} {out}: exists and is not a directory")
+    check_writable(out, option, directory=True)
     if out.exists() and any(out.iterdir()) and not force:
         raise SeqwarmError(f"{option} {out}: directory exists and is not empty (use --force to replace it)")
     made = (out / PROVENANCE).is_file() or (run and is_run_dir(out))  # `run`: import-hf's --out, a run directory
@@ -257,7 +265,13 @@ def export_hf(
             f"{saved.checkpoint}: vocabulary of {gpt.vocab_size} tokens; tokenizer {tokenizer.name} has {tokenizer.vocab_size}"
         )
     model = transformers.GPT2LMHeadModel(gpt2_config(gpt, tokenizer.eot_id))
-    model.load_state_dict(to_hf_state(load_weights(saved.checkpoint), gpt), strict=True)
+    try:
+        weights = load_weights(saved.checkpoint)
+        model.load_state_dict(to_hf_state(weights, gpt), strict=True)
+    except (OSError, SafetensorError, RuntimeError, KeyError) as e:  # missing, truncated or another model's
+        raise SeqwarmError(
+            f"{saved.checkpoint / 'model.safetensors'}: does not hold the model state.json describes ({first_line(e)})"
+        ) from None
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)  # safetensors, the tied output layer stored once
         hf_tokenizer(tokenizer, gpt.max_seqlen).save_pretrained(tmp)
@@ -333,11 +347,19 @@ def import_hf(
 
 def _read_hf_weights(transformers, hf_dir: Path, gpt: GPTConfig) -> dict[str, torch.Tensor]:
     """The checkpoint's weights as a seqwarm state dict; any weight transformers had to invent is an error."""
+    if not any((hf_dir / name).is_file() for name in SAFETENSORS):
+        pickles = sorted(p.name for p in hf_dir.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickles:
+            raise SeqwarmError(
+                f"{hf_dir / pickles[0]}: pickled PyTorch weights are refused (loading a pickle can run any code); "
+                "import-hf reads model.safetensors only: convert it with a tool you trust"
+            )
+        raise SeqwarmError(f"{hf_dir / SAFETENSORS[0]}: missing; import-hf reads safetensors weights only")
     try:
         model, info = transformers.GPT2LMHeadModel.from_pretrained(
-            hf_dir, local_files_only=True, output_loading_info=True
+            hf_dir, local_files_only=True, output_loading_info=True, use_safetensors=True
         )
-    except (OSError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
         raise SeqwarmError(f"{hf_dir}: cannot load the weights ({first_line(e)})") from None
     missing = sorted(k for k in info.get("missing_keys", ()) if not _MASK_BUFFER.search(k))
     unexpected = sorted(k for k in info.get("unexpected_keys", ()) if not _MASK_BUFFER.search(k))

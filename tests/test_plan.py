@@ -90,3 +90,34 @@ def test_gpt2_117m_plan_is_body_dominated():
     shares = flop_shares(cfg, list(plan_steps(cfg)))
     # 510,336,000 / 855,383,040 and so on, the hand count above
     assert shares == pytest.approx({"body": 0.596617, "attention": 0.132392, "output": 0.270990}, abs=1e-6)
+
+
+def test_a_plan_too_long_to_simulate_is_refused_in_one_line_before_any_work(capsys, monkeypatch):
+    import seqwarm.plan as plan
+
+    simulated = []
+    monkeypatch.setattr(plan, "plan_steps", lambda cfg: simulated.append(cfg) or iter(()))
+    assert main(["plan", "tiny-slw", "train.max_tokens=1e15"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.max_tokens: the plan has at least 1,953,125,000,000 steps" in err
+    assert simulated == []  # refused from the token budget alone
+
+
+def test_a_plan_that_passes_the_bound_while_simulating_is_refused(capsys, monkeypatch):
+    import seqwarm.plan as plan
+
+    # SLW's short steps make more steps than the token budget's lower bound says
+    monkeypatch.setattr(plan, "MAX_PLAN_STEPS", 20)
+    cfg = load_config("tiny-slw", ["train.max_tokens=10240"])  # at least 10240 / (8 x 64) = 20 steps
+    assert plan.min_steps(cfg) == 20 and len(list(plan_steps(cfg))) > 20
+    assert main(["plan", "tiny-slw", "train.max_tokens=10240"]) == 2
+    assert "the plan has over 20 steps, more than the 20" in capsys.readouterr().err
+    assert main(["plan", "tiny-slw", "train.max_steps=20"]) == 0  # at the bound: printed
+
+
+def test_the_longest_shipped_config_is_within_the_plan_bound():
+    from seqwarm.config import PACKAGED_CONFIGS
+    from seqwarm.plan import MAX_PLAN_STEPS, min_steps
+
+    configs = [load_config(p) for p in PACKAGED_CONFIGS.glob("gpt*.yaml")]
+    assert max(min_steps(c) for c in configs) == 300_000 and 3 * 300_000 < MAX_PLAN_STEPS

@@ -127,3 +127,89 @@ def test_the_split_does_not_depend_on_where_the_corpus_lies(tmp_path):
     )
     for name in ("train-000000.bin", "val-000000.bin", "test-000000.bin"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+# --- token ids outside the vocabulary, files outside the directory (issue 15) -------------------
+
+
+def _forge(directory, split: str, position: int, token: int, *, keep_max_id: bool = True) -> None:
+    """Write `token` into a split's first shard and recompute meta.json's sha256s, as a hand edit would."""
+    import hashlib
+
+    meta = json.loads((directory / "meta.json").read_text())
+    info = meta["splits"][split]
+    shard = info["shards"][0]
+    tokens = np.fromfile(directory / shard["file"], dtype=TOKEN_DTYPE)
+    tokens[position] = token
+    tokens.tofile(directory / shard["file"])
+    shard["sha256"] = hashlib.sha256(tokens.tobytes()).hexdigest()
+    info["sha256"] = hashlib.sha256(b"".join((directory / x["file"]).read_bytes() for x in info["shards"])).hexdigest()
+    if not keep_max_id:
+        shard["max_id"] = info["max_id"] = int(tokens.max())
+    (directory / "meta.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    files = write_docs(tmp_path / "src", synthetic_text(3, n_docs=20))
+    return prepare(files, tmp_path / "data", val_fraction=0.1, test_fraction=0.1, progress=False)
+
+
+def test_prepare_records_each_splits_largest_id(prepared):
+    meta = json.loads((prepared / "meta.json").read_text())
+    for info in meta["splits"].values():
+        shards = [np.fromfile(prepared / x["file"], dtype=TOKEN_DTYPE) for x in info["shards"]]
+        assert [x["max_id"] for x in info["shards"]] == [int(t.max()) for t in shards]
+        assert info["max_id"] == max(int(t.max()) for t in shards) == EOT_ID  # every document ends with <|endoftext|>
+
+
+@pytest.mark.parametrize("verify", ["full", "size"])
+def test_a_token_id_at_the_vocabulary_size_is_refused_before_training(prepared, verify):
+    TokenData(prepared, verify=verify)
+    # full: the ids are read (meta.json's max_id left as it was); size: the recorded max_id is trusted
+    _forge(prepared, "val", 3, 50257, keep_max_id=verify == "full")
+    with pytest.raises(DataError, match=r"val-000000\.bin: token id 50257 is outside the vocabulary of 50257") as e:
+        TokenData(prepared, verify=verify)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("file", "../outside.bin"),
+        ("file", "/etc/passwd"),
+        ("file", "sub/../../outside.bin"),
+        ("file", 7),
+        ("tokenizer_file", "../tokenizer.json"),
+    ],
+)
+def test_meta_json_cannot_name_a_file_outside_the_data_directory(prepared, field, value):
+    meta = json.loads((prepared / "meta.json").read_text())
+    if field == "file":
+        meta["splits"]["train"]["shards"][0]["file"] = value
+    else:
+        meta["tokenizer_file"] = value
+    (prepared / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"is not a file name inside") as e:
+        TokenData(prepared)
+    assert "meta.json" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "meta_text",
+    ['["not", "a", "mapping"]', '{"splits": 3}', '{"splits": {"train": {"file": "train.bin"}}}', "\udcff"],
+    ids=["list", "splits-not-a-mapping", "no-token-count", "not-utf8"],
+)
+def test_a_malformed_meta_json_is_one_line(prepared, meta_text):
+    if meta_text == "\udcff":
+        (prepared / "meta.json").write_bytes(b'{"splits": "\xff\xfe"}')
+    else:
+        (prepared / "meta.json").write_text(meta_text)
+    with pytest.raises(DataError, match=r"meta\.json") as e:
+        TokenData(prepared)
+    assert "\n" not in str(e.value)
+
+
+def test_a_file_given_as_the_data_directory_is_one_line(prepared):
+    with pytest.raises(DataError, match=r"train-000000\.bin is a file, not a directory"):
+        TokenData(prepared / "train-000000.bin")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from seqwarm.model import GPTConfig
 
 from seqwarm.data.builtin.names import builtin_data_dir, builtin_tokenizer
-from seqwarm.errors import DataError
+from seqwarm.errors import DataError, first_line
 from seqwarm.files import file_sha256
 from seqwarm.tokenizer import EOT_ID, VOCAB_SIZE, Tokenizer, tokenizer_from_meta
 
@@ -113,6 +113,20 @@ class TokenStream:
         return np.asarray(out, dtype=dtype)
 
 
+def member_path(directory: Path, name: object, where: str) -> Path:
+    """`directory / name` for a file that meta.json names, refused when the name could reach outside
+    `directory` (absolute, `..`, not a string): a meta.json must not make seqwarm read arbitrary files."""
+    bad = not isinstance(name, str) or not name or "\\" in name
+    if bad or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        raise DataError(f"{where}: {name!r} is not a file name inside {directory}")
+    return directory / name
+
+
+def max_token_id(tokens: np.ndarray, block: int = 1 << 26) -> int:
+    """The largest id in a token array (-1 when empty), read in blocks so a memmap is never loaded whole."""
+    return max((int(tokens[i : i + block].max()) for i in range(0, len(tokens), block)), default=-1)
+
+
 @dataclass(frozen=True)
 class SequenceIndex:
     """Full-length sequences of `seqlen + 1` tokens over a token array, with stride `seqlen`."""
@@ -146,6 +160,8 @@ class TokenData:
         meta_path = self.path / "meta.json"
         if not self.path.exists():
             raise DataError(f"data.path: {self.path} does not exist (create it with `seqwarm prepare`)")
+        if not self.path.is_dir():
+            raise DataError(f"data.path: {self.path} is a file, not a directory written by `seqwarm prepare`")
         if not meta_path.exists() and (self.path / "progress.json").exists():
             raise DataError(
                 f"data.path: {self.path} holds an unfinished `seqwarm prepare`; run the same command again to finish it"
@@ -155,8 +171,10 @@ class TokenData:
         try:
             self.meta = json.loads(meta_path.read_text())
             splits = self.meta["splits"]
-        except (json.JSONDecodeError, KeyError) as e:
-            raise DataError(f"{meta_path}: unreadable metadata ({e})") from e
+            if not isinstance(splits, dict):
+                raise TypeError("splits is not a mapping")
+        except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: bad JSON or not UTF-8
+            raise DataError(f"{meta_path}: unreadable metadata ({first_line(e)})") from e
         if vocab_size is not None:
             self.check_vocab(vocab_size)
         dtype_name = self.meta.get("dtype", "uint16")
@@ -169,7 +187,7 @@ class TokenData:
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{meta_path}: unreadable tokenizer record ({e})") from e
         if self.meta.get("tokenizer_file") is not None:
-            file = self.path / self.meta["tokenizer_file"]
+            file = member_path(self.path, self.meta["tokenizer_file"], f"{meta_path}: tokenizer_file")
             if not file.exists():
                 raise DataError(f"{file}: tokenizer file is missing")
             if verify in ("full", "lazy") and file_sha256(file) != self.meta.get("tokenizer_sha256"):
@@ -181,11 +199,13 @@ class TokenData:
             info = splits.get(name)
             if info is None:
                 raise DataError(f"{meta_path}: split {name!r} is missing")
+            if not isinstance(info, dict) or not isinstance(info.get("tokens"), int) or info["tokens"] < 0:
+                raise DataError(f"{meta_path}: split {name!r} has no valid token count")
             if "shards" in info:
-                self.splits[name] = self._open_shards(info["shards"], dtype, verify)
+                self.splits[name] = self._open_shards(info["shards"], dtype, verify, f"{meta_path}: splits.{name}")
                 continue
-            file = self.path / info["file"]
-            if not file.exists():
+            file = member_path(self.path, info.get("file"), f"{meta_path}: splits.{name}.file")
+            if not file.is_file():
                 raise DataError(f"{file}: token file is missing")
             itemsize = np.dtype(dtype).itemsize
             if file.stat().st_size != info["tokens"] * itemsize:
@@ -197,13 +217,16 @@ class TokenData:
                     f"{file}: sha256 does not match meta.json; the file is corrupted (re-run `seqwarm prepare`)"
                 )
             self.splits[name] = np.memmap(file, dtype=dtype, mode="r") if info["tokens"] else np.empty(0, dtype)
+            self._check_ids(file, info, self.splits[name], verify)
         if len(self.splits["train"]) == 0:
             raise DataError(f"{self.path / splits['train'].get('file', 'train-*.bin')}: the train split is empty")
 
-    def _open_shards(self, shards: list[dict], dtype, verify: str) -> TokenStream:
+    def _open_shards(self, shards: list[dict], dtype, verify: str, where: str) -> TokenStream:
         files, itemsize = [], np.dtype(dtype).itemsize
-        for shard in shards:
-            file = self.path / shard["file"]
+        for i, shard in enumerate(shards):
+            if not isinstance(shard, dict) or not isinstance(shard.get("tokens"), int) or shard["tokens"] < 0:
+                raise DataError(f"{where}.shards[{i}]: no valid token count")
+            file = member_path(self.path, shard.get("file"), f"{where}.shards[{i}].file")
             if not file.exists():
                 raise DataError(f"{file}: shard is missing")
             if file.stat().st_size != shard["tokens"] * itemsize:
@@ -214,9 +237,21 @@ class TokenData:
                 raise DataError(
                     f"{file}: sha256 does not match meta.json; the shard is corrupted (re-run `seqwarm prepare`)"
                 )
+            ids = np.memmap(file, dtype=dtype, mode="r") if shard["tokens"] else np.empty(0, dtype)
+            self._check_ids(file, shard, ids, verify)  # lazy: the recorded max_id, as under size
             files.append(file)
         lazy = [s["sha256"] for s in shards] if verify == "lazy" else None
         return TokenStream(files, [s["tokens"] for s in shards], dtype, lazy)
+
+    def _check_ids(self, file: Path, info: dict, tokens: np.ndarray, verify: str) -> None:
+        """DataError for a token id at or above the vocabulary: the embedding would index past its
+        table mid-run. `full` reads the ids (a sha256 recomputed after an edit would not catch them);
+        `size` trusts the `max_id` that `prepare` recorded (corpora prepared before it have none)."""
+        top = max_token_id(tokens) if verify == "full" else info.get("max_id", -1)
+        if not isinstance(top, int) or top >= self.vocab_size:
+            raise DataError(
+                f"{file}: token id {top} is outside the vocabulary of {self.vocab_size} (re-run `seqwarm prepare`)"
+            )
 
     def check_vocab(self, vocab_size: int) -> None:
         """DataError unless meta.json's vocabulary is the model's `vocab_size`."""

@@ -35,7 +35,7 @@ from seqwarm.data.format import FORMAT, FORMAT_SHARDED, SPLITS, token_dtype
 from seqwarm.data.shards import PROGRESS, SplitWriter, read_progress, write_progress
 from seqwarm.data.sources import JSONL_SUFFIXES, TEXT_SUFFIXES, Document, list_inputs, read_documents, read_input
 from seqwarm.errors import DataError
-from seqwarm.files import atomic_write, directory_lock, file_sha256
+from seqwarm.files import atomic_write, check_writable, directory_lock, file_sha256
 from seqwarm.tokenizer import (
     TOKENIZER_FILE,
     TOKENIZER_NAME,
@@ -140,8 +140,7 @@ def check_output(
     out = Path(out)
     if force and append:
         raise DataError("prepare: --force replaces the output directory, --append adds to it; give one")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: exists and is not a directory")
+    check_writable(out, "--out", directory=True)
     if not out.exists() or not any(out.iterdir()):
         if append:
             raise DataError(f"{out}: --append needs a directory written by `seqwarm prepare`")
@@ -358,7 +357,9 @@ def _publish(out, state, tok, base, sources, heldout, extra_meta, split_rule) ->
         for shard in shards:
             with open(out / shard["file"], "rb") as f:
                 _feed(digest, f)
+        top = max((x.get("max_id", -1) for x in shards), default=-1)  # shards appended by an older prepare: -1
         splits[s] = {"tokens": sum(x["tokens"] for x in shards), "sha256": digest.hexdigest(), "shards": shards}
+        splits[s]["max_id"] = top
     if state["cuts"]["needs"] and not all(splits[s]["tokens"] for s in state["cuts"]["needs"]):
         raise DataError(f"{out}: a split came out empty")
     for name, held in heldout.items():

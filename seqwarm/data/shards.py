@@ -95,7 +95,12 @@ class SplitWriter:
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
-        self.shards.append({"file": self.path.name, "tokens": self.written, "sha256": file_sha256(self.path)})
+        ids = np.memmap(self.path, dtype=self.dtype, mode="r") if self.written else np.empty(0, self.dtype)
+        # max_id: what `TokenData` checks against the vocabulary without reading the ids (data.verify: size)
+        top = max((int(ids[i : i + (1 << 26)].max()) for i in range(0, len(ids), 1 << 26)), default=-1)
+        del ids
+        entry = {"file": self.path.name, "tokens": self.written, "sha256": file_sha256(self.path), "max_id": top}
+        self.shards.append(entry)
         self.file, self.written, self.index = None, 0, self.index + 1
         self.closed_any = True
 

