@@ -67,8 +67,9 @@ def _log_probs(h: torch.Tensor, weight: torch.Tensor, vocab_size: int, acc: torc
 
 def default_chunk_size(device: torch.device | str) -> int:
     """Tokens per chunk of the output layer: the logits of one chunk are chunk x padded vocabulary
-    floats. On the CPU, 1,024 tokens (206 MB at GPT-2's vocabulary) measured fastest of 512-4,096
-    (docs/PERFORMANCE.md); a GPU has the memory for larger chunks, which keep its matmuls busy."""
+    floats. On the CPU, 1,024 tokens (206 MB at GPT-2's vocabulary): 9% faster than 512 and within 3%
+    of 4,096 at a quarter of its memory (`benchmarks/bench_output_layer.py`, docs/PERFORMANCE.md); a
+    GPU has the memory for larger chunks, which keep its matmuls busy."""
     return 8192 if torch.device(device).type == "cuda" else 1024
 
 
