@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seqwarm.errors import SeqwarmError
-from seqwarm.metrics import number
+from seqwarm.metrics import number, parse_jsonl
 from seqwarm.monitor import ADAM_KEYS, LossRatio
 
 TRAIN_KEYS = ("step", "tokens", "seqlen", "batch_size", "lr", "loss", "loss_ratio", "grad_norm", "clipped", "time_s")
@@ -260,15 +260,7 @@ def read_json(file: Path) -> object:
 
 def read_jsonl(path: Path) -> list[dict]:
     """Objects one a line; a line that does not parse (a last line cut by a crash) is left out."""
-    rows = []
-    for line in read_text(path).splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return parse_jsonl(read_text(path))
 
 
 def read_csv(path: Path) -> list[dict]:

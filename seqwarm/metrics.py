@@ -127,11 +127,17 @@ def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         return []
-    rows = []
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:  # seqwarm writes ASCII JSON: this is not a metrics file, or a damaged one
         raise DataError(f"{path}: not UTF-8 text, not a metrics.jsonl written by seqwarm") from None
+    return parse_jsonl(text)
+
+
+def parse_jsonl(text: str) -> list[dict]:
+    """The objects of a JSON Lines text, one a line; a line that does not parse (a last line cut by a
+    crash) or is not an object is left out."""
+    rows = []
     for line in text.splitlines():
         try:
             row = json.loads(line)

@@ -20,13 +20,11 @@ optimizer step, can: the length is a function of the step (Section 4), read from
 
 from __future__ import annotations
 
-import math
-
 import torch
 from transformers import Trainer, TrainerCallback
 from transformers.utils import logging
 
-from seqwarm.errors import ConfigError, DivergedError
+from seqwarm.errors import ConfigError
 from seqwarm.integrations.loop import SequenceLengthWarmup, dict_target_tokens
 
 logger = logging.get_logger(__name__)
@@ -145,13 +143,10 @@ class SLWCallback(TrainerCallback):
             slw.step(applied=False)
         loss = self.trainer._slw_take_step_loss()
         if loss is not None:
-            ratio = slw.loss_ratio(loss)
+            # The Trainer has applied this update already; stopping here keeps the last checkpoint the
+            # last finite state (no final save of non-finite weights).
+            ratio = slw.observe_loss(loss, state.global_step)
             self._ratio = ratio if self._ratio is None else max(self._ratio, ratio)
-            reason = slw.guard.observe(math.isfinite(loss))
-            if reason is not None:
-                # The Trainer has applied this update already; stopping here keeps the last checkpoint the
-                # last finite state (no final save of non-finite weights).
-                raise DivergedError(f"step {state.global_step}: {reason}; the last checkpoint is intact")
         if slw.finished:
             # What the Trainer does at its own max_steps (DefaultFlowCallback): last log, save, evaluation.
             control.should_training_stop = True

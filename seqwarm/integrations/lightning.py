@@ -23,13 +23,12 @@ the copy to the device, so only the kept positions are copied).
 from __future__ import annotations
 
 import inspect
-import math
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from seqwarm.errors import ConfigError, DivergedError
+from seqwarm.errors import ConfigError
 from seqwarm.integrations.loop import SequenceLengthWarmup
 
 
@@ -133,12 +132,8 @@ class SLWCallback(pl.Callback):
         slw = self.slw
         step_loss = self._take_step_loss(trainer)
         if step_loss is not None:
-            ratio = slw.loss_ratio(step_loss)
+            ratio = slw.observe_loss(step_loss, trainer.global_step)  # DivergedError when the guard stops
             self._ratio = ratio if self._ratio is None else max(self._ratio, ratio)
-            reason = slw.guard.observe(math.isfinite(step_loss))
-            if reason is not None:
-                # The update is applied already; no save after it, so the last checkpoint is the last finite state.
-                raise DivergedError(f"step {trainer.global_step}: {reason}; the last checkpoint is intact")
         if slw.finished:
             trainer.should_stop = True
         self._log(trainer, pl_module)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from seqwarm.config import Config, config_from_dict
 from seqwarm.curriculum import SeqlenSchedule, truncate
-from seqwarm.errors import ConfigError, DataError
+from seqwarm.errors import ConfigError, DataError, DivergedError
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics
 from seqwarm.rundir import resume_changes
@@ -208,6 +209,17 @@ class SequenceLengthWarmup:
         tokens = self.step_tokens if applied else 0
         self.clock.tick(tokens, self.config.train)
         self._pending = self._resolved = None
+
+    def observe_loss(self, loss: float, step: int) -> float:
+        """A step's training loss after its update: its loss ratio (Section 3's spike measure), with the
+        finiteness guard told; DivergedError naming `step` when the guard stops the run. The update is
+        applied by then, so the caller saves nothing after the error: its last checkpoint is the last
+        finite state."""
+        ratio = self.loss_ratio(loss)
+        reason = self.guard.observe(math.isfinite(loss))
+        if reason is not None:
+            raise DivergedError(f"step {step}: {reason}; stopped before any save of this step's weights")
+        return ratio
 
     @property
     def finished(self) -> bool:
