@@ -54,6 +54,16 @@ class VsShape:
     batch: int
     vocab: int
 
+    def gpt(self) -> GPTConfig:
+        """seqwarm's model of this shape (also what the FLOP counts are taken from)."""
+        return GPTConfig(
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            d_model=self.d_model,
+            max_seqlen=self.seqlen,
+            vocab_size=self.vocab,
+        )
+
 
 SHAPES = {
     # body-dominated: 71% of the training FLOPs in the blocks
@@ -73,9 +83,7 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def seqwarm_model(s: VsShape):
-    model = GPT(
-        GPTConfig(n_layer=s.n_layer, n_head=s.n_head, d_model=s.d_model, max_seqlen=s.seqlen, vocab_size=s.vocab)
-    )
+    model = GPT(s.gpt())
 
     def loss(x, y):
         return model(x, y) / y.numel()
@@ -183,13 +191,7 @@ def measure(shape: VsShape, impls: dict, precisions: list[str], warmup: int, ste
 
 
 def report(name: str, shape: VsShape, steppers: list[Stepper], peaks: dict[str, float], warmup: int, steps: int):
-    gpt = GPTConfig(
-        n_layer=shape.n_layer,
-        n_head=shape.n_head,
-        d_model=shape.d_model,
-        max_seqlen=shape.seqlen,
-        vocab_size=shape.vocab,
-    )
+    gpt = shape.gpt()
     tokens = shape.batch * shape.seqlen
     body = gpt.flop_split(shape.seqlen)["body"] / gpt.flops_per_token(shape.seqlen)
     print(

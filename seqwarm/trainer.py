@@ -476,7 +476,7 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                 )
             hook.on_step(clock)
             yield row
-            if not finished(clock, t) and _stop_requested(tr):
+            if not finished(clock, t) and _stop_requested(tr, result):
                 log.flush()
                 if tr.last_checkpoint is None or tr.last_checkpoint.name != f"step-{clock.step:08d}":
                     save(tr)
@@ -497,6 +497,7 @@ class StepResult:
     grad_norm: float  # global l2 norm before clipping
     applied: bool  # the update reached the weights
     overflow: bool  # fp16 loss-scale overflow: skipped by the scaler, which lowers its scale
+    signalled: bool = False  # under torchrun: some rank had a stop signal by this step's all-reduce
 
 
 def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
@@ -522,11 +523,14 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
                 loss = _loss_sum(tr, x, y) / batch.tokens
             tr.scaler.scale(loss * tr.env.world_size if tr.env.enabled else loss).backward()
         total += loss.detach()
-    distributed.all_reduce(total)  # the global batch's mean loss, on every rank
+    # The global batch's mean loss, on every rank; a stop signal on any rank rides on the same
+    # all-reduce, so that all ranks stop after the same step without a collective of its own.
+    signal_flag = float(tr.env.enabled and tr.stop is not None and tr.stop.requested is not None)
+    reduced = distributed.all_reduce(torch.stack([total, torch.tensor(signal_flag, device=tr.device)]))
     tr.scaler.unscale_(tr.optimizer)
     max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
     grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm))
-    loss, norm = torch.stack([total, grad_norm.float()]).tolist()  # one host sync for both
+    loss, signalled, norm = torch.cat([reduced, grad_norm.float()[None]]).tolist()  # one host sync for all
     # A non-finite loss or gradient never reaches the weights. Under fp16 an infinite gradient with
     # a finite loss is a loss-scale overflow: the scaler skips that step itself and lowers its scale.
     # Both numbers are global, so every rank takes the same decision.
@@ -536,7 +540,7 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
         tr.scaler.step(tr.optimizer)
     tr.scaler.update()
     tr.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, norm, applied, overflow)
+    return StepResult(loss, norm, applied, overflow, signalled > 0)
 
 
 def _gradient_sync(tr: Trainer, last: bool):
@@ -648,14 +652,12 @@ def save(tr: Trainer) -> Path | None:
     return path
 
 
-def _stop_requested(tr: Trainer) -> bool:
-    """Whether a signal asked this run to stop; under torchrun, whether any rank got one (all stop at the same step)."""
+def _stop_requested(tr: Trainer, result: StepResult) -> bool:
+    """Whether a signal asked this run to stop after this step; under torchrun, whether any rank had
+    one by the step's all-reduce (`train_step`), so all stop at the same step."""
     if tr.stop is None:
         return False
-    if not tr.env.enabled:
-        return tr.stop.requested is not None
-    flag = torch.tensor([0.0 if tr.stop.requested is None else 1.0], device=tr.device)
-    return bool(distributed.all_reduce(flag, op="max").item())
+    return result.signalled if tr.env.enabled else tr.stop.requested is not None
 
 
 def write_summary(tr: Trainer) -> dict:
