@@ -99,6 +99,7 @@ def test_every_rank_counts_the_global_tokens_and_agrees_on_lengths_and_lrs(tmp_p
 HF_RANK = """
 import json, sys
 import torch
+import torch.distributed
 import transformers
 from seqwarm.integrations import SequenceLengthWarmup
 from seqwarm.integrations.hf import SLWTrainer
@@ -129,6 +130,10 @@ steps = [{k: r[k] for k in ("step", "seqlen", "tokens", "learning_rate")} for r 
          if "loss" in r]
 with open(f"{out_dir}/hf{rank}.json", "w") as f:
     json.dump({"steps": steps, "local": local, "clock": trainer.slw.clock.state_dict()}, f)
+# Leave together and tear the group down before exit: a rank exiting with the gloo group alive was
+# seen to abort in its destructor ("terminate called without an active exception", exit -6).
+torch.distributed.barrier()
+torch.distributed.destroy_process_group()
 """
 
 
