@@ -1,5 +1,6 @@
 import sys
 
-from seqwarm.cli import main
+if __name__ == "__main__":  # not when a spawned worker process re-imports this as `__mp_main__`
+    from seqwarm.cli import main
 
-sys.exit(main())
+    sys.exit(main())

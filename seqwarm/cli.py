@@ -14,7 +14,6 @@ import os
 import sys
 from pathlib import Path
 
-from seqwarm.config import resolve_config
 from seqwarm.errors import ConfigError, SeqwarmError
 
 ONE_LINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
@@ -23,6 +22,8 @@ ONE_LINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
     """`CONFIG key=value ...` -> (CONFIG or None, overrides)."""
     if items and "=" not in items[0]:
+        from seqwarm.config import resolve_config  # here, not at the top: `prepare` and its workers need no torch
+
         return str(resolve_config(items[0])), items[1:]
     return None, items
 

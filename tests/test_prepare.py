@@ -7,7 +7,8 @@ import pytest
 from conftest import synthetic_text
 
 from seqwarm.data.format import TOKEN_DTYPE, TokenData
-from seqwarm.data.prepare import Document, assign_splits, chunk_documents, prepare
+from seqwarm.data.prepare import Document, prepare
+from seqwarm.data.split import assign_splits, chunk_documents
 from seqwarm.errors import DataError
 from seqwarm.tokenizer import EOT_ID, gpt2_encoding
 

@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from conftest import synthetic_text
 
-import seqwarm.data.prepare as prepare_module
-from seqwarm.data.encode import EncodeStats
+from seqwarm.data.encode import EncodeStats, Workers
 from seqwarm.data.format import FORMAT, SequenceIndex, TokenData
 from seqwarm.data.loader import TrainLoader
-from seqwarm.data.prepare import assign_splits, prepare, split_cuts
+from seqwarm.data.prepare import prepare
+from seqwarm.data.sources import Document
+from seqwarm.data.split import assign_splits, split_cuts, split_units
 from seqwarm.errors import DataError
 
 pa = pytest.importorskip("pyarrow")
@@ -109,10 +110,7 @@ def test_the_streaming_split_rule_is_the_rank_rule():
     for val, test in ((0.01, 0.01), (0.003, 0.0), (0.0, 0.2)):
         cuts = split_cuts(lambda: iter(chunks), val, test)
         by_rank = [split for _, _, split in assign_splits(chunks, val, test)]
-        streamed = [
-            prepare_module.split_units([prepare_module.Document(key[:-2], "text")], 8000, cuts).__next__()[0]
-            for key, _, _ in chunks
-        ]
+        streamed = [split_units([Document(key[:-2], "text")], 8000, cuts).__next__()[0] for key, _, _ in chunks]
         assert streamed == by_rank, (val, test)
 
 
@@ -127,7 +125,7 @@ def test_memory_is_bounded_by_the_buffer(formats, tmp_path):
 
 def test_an_interrupted_prepare_resumes_to_the_same_result(formats, tmp_path, monkeypatch):
     reference = prepare([formats["jsonl"]], tmp_path / "ref", shard_tokens=2000, buffer_mb=0.005, workers=1, **SPLIT)
-    real = prepare_module.encode_stream
+    real = Workers.encode
 
     def crashing(*args, **kw):
         for i, item in enumerate(real(*args, **kw)):
@@ -136,7 +134,7 @@ def test_an_interrupted_prepare_resumes_to_the_same_result(formats, tmp_path, mo
             yield item
 
     out = tmp_path / "out"
-    monkeypatch.setattr(prepare_module, "encode_stream", crashing)
+    monkeypatch.setattr(Workers, "encode", crashing)
     with pytest.raises(KeyboardInterrupt):
         prepare([formats["jsonl"]], out, shard_tokens=2000, buffer_mb=0.005, workers=1, **SPLIT)
     progress = json.loads((out / "progress.json").read_text())
@@ -145,7 +143,7 @@ def test_an_interrupted_prepare_resumes_to_the_same_result(formats, tmp_path, mo
     with pytest.raises(DataError, match="unfinished `seqwarm prepare`"):
         TokenData(out)
     stamps = {s["file"]: (out / s["file"]).stat().st_mtime_ns for s in finished}
-    monkeypatch.setattr(prepare_module, "encode_stream", real)
+    monkeypatch.setattr(Workers, "encode", real)
     prepare([formats["jsonl"]], out, shard_tokens=2000, buffer_mb=0.005, workers=1, **SPLIT)
     assert {f: (out / f).stat().st_mtime_ns for f in stamps} == stamps, "finished shards are not written again"
     assert shard_files(out) == shard_files(reference)
@@ -158,7 +156,7 @@ def test_resuming_with_other_inputs_is_refused(formats, tmp_path, monkeypatch):
         raise KeyboardInterrupt
         yield
 
-    monkeypatch.setattr(prepare_module, "encode_stream", crashing)
+    monkeypatch.setattr(Workers, "encode", crashing)
     with pytest.raises(KeyboardInterrupt):
         prepare([formats["jsonl"]], tmp_path / "out", **SPLIT)
     with pytest.raises(DataError, match="unfinished prepare of other inputs"):

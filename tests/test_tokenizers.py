@@ -24,7 +24,8 @@ from seqwarm.data.format import (
     model_config,  # noqa: E402
 )
 from seqwarm.data.loader import TrainLoader  # noqa: E402
-from seqwarm.data.prepare import assign_splits, chunk_documents, prepare, read_documents  # noqa: E402
+from seqwarm.data.prepare import prepare, read_documents  # noqa: E402
+from seqwarm.data.split import assign_splits, chunk_documents  # noqa: E402
 from seqwarm.errors import ConfigError, DataError  # noqa: E402
 from seqwarm.files import file_sha256  # noqa: E402
 from seqwarm.saved import open_saved  # noqa: E402

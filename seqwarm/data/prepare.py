@@ -2,12 +2,12 @@
 
 Documents (any input format: `seqwarm.data.sources`) are joined with `<|endoftext|>` (each document
 is followed by one), as GPT-2 was trained. They are cut into chunks of about `chunk_chars` at
-paragraph breaks, and the val/test splits are the chunks whose names hash smallest: so the split
-does not depend on the order the files are listed in, the number of workers or the shard size, and
-a re-run gives identical files. The input is streamed, twice: a first pass reads only the chunks'
-names and keeps the few smallest hashes (`split_cuts`), a second tokenizes, in `--workers`
-processes (`seqwarm.data.encode`), into shards (`seqwarm.data.shards`); memory is bounded by
-`--buffer-mb`, not by the corpus. An interrupted prepare resumes from its last finished shard;
+paragraph breaks, and the val/test splits are the chunks whose names hash smallest (`seqwarm.data.split`): so
+the split does not depend on the order the files are listed in, the number of workers or the shard
+size, and a re-run gives identical files. The input is streamed, twice, in `--workers` processes
+that read it themselves (`seqwarm.data.encode`): a first pass finds the split's cuts from the
+chunks' hashes, a second tokenizes; this process cuts the input into units, unparsed, and writes
+the tokens into shards (`seqwarm.data.shards`). Memory is bounded by `--buffer-mb`, not by the corpus. An interrupted prepare resumes from its last finished shard;
 `--append` adds more input to a prepared directory, split by the same rule on its own.
 
 The tokenizer is GPT-2's (the default), a byte-level BPE trained here on the train split's chunks
@@ -19,6 +19,7 @@ The builtin corpus comes through here too, from `seqwarm.data.builtin.corpus`.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -30,10 +31,21 @@ import numpy as np
 from tqdm import tqdm
 
 from seqwarm import __version__
-from seqwarm.data.encode import EncodeStats, encode_stream
+from seqwarm.data.encode import EncodeStats, Workers
 from seqwarm.data.format import FORMAT, FORMAT_SHARDED, SPLITS, token_dtype
 from seqwarm.data.shards import PROGRESS, SplitWriter, read_progress, write_progress
-from seqwarm.data.sources import JSONL_SUFFIXES, TEXT_SUFFIXES, Document, list_inputs, read_documents, read_input
+from seqwarm.data.sources import (
+    JSONL_SUFFIXES,
+    TEXT_SUFFIXES,
+    Document,
+    Unit,
+    document_units,
+    list_inputs,
+    read_documents,
+    read_input,
+    read_units,
+)
+from seqwarm.data.split import CutFinder, split_units
 from seqwarm.errors import DataError
 from seqwarm.files import atomic_write, check_writable, directory_lock, file_sha256
 from seqwarm.tokenizer import (
@@ -52,7 +64,7 @@ __all__ = ["Document", "read_documents", "prepare", "prepare_documents", "TEXT_S
 
 SHARD_TOKENS = 1 << 27  # 134M tokens: 256 MiB of uint16 per shard file
 BUFFER_MB = 64
-ITEM_CHARS = 1 << 20  # text per work item at most
+UNIT_BYTES = 1 << 20  # input per unit of work at most (a Parquet/Arrow unit is a record batch)
 
 
 def prepare(
@@ -85,6 +97,9 @@ def prepare(
         return prepare_documents(
             lambda: (doc for file in files for doc in read_input(file, text_field)),
             out,
+            units=lambda unit_bytes: read_units(files, text_field, unit_bytes),
+            size_hint=sum(_input_bytes(f.path) for f in files),
+            text_field=text_field,
             label=", ".join(inputs),
             sources=[{"name": str(Path(p)), "role": "train"} for p in inputs],
             fingerprint=[f.fingerprint() for f in files] + [text_field],
@@ -100,6 +115,10 @@ def prepare(
             buffer_mb=buffer_mb,
             stats=stats,
         )
+
+
+def _input_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def choose_tokenizer(spec: str | int | Tokenizer) -> Tokenizer | int:
@@ -177,6 +196,9 @@ def prepare_documents(
     docs: list[Document] | Callable[[], Iterable[Document]],
     out: Path,
     *,
+    units: Callable[[int], Iterable[Unit]] | None = None,
+    size_hint: int | None = None,
+    text_field: str = "text",
     label: str,
     sources: list[dict],
     fingerprint: list | None = None,
@@ -197,16 +219,23 @@ def prepare_documents(
     """Split and tokenize `docs` (a list, or a function giving a fresh iterator: the input is read
     more than once) into `out`; `heldout` texts go to heldout/NAME.jsonl untokenized.
 
+    `units(unit_bytes)` gives the same input as units for the workers (`seqwarm.data.sources.Unit`;
+    by default the documents themselves, sent to them), `size_hint` its size in bytes, if known
+    (a small input is not worth starting worker processes for), `text_field` what they read.
+
     `label` names the input in errors, `sources` is meta.json's record of it, `fingerprint` what a
     resumed prepare checks the input against (by default the names and sizes of `docs`),
     `extra_meta` is appended to meta.json. `tokenizer` is what `choose_tokenizer` takes.
     """
     read = docs if callable(docs) else (lambda: iter(docs))
     if fingerprint is None:
-        digest = hashlib.sha256()
+        digest, size_hint = hashlib.sha256(), 0
         for d in read():
             digest.update(f"{d.source}\0{len(d.text)}\0".encode())
+            size_hint += len(d.text)
         fingerprint = [digest.hexdigest()]
+    if units is None:
+        units = lambda unit_bytes: document_units(read(), unit_bytes)  # noqa: E731
     if shard_tokens < 1:
         raise DataError(f"--shard-tokens: must be at least 1, got {shard_tokens}")
     if buffer_mb <= 0:
@@ -226,30 +255,61 @@ def prepare_documents(
         "append_to": None if base is None else {s: len(base["splits"][s]["shards"]) for s in SPLITS},
     }
     state = read_progress(out) if (out / PROGRESS).is_file() and not force else None
+    if state is not None and "unit_bytes" not in state:
+        raise DataError(f"{out}: holds an unfinished prepare of an older seqwarm; use --force to start over")
     if state is not None and state["job"] != json.loads(json.dumps(job)):
         raise DataError(
             f"{out}: holds an unfinished prepare of other inputs or settings ({state['job']['label']}); "
             "run that command again to resume it, or use --force to start over"
         )
-    if state is None:
-        cuts = split_cuts(lambda: chunk_documents(read(), chunk_chars), val_fraction, test_fraction)
-        if not cuts["has_text"]:
-            raise DataError(f"{label}: no text found")
-        if force and out.exists():  # the old directory goes only once the new input is known to be good
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        state = {"job": job, "cuts": cuts, "tokenizer_meta": {}, "done_chunks": 0, "splits": None}
-        out.mkdir(parents=True, exist_ok=True)
+    n_workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
+    unit_bytes = state["unit_bytes"] if state is not None else _unit_bytes(n_workers, buffer_mb)
+    if size_hint is not None:  # worker processes pay off only with more units than workers
+        n_workers = min(n_workers, max(1, size_hint // unit_bytes))
+    max_pending = 1 if n_workers == 1 else 2 * n_workers
+    with Workers(n_workers, tok if isinstance(tok, Tokenizer) else None) as pool:
+        if state is None:
+            cuts = _scan(pool, units, unit_bytes, text_field, chunk_chars, split_rule, size_hint, max_pending, progress)
+            if not cuts["has_text"]:
+                raise DataError(f"{label}: no text found")
+            if force and out.exists():  # the old directory goes only once the new input is known to be good
+                shutil.rmtree(out) if out.is_dir() else out.unlink()
+            state = {
+                "job": job,
+                "cuts": cuts,
+                "tokenizer_meta": {},
+                "unit_bytes": unit_bytes,
+                "done_units": 0,
+                "done_chunks": 0,
+                "done_chars": 0,
+                "splits": None,
+            }
+            out.mkdir(parents=True, exist_ok=True)
+            if isinstance(tok, int):
+                state["tokenizer_meta"] = _train_tokenizer(tok, read, chunk_chars, cuts, out, progress)
+            elif tok.json is not None and base is None:
+                atomic_write(out / TOKENIZER_FILE, tok.json)
+                state["tokenizer_meta"] = {"tokenizer_source": {"file": tok.source}}
+            write_progress(out, state)
+        elif progress:
+            print(f"{out}: resuming an unfinished prepare at chunk {state['done_chunks']:,}", file=sys.stderr)
         if isinstance(tok, int):
-            state["tokenizer_meta"] = _train_tokenizer(tok, read, chunk_chars, cuts, out, progress)
-        elif tok.json is not None and base is None:
-            atomic_write(out / TOKENIZER_FILE, tok.json)
-            state["tokenizer_meta"] = {"tokenizer_source": {"file": tok.source}}
-        write_progress(out, state)
-    elif progress:
-        print(f"{out}: resuming an unfinished prepare at chunk {state['done_chunks']:,}", file=sys.stderr)
-    if isinstance(tok, int):
-        tok = read_tokenizer_file(out / TOKENIZER_FILE, f"bpe:{tok}")
-    _tokenize(read, out, state, tok, base, chunk_chars, workers, shard_tokens, buffer_mb, progress, stats)
+            tok = read_tokenizer_file(out / TOKENIZER_FILE, f"bpe:{tok}")
+        pool.use(tok)
+        _tokenize(
+            pool,
+            units(unit_bytes),
+            text_field,
+            out,
+            state,
+            tok,
+            base,
+            chunk_chars,
+            shard_tokens,
+            max_pending,
+            progress,
+            stats,
+        )
     _publish(out, state, tok, base, sources, heldout or {}, extra_meta or {}, split_rule)
     return out
 
@@ -285,67 +345,77 @@ def _train_tokenizer(vocab: int, read, chunk_chars: int, cuts: dict, out: Path, 
     return {"tokenizer_source": {"trained_on": "train", "chars": chars, "tokenizers": require_tokenizers().__version__}}
 
 
-def _tokenize(read, out, state, tok, base, chunk_chars, workers, shard_tokens, buffer_mb, progress, stats) -> None:
-    """The second pass: every chunk after `state['done_chunks']` tokenized into its split's shards."""
+def _unit_bytes(workers: int, buffer_mb: float) -> int:
+    """The units in flight (2 per worker) and the one being read share the buffer; a unit of at
+    most UNIT_BYTES keeps the workers busy on a corpus of a few units' size, and its tokens cheap to send back."""
+    max_pending = 1 if workers == 1 else 2 * workers
+    return max(1, min(UNIT_BYTES, int(buffer_mb * 1e6) // (max_pending + 1)))
+
+
+def _scan(pool, units, unit_bytes, text_field, chunk_chars, rule, size_hint, max_pending, progress) -> dict:
+    """The first pass: the split's cuts (`seqwarm.data.split.CutFinder`), from every unit's chunk hashes."""
+    for keep_all in (False, True):  # again keeping every hash, in the vanishing case that too few were kept
+        finder = CutFinder(rule["val_fraction"], rule["test_fraction"], keep_all)
+        # Shown after 2 s only: bad input is mostly found in this pass, and its error is best alone on stderr.
+        with tqdm(total=size_hint, desc="split", unit="B", unit_scale=True, delay=2, disable=not progress) as bar:
+            for result in pool.scan(_shown(units(unit_bytes), bar), text_field, chunk_chars, max_pending=max_pending):
+                finder.add(*result)
+        cuts = finder.cuts()
+        if cuts is not None:
+            return cuts
+    raise AssertionError("keep_all keeps every hash")
+
+
+def _shown(units: Iterable[Unit], bar) -> Iterator[Unit]:
+    for unit in units:
+        bar.update(unit.size)
+        yield unit
+
+
+def _tokenize(
+    pool, units, text_field, out, state, tok, base, chunk_chars, shard_tokens, max_pending, progress, stats
+) -> None:
+    """The second pass: every unit after `state['done_units']` tokenized into its split's shards."""
     dtype = np.dtype(token_dtype(tok.vocab_size))
     first = {s: 0 if base is None else len(base["splits"][s]["shards"]) for s in SPLITS}
     saved = state["splits"] or {}
     writers = {s: SplitWriter(out, s, dtype, shard_tokens, first[s], saved.get(s)) for s in SPLITS}
-    workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
-    max_pending = 1 if workers == 1 else 2 * workers
-    # The items in flight and the one being filled share the buffer; an item of at most ITEM_CHARS
-    # keeps the workers busy on a corpus of a few items' size, and its tokens cheap to send back.
-    item_chars = max(1, min(ITEM_CHARS, int(buffer_mb * 1e6) // (max_pending + 1)))
-    total = state["cuts"]["chars"]
-    # Worker processes only pay off with more items than workers; the tokens are the same either way.
-    workers = min(workers, max(1, total // item_chars))
-    max_pending = 1 if workers == 1 else 2 * workers
-    done = state["done_chunks"]
-    units = split_units(read(), chunk_chars, state["cuts"])
-    skipped = 0
-    for _ in range(done):
-        skipped += len(next(units)[1])
+    units = itertools.islice(units, state["done_units"], None)  # read past, not parsed
     try:
         with tqdm(
-            total=total, initial=skipped, desc="tokenize", unit="char", unit_scale=True, disable=not progress
+            total=state["cuts"]["chars"],
+            initial=state["done_chars"],
+            desc="tokenize",
+            unit="char",
+            unit_scale=True,
+            disable=not progress,
         ) as bar:
-            for n, chars, result in encode_stream(
-                _items(units, item_chars), tok, dtype, workers=workers, max_pending=max_pending, stats=stats
+            for n, chars, result in pool.encode(
+                units, text_field, chunk_chars, state["cuts"], dtype, max_pending=max_pending, stats=stats
             ):
                 for split, tokens in result.items():
                     writers[split].append(tokens)
-                done += n
+                state["done_units"] += 1
+                state["done_chunks"] += n
+                state["done_chars"] += chars
                 bar.update(chars)
                 if any(w.closed_any for w in writers.values()):
-                    _checkpoint(out, state, writers, done)
+                    _checkpoint(out, state, writers)
         for w in writers.values():
             w.finish()
-        _checkpoint(out, state, writers, done)
+        _checkpoint(out, state, writers)
     except BaseException:
         for w in writers.values():
             w.abandon()
         raise
 
 
-def _checkpoint(out: Path, state: dict, writers: dict[str, SplitWriter], done: int) -> None:
+def _checkpoint(out: Path, state: dict, writers: dict[str, SplitWriter]) -> None:
     for w in writers.values():
         w.sync()
         w.closed_any = False
-    state["done_chunks"] = done
     state["splits"] = {s: w.state() for s, w in writers.items()}
     write_progress(out, state)
-
-
-def _items(units: Iterator[tuple[str, str, bool]], item_chars: int) -> Iterator[list[tuple[str, str, bool]]]:
-    item, size = [], 0
-    for unit in units:
-        item.append(unit)
-        size += len(unit[1])
-        if size >= item_chars:
-            yield item
-            item, size = [], 0
-    if item:
-        yield item
 
 
 def _publish(out, state, tok, base, sources, heldout, extra_meta, split_rule) -> None:
@@ -403,99 +473,3 @@ def _publish(out, state, tok, base, sources, heldout, extra_meta, split_rule) ->
 def _feed(digest, f, block: int = 1 << 22) -> None:
     while chunk := f.read(block):
         digest.update(chunk)
-
-
-def chunk_documents(docs: Iterable[Document], chunk_chars: int) -> Iterator[tuple[str, str, bool]]:
-    """Cut documents at paragraph breaks into chunks of about `chunk_chars`: (key, text, ends_document)."""
-    for doc in docs:
-        paragraphs = doc.text.split("\n\n")
-        chunk: list[str] = []
-        size = index = 0
-        for i, para in enumerate(paragraphs):
-            chunk.append(para)
-            size += len(para) + 2
-            if size >= chunk_chars or i == len(paragraphs) - 1:
-                yield f"{doc.source}#{index}", "\n\n".join(chunk), i == len(paragraphs) - 1
-                chunk, size, index = [], 0, index + 1
-
-
-def assign_splits(
-    chunks: Iterable[tuple[str, str, bool]], val_fraction: float, test_fraction: float
-) -> list[tuple[str, bool, str]]:
-    """(text, ends_document, split) in corpus order; the chunks with the smallest key hashes go to val, then test."""
-    chunks = list(chunks)
-    order = sorted(range(len(chunks)), key=lambda i: hashlib.sha256(chunks[i][0].encode()).digest())
-    n_val = round(len(chunks) * val_fraction)
-    n_test = round(len(chunks) * test_fraction)
-    if val_fraction and not n_val or test_fraction and not n_test:
-        raise DataError(f"corpus too small to split: {len(chunks)} chunks of {len(chunks[0][1])}+ characters")
-    split = {i: "val" for i in order[:n_val]} | {i: "test" for i in order[n_val : n_val + n_test]}
-    return [(text if ends else text + "\n\n", ends, split.get(i, "train")) for i, (_, text, ends) in enumerate(chunks)]
-
-
-def split_cuts(
-    chunks: Callable[[], Iterable[tuple[str, str, bool]]], val_fraction: float, test_fraction: float
-) -> dict:
-    """The split rule of `assign_splits` in one streaming pass, with memory for the few smallest hashes only.
-
-    `assign_splits` sends the `round(n * val_fraction)` chunks whose key hashes smallest to val and
-    the next `round(n * test_fraction)` to test; that is: val up to the hash of the last val chunk
-    (the cut), test up to the last test chunk's. Finding the cuts needs only the hashes below about
-    twice the fractions (sha256 is uniform), kept in a list pruned as the count grows; in the
-    negligible case that too few were kept, the pass is repeated keeping all. Returns the cuts (hex,
-    None for an empty split), chunk and character counts, and whether any text was seen.
-    """
-    frac = val_fraction + test_fraction
-    for keep_all in (False, True):
-        cands: list[bytes] = []
-        n = chars = 0
-        has_text = False
-        bound, cap = 1 << 64, 4096
-        for key, text, _ in chunks():
-            n += 1
-            chars += len(text)
-            has_text = has_text or bool(text.strip())
-            if not frac:
-                continue
-            d = hashlib.sha256(key.encode()).digest()
-            if int.from_bytes(d[:8], "big") < bound:
-                cands.append(d)
-                if len(cands) >= cap and not keep_all:
-                    bound = _bound(frac, n)
-                    cands = [c for c in cands if int.from_bytes(c[:8], "big") < bound]
-                    cap = max(cap, 2 * len(cands))
-        n_val, n_test = round(n * val_fraction), round(n * test_fraction)
-        if not has_text:
-            return {"has_text": False}
-        if n and (val_fraction and not n_val or test_fraction and not n_test):
-            raise DataError(f"corpus too small to split: {n} chunks")
-        final = 1 << 64 if keep_all else _bound(frac, max(n, 1))
-        cands = sorted(c for c in cands if int.from_bytes(c[:8], "big") < final)
-        if len(cands) >= n_val + n_test:
-            break
-    return {
-        "val": cands[n_val - 1].hex() if n_val else None,
-        "test": cands[n_val + n_test - 1].hex() if n_test else None,
-        "n": n,
-        "chars": chars,
-        "has_text": has_text,
-        "needs": [s for s, f in (("val", val_fraction), ("test", test_fraction)) if f],
-    }
-
-
-def _bound(frac: float, n: int) -> int:
-    """The hash prefix below which the cuts lie, but for a vanishing chance: twice the expected count, plus 64."""
-    return min(1 << 64, int((2 * frac + 64 / n) * (1 << 64)))
-
-
-def split_units(docs: Iterable[Document], chunk_chars: int, cuts: dict) -> Iterator[tuple[str, str, bool]]:
-    """(split, text, ends_document) of every chunk in corpus order, by the cuts of `split_cuts`.
-
-    A piece that does not end its document keeps the paragraph break that followed it.
-    """
-    val = bytes.fromhex(cuts["val"]) if cuts["val"] else None
-    test = bytes.fromhex(cuts["test"]) if cuts["test"] else None
-    for key, text, ends in chunk_documents(docs, chunk_chars):
-        d = hashlib.sha256(key.encode()).digest() if val or test else b""
-        split = "val" if val and d <= val else "test" if test and d <= test else "train"
-        yield split, text if ends else text + "\n\n", ends

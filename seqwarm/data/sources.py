@@ -15,6 +15,11 @@ they must not change when the corpus moves), a record by its file and its line o
 (1-based): `docs/a.txt`, `docs/b.jsonl:3`, `docs/c.parquet:7`. The compression suffix is not part
 of the name, so `b.jsonl`, `b.jsonl.gz` and `b.jsonl.zst` split alike. Everything is read a
 line, or a record batch, at a time: memory does not grow with a file's size.
+
+`prepare`'s workers read the input themselves, so that its process only moves bytes: `read_units`
+cuts the input into `Unit`s (whole lines of JSONL, decompressed; a Parquet/Arrow record batch's
+text column; a group of text files, by name), doing no parsing, and `unit_documents` turns a unit
+into the same documents, in the same order and with the same errors, as `read_input` does.
 """
 
 from __future__ import annotations
@@ -200,17 +205,28 @@ def _require_pyarrow(path: Path):
     return pyarrow
 
 
-def _rows(path: Path, batches, field: str, name: str, first: int = 1) -> Iterator[Document]:
+def _rows(path: Path, batches, field: str | None, name: str, first: int = 1) -> Iterator[Document]:
+    """The documents of record batches' `field` column (of text columns themselves, for None)."""
     row = first
     for batch in batches:
-        for text in batch.column(field).to_pylist():
+        for text in (batch if field is None else batch.column(field)).to_pylist():
             if not isinstance(text, str):
-                raise DataError(f"{path}: row {row}: {field!r} must be a string, not {type(text).__name__}")
+                what = repr(field) if field else "the text column"
+                raise DataError(f"{path}: row {row}: {what} must be a string, not {type(text).__name__}")
             yield Document(f"{name}:{row}", text)
             row += 1
 
 
 def _read_parquet(file: InputFile, field: str) -> Iterator[Document]:
+    pa = _require_pyarrow(file.path)
+    pf = _parquet_file(file, field)
+    try:
+        yield from _rows(file.path, pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]), field, file.name)
+    except pa.ArrowException as e:
+        raise DataError(f"{file.path}: corrupt Parquet data ({first_line(e)})") from None
+
+
+def _parquet_file(file: InputFile, field: str):
     pa = _require_pyarrow(file.path)
     try:
         pf = pa.parquet.ParquetFile(file.path)
@@ -219,10 +235,7 @@ def _read_parquet(file: InputFile, field: str) -> Iterator[Document]:
     names = pf.schema_arrow.names
     if field not in names:
         raise DataError(f"{file.path}: no column {field!r} (columns: {', '.join(names)}; choose with --text-field)")
-    try:
-        yield from _rows(file.path, pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]), field, file.name)
-    except pa.ArrowException as e:
-        raise DataError(f"{file.path}: corrupt Parquet data ({first_line(e)})") from None
+    return pf
 
 
 def dataset_files(path: Path) -> list[Path]:
@@ -237,20 +250,169 @@ def dataset_files(path: Path) -> list[Path]:
         raise DataError(f"{path}: not a readable datasets.save_to_disk directory ({first_line(e)})") from None
 
 
+def _arrow_stream(pa, arrow: Path, source, field: str):
+    reader = pa.ipc.open_stream(source)
+    if field not in reader.schema.names:
+        raise DataError(
+            f"{arrow}: no column {field!r} (columns: {', '.join(reader.schema.names)}; choose with --text-field)"
+        )
+    return reader
+
+
 def _read_dataset(file: InputFile, field: str) -> Iterator[Document]:
     pa = _require_pyarrow(file.path)
     row = 1
     for arrow in dataset_files(file.path):
         try:
             with pa.memory_map(str(arrow)) as source:
-                reader = pa.ipc.open_stream(source)
-                if field not in reader.schema.names:
-                    raise DataError(
-                        f"{arrow}: no column {field!r} (columns: {', '.join(reader.schema.names)}; "
-                        "choose with --text-field)"
-                    )
+                reader = _arrow_stream(pa, arrow, source, field)
                 for doc in _rows(arrow, reader, field, file.name, first=row):
                     yield doc
                     row += 1
+        except pa.ArrowException as e:
+            raise DataError(f"{arrow}: corrupt Arrow data ({first_line(e)})") from None
+
+
+# --- units: the input cut into pieces that worker processes read ----------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of input that `unit_documents` reads into whole documents, in any process.
+
+    kind "jsonl": `payload` is whole lines of a JSONL file (decompressed bytes), `first` the first's
+    number; "arrow": a Parquet/Arrow text column (a pyarrow array), `first` its first row's number;
+    "text": text files to read, a list of (path, name); "docs": Documents already in memory.
+    `size` is the bytes (characters for "docs") it holds or will read.
+    """
+
+    kind: str
+    path: str
+    name: str
+    first: int
+    payload: object
+    size: int
+
+
+def read_units(files: Iterable[InputFile], field: str, unit_bytes: int) -> Iterator[Unit]:
+    """The input of `files` as units of about `unit_bytes` (one record batch for Parquet/Arrow), in order."""
+    group: list[tuple[str, str]] = []
+    size = 0
+    for file in files:
+        if file.kind == "text":
+            try:
+                group.append((str(file.path), file.name))
+                size += file.path.stat().st_size
+            except OSError as e:
+                raise DataError(f"{file.path}: cannot read ({e.strerror or first_line(e)})") from e
+            if size >= unit_bytes:
+                yield Unit("text", "", "", 0, group, size)
+                group, size = [], 0
+            continue
+        if group:
+            yield Unit("text", "", "", 0, group, size)
+            group, size = [], 0
+        if file.kind == "jsonl":
+            yield from _jsonl_units(file, unit_bytes)
+        elif file.kind == "parquet":
+            yield from _parquet_units(file, field)
+        else:
+            yield from _dataset_units(file, field)
+    if group:
+        yield Unit("text", "", "", 0, group, size)
+
+
+def document_units(docs: Iterable[Document], unit_chars: int) -> Iterator[Unit]:
+    """Documents in memory as units of about `unit_chars` characters."""
+    group: list[Document] = []
+    size = 0
+    for doc in docs:
+        group.append(doc)
+        size += len(doc.text)
+        if size >= unit_chars:
+            yield Unit("docs", "", "", 0, group, size)
+            group, size = [], 0
+    if group:
+        yield Unit("docs", "", "", 0, group, size)
+
+
+def unit_documents(unit: Unit, field: str = "text") -> Iterator[Document]:
+    """The documents of `unit`, as `read_input` gives them (its names, its errors)."""
+    if unit.kind == "docs":
+        yield from unit.payload  # type: ignore[misc]
+    elif unit.kind == "jsonl":
+        yield from _jsonl_documents(unit, field)
+    elif unit.kind == "arrow":
+        yield from _rows(Path(unit.path), [unit.payload], None, unit.name, unit.first)
+    else:
+        for path, name in unit.payload:  # type: ignore[attr-defined]
+            yield from read_input(InputFile(Path(path), name, "text"), field)
+
+
+def _jsonl_units(file: InputFile, unit_bytes: int) -> Iterator[Unit]:
+    lineno = 1
+    try:
+        with _open_binary(file.path) as f:
+            while block := f.read(unit_bytes):
+                if not block.endswith(b"\n"):
+                    block += f.readline()  # whole lines only
+                yield Unit("jsonl", str(file.path), file.name, lineno, block, len(block))
+                lineno += block.count(b"\n")
+    except _corrupt_errors() as e:
+        raise DataError(
+            f"{file.path}: corrupt {file.path.suffix.lstrip('.')} data after line {lineno - 1} ({first_line(e)})"
+        ) from None
+    except OSError as e:
+        raise DataError(f"{file.path}: cannot read ({e.strerror or first_line(e)})") from e
+
+
+def _jsonl_documents(unit: Unit, field: str) -> Iterator[Document]:
+    try:
+        lines: list = unit.payload.decode("utf-8").split("\n")  # type: ignore[attr-defined]
+    except UnicodeDecodeError:
+        lines = unit.payload.split(b"\n")  # type: ignore[attr-defined]  # decoded line by line, to name the bad one
+    if lines and not lines[-1]:
+        lines.pop()  # after the last newline
+    for lineno, line in enumerate(lines, unit.first):
+        if isinstance(line, bytes):
+            try:
+                line = line.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{unit.path}:{lineno}: not UTF-8 text") from None
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)[field]
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
+            raise DataError(f"{unit.path}:{lineno}: expected a JSON object with a {field!r} field") from e
+        if not isinstance(text, str):
+            raise DataError(f"{unit.path}:{lineno}: {field!r} must be a string")
+        yield Document(f"{unit.name}:{lineno}", text)
+
+
+def _parquet_units(file: InputFile, field: str) -> Iterator[Unit]:
+    pa = _require_pyarrow(file.path)
+    pf = _parquet_file(file, field)
+    row = 1
+    try:
+        for batch in pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]):
+            column = batch.column(field)
+            yield Unit("arrow", str(file.path), file.name, row, column, column.nbytes)
+            row += len(column)
+    except pa.ArrowException as e:
+        raise DataError(f"{file.path}: corrupt Parquet data ({first_line(e)})") from None
+
+
+def _dataset_units(file: InputFile, field: str) -> Iterator[Unit]:
+    pa = _require_pyarrow(file.path)
+    row = 1
+    for arrow in dataset_files(file.path):
+        try:
+            # Not closed here: the columns sent to the workers are views of the map, which they keep alive.
+            reader = _arrow_stream(pa, arrow, pa.memory_map(str(arrow)), field)
+            for batch in reader:
+                column = batch.column(field)
+                yield Unit("arrow", str(arrow), file.name, row, column, column.nbytes)
+                row += len(column)
         except pa.ArrowException as e:
             raise DataError(f"{arrow}: corrupt Arrow data ({first_line(e)})") from None
