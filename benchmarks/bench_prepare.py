@@ -8,7 +8,9 @@ fixed 2,000-word vocabulary, seeded) is written once per format. Then, in the sa
 
 - raw: GPT-2's tiktoken `encode_ordinary_batch` on the documents already in memory, with one thread
   per core (tiktoken's own parallelism), on a 20 MB sample of the corpus: the tokenizer's limit,
-  per wall second and per CPU second, measured again right before each prepare run;
+  per wall second and per CPU second, measured again right before each prepare run; and, as a
+  stricter limit, tiktoken's `encode_to_numpy` on one thread per core, which `prepare` itself uses
+  (no Python list per document: faster than the batch API);
 - for each format and worker count: `python -m seqwarm prepare` in a child process, its wall time
   (both passes, from the files to the published shards, interpreter start and imports included),
   tokens/s, its CPU seconds (the child and its workers), both as ratios to raw, and the peak RSS
@@ -79,8 +81,9 @@ def write(docs: list[str], fmt: str, root: Path) -> Path:
     raise SystemExit(f"unknown format {fmt}")
 
 
-def raw_throughput(docs: list[str], sample_mb: float = 20) -> tuple[float, float]:
-    """Tokens per wall second and per CPU second of tiktoken's batch encoding, one thread per core."""
+def raw_throughput(docs: list[str], sample_mb: float = 20, arrays: bool = False) -> tuple[float, float]:
+    """Tokens per wall second and per CPU second of tiktoken's batch encoding, one thread per core
+    (with `arrays`, of its buffer API, as `GPT2Tokenizer.encode_ordinary_arrays` runs it)."""
     from seqwarm.tokenizer import gpt2
 
     sample, size = [], 0
@@ -93,7 +96,8 @@ def raw_throughput(docs: list[str], sample_mb: float = 20) -> tuple[float, float
     tok.encode_ordinary_batch(sample[:10])  # the encoding built before the clock starts
     start = time.perf_counter()
     cpu = time.process_time()  # all of this process's threads
-    n = sum(len(ids) for i in range(0, len(sample), 256) for ids in tok.encode_ordinary_batch(sample[i : i + 256]))
+    encode = tok.encode_ordinary_arrays if arrays else tok.encode_ordinary_batch
+    n = sum(len(ids) for i in range(0, len(sample), 256) for ids in encode(sample[i : i + 256]))
     return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
@@ -176,6 +180,7 @@ def bench_prepare(args) -> None:
             out = root / f"out-{fmt}-{w}"
             shutil.rmtree(out, ignore_errors=True)
             raw, raw_cpu = raw_throughput(docs)  # again before each run: the machine's load drifts
+            fast, _ = raw_throughput(docs, arrays=True)
             wall, cpu, peak = run_prepare(inp, out, w)
             meta = json.loads((out / "meta.json").read_text())
             tokens = sum(s["tokens"] for s in meta["splits"].values())
@@ -183,7 +188,8 @@ def bench_prepare(args) -> None:
             print(
                 f"{fmt:<8} {disk / 1e6:7.1f} MB  workers {w}  {wall:7.1f} s  {tokens / wall:>10,.0f} tokens/s  "
                 f"ratio {tokens / wall / raw:.2f}  CPU {cpu:6.1f} s  {tokens / cpu:>10,.0f} tokens/CPU-s  "
-                f"ratio {tokens / cpu / raw_cpu:.2f}  peak RSS {peak / 2**20:,.0f} MiB  (raw {raw:,.0f} tokens/s)",
+                f"ratio {tokens / cpu / raw_cpu:.2f}  peak RSS {peak / 2**20:,.0f} MiB  (raw {raw:,.0f} tokens/s; "
+                f"against encode_to_numpy's {fast:,.0f}: {tokens / wall / fast:.2f})",
                 flush=True,
             )
             shutil.rmtree(out) if w != min(outputs) else None
