@@ -12,7 +12,7 @@ from seqwarm.data.encode import EncodeStats, Workers
 from seqwarm.data.format import FORMAT, SequenceIndex, TokenData
 from seqwarm.data.loader import TrainLoader
 from seqwarm.data.prepare import prepare
-from seqwarm.data.sources import Document
+from seqwarm.data.sources import Document, list_inputs, read_input, read_units, unit_documents
 from seqwarm.data.split import assign_splits, split_cuts, split_units
 from seqwarm.errors import DataError
 
@@ -233,6 +233,44 @@ def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path, name, content, 
         prepare([str(path)], tmp_path / "out", val_fraction=0, test_fraction=0, progress=False)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists(), "nothing written before the input is known to be good"
+
+
+@pytest.mark.parametrize("unit_bytes", [1, 5000, 1 << 20])
+def test_units_read_in_workers_give_the_documents_of_read_input(formats, unit_bytes):
+    """What the workers parse (`unit_documents` of `read_units`) is what `read_input` reads, names included."""
+    for name, path in formats.items():
+        files = list_inputs([path])
+        direct = [d for f in files for d in read_input(f)]
+        units = list(read_units(files, "text", unit_bytes))
+        assert [d for u in units for d in unit_documents(u)] == direct, name
+        if name in ("jsonl", "gz", "zst", "txt"):  # cut by size; Parquet and Arrow by record batch
+            assert len(units) == (len(direct) if unit_bytes == 1 else 1 if unit_bytes == 1 << 20 else len(units))
+            assert unit_bytes != 5000 or 1 < len(units) < len(direct), name
+
+
+def test_a_bad_line_found_in_a_unit_is_named_by_its_line_number(tmp_path):
+    lines = [json.dumps({"text": f"document {i}"}) for i in range(50)]
+    lines[37] = json.dumps({"body": "no text field"})
+    (tmp_path / "c.jsonl").write_text("\n".join(lines) + "\n")
+    units = list(read_units(list_inputs([str(tmp_path / "c.jsonl")]), "text", 100))
+    assert len(units) > 5
+    with pytest.raises(DataError, match=r"c\.jsonl:38: expected a JSON object with a 'text' field"):
+        [d for u in units for d in unit_documents(u)]
+    (tmp_path / "b.jsonl").write_bytes(b'{"text": "fine"}\n' * 30 + b'{"text": "\xff"}\n')
+    with pytest.raises(DataError, match=r"b\.jsonl:31: not UTF-8 text"):
+        [d for u in read_units(list_inputs([str(tmp_path / "b.jsonl")]), "text", 64) for d in unit_documents(u)]
+
+
+def test_token_arrays_are_the_ordinary_encoding():
+    from seqwarm.tokenizer import gpt2
+
+    tok = gpt2()
+    texts = [*TEXTS[:5], "", "a <|endoftext|> forged separator", " <|endoftext|>"]
+    for threads in (1, 2):
+        tok.threads = threads
+        arrays = tok.encode_ordinary_arrays(texts)
+        assert [a.tolist() for a in arrays] == tok.encode_ordinary_batch(texts)
+    assert tok.eot_id not in arrays[-2].tolist()
 
 
 def test_text_field_picks_the_column_and_globs_expand(tmp_path):

@@ -229,7 +229,8 @@ def _read_parquet(file: InputFile, field: str) -> Iterator[Document]:
 def _parquet_file(file: InputFile, field: str):
     pa = _require_pyarrow(file.path)
     try:
-        pf = pa.parquet.ParquetFile(file.path)
+        # Read as it is decoded: pre-buffering a row group's column chunks held 60-100 MB more per process.
+        pf = pa.parquet.ParquetFile(file.path, pre_buffer=False, buffer_size=1 << 20)
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{file.path}: not a readable Parquet file ({first_line(e)})") from None
     names = pf.schema_arrow.names
