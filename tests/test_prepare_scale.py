@@ -13,7 +13,7 @@ from seqwarm.data.format import FORMAT, SequenceIndex, TokenData
 from seqwarm.data.loader import TrainLoader
 from seqwarm.data.prepare import prepare
 from seqwarm.data.sources import Document, list_inputs, read_input, read_units, unit_documents
-from seqwarm.data.split import assign_splits, split_cuts, split_units
+from seqwarm.data.split import CutFinder, assign_splits, scan_chunks, split_units
 from seqwarm.errors import DataError
 
 pa = pytest.importorskip("pyarrow")
@@ -106,11 +106,15 @@ def test_one_and_two_workers_and_any_shard_size_give_the_same_tokens(formats, tm
 
 
 def test_the_streaming_split_rule_is_the_rank_rule():
-    chunks = [(f"doc{i}.txt#0", "text", True) for i in range(20_000)]  # more than one prune of the candidates
+    docs = [Document(f"doc{i}.txt", "text") for i in range(20_000)]  # one chunk each, keys doc{i}.txt#0
+    chunks = [(f"{d.source}#0", d.text, True) for d in docs]
     for val, test in ((0.01, 0.01), (0.003, 0.0), (0.0, 0.2)):
-        cuts = split_cuts(lambda: iter(chunks), val, test)
+        finder = CutFinder(val, test)
+        for i in range(0, len(docs), 1000):  # hashes in groups, as the workers send them; more than one prune
+            finder.add(*scan_chunks(docs[i : i + 1000], 8000))
+        cuts = finder.cuts()
         by_rank = [split for _, _, split in assign_splits(chunks, val, test)]
-        streamed = [split_units([Document(key[:-2], "text")], 8000, cuts).__next__()[0] for key, _, _ in chunks]
+        streamed = [split for split, _, _ in split_units(docs, 8000, cuts)]
         assert streamed == by_rank, (val, test)
 
 
@@ -237,7 +241,7 @@ def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path, name, content, 
 
 @pytest.mark.parametrize("unit_bytes", [1, 5000, 1 << 20])
 def test_units_read_in_workers_give_the_documents_of_read_input(formats, unit_bytes):
-    """What the workers parse (`unit_documents` of `read_units`) is what `read_input` reads, names included."""
+    """The documents, and their names, do not depend on how the input is cut into units."""
     for name, path in formats.items():
         files = list_inputs([path])
         direct = [d for f in files for d in read_input(f)]

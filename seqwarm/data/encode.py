@@ -59,12 +59,17 @@ def encode_unit(unit: Unit, field: str, chunk_chars: int, cuts: dict, tok: Token
     return len(pieces), sum(len(text) for _, text, _ in pieces), encode_item(pieces, tok, dtype)
 
 
-def _in_worker(task: str, unit: Unit, args: tuple):
+def _run(task: str, unit: Unit, args: tuple, tok: Tokenizer | None):
+    """One unit of a pass, in a worker or in this process."""
     if task == "scan":
         return scan_unit(unit, *args)
-    assert _WORKER_TOKENIZER is not None
+    assert tok is not None
     *rest, dtype = args
-    return encode_unit(unit, *rest, _WORKER_TOKENIZER, np.dtype(dtype))
+    return encode_unit(unit, *rest, tok, np.dtype(dtype))
+
+
+def _in_worker(task: str, unit: Unit, args: tuple):
+    return _run(task, unit, args, _WORKER_TOKENIZER)
 
 
 def encode_item(pieces: list[Piece], tok: Tokenizer, dtype: np.dtype) -> Result:
@@ -152,11 +157,7 @@ class Workers:
                 stats.items += 1
                 stats.peak_pending_items = max(stats.peak_pending_items, 1)
                 stats.peak_pending_chars = max(stats.peak_pending_chars, unit.size)
-                if task == "scan":
-                    yield scan_unit(unit, *args)
-                else:
-                    *rest, dtype = args
-                    yield encode_unit(unit, *rest, self.tok, np.dtype(dtype))
+                yield _run(task, unit, args, self.tok)
             return
         pending: deque = deque()
         sizes: deque[int] = deque()

@@ -19,7 +19,7 @@ line, or a record batch, at a time: memory does not grow with a file's size.
 `prepare`'s workers read the input themselves, so that its process only moves bytes: `read_units`
 cuts the input into `Unit`s (whole lines of JSONL, decompressed; a Parquet/Arrow record batch's
 text column; a group of text files, by name), doing no parsing, and `unit_documents` turns a unit
-into the same documents, in the same order and with the same errors, as `read_input` does.
+into documents, in any process. `read_input` is the two in one process: there is one reader per format.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ JSONL_SUFFIXES = {".jsonl", ".json"}
 COMPRESSED = {".gz", ".zst"}
 PARQUET_SUFFIXES = {".parquet"}
 ROWS_PER_BATCH = 1024  # Parquet/Arrow rows decoded at a time
+READ_BYTES = 1 << 20  # JSONL read at a time by `read_input`
 
 
 @dataclass(frozen=True)
@@ -132,19 +133,18 @@ def read_documents(inputs: Iterable[str], text_field: str = "text") -> Iterator[
 
 
 def read_input(file: InputFile, text_field: str = "text") -> Iterator[Document]:
+    """The documents of one input, read here: its units (`read_units`) read in this process."""
+    for unit in read_units([file], text_field, READ_BYTES):
+        yield from unit_documents(unit, text_field)
+
+
+def _read_text(path: Path, name: str) -> Document:
     try:
-        if file.kind == "jsonl":
-            yield from _read_jsonl(file, text_field)
-        elif file.kind == "parquet":
-            yield from _read_parquet(file, text_field)
-        elif file.kind == "dataset":
-            yield from _read_dataset(file, text_field)
-        else:
-            yield Document(file.name, file.path.read_text(encoding="utf-8"))  # newlines translated, as always
+        return Document(name, path.read_text(encoding="utf-8"))  # newlines translated, as always
     except UnicodeDecodeError as e:
-        raise DataError(f"{file.path}: not UTF-8 text") from e
+        raise DataError(f"{path}: not UTF-8 text") from e
     except OSError as e:
-        raise DataError(f"{file.path}: cannot read ({e.strerror or first_line(e)})") from e
+        raise DataError(f"{path}: cannot read ({e.strerror or first_line(e)})") from e
 
 
 def _open_binary(path: Path):
@@ -171,30 +171,6 @@ def _corrupt_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def _read_jsonl(file: InputFile, field: str) -> Iterator[Document]:
-    lineno = 0
-    try:
-        with _open_binary(file.path) as f:
-            for lineno, raw in enumerate(f, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    raise DataError(f"{file.path}:{lineno}: not UTF-8 text") from None
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)[field]
-                except (json.JSONDecodeError, KeyError, TypeError, IndexError) as e:
-                    raise DataError(f"{file.path}:{lineno}: expected a JSON object with a {field!r} field") from e
-                if not isinstance(text, str):
-                    raise DataError(f"{file.path}:{lineno}: {field!r} must be a string")
-                yield Document(f"{file.name}:{lineno}", text)
-    except _corrupt_errors() as e:
-        raise DataError(
-            f"{file.path}: corrupt {file.path.suffix.lstrip('.')} data after line {lineno} ({first_line(e)})"
-        ) from None
-
-
 def _require_pyarrow(path: Path):
     try:
         import pyarrow
@@ -205,25 +181,12 @@ def _require_pyarrow(path: Path):
     return pyarrow
 
 
-def _rows(path: Path, batches, field: str | None, name: str, first: int = 1) -> Iterator[Document]:
-    """The documents of record batches' `field` column (of text columns themselves, for None)."""
-    row = first
-    for batch in batches:
-        for text in (batch if field is None else batch.column(field)).to_pylist():
-            if not isinstance(text, str):
-                what = repr(field) if field else "the text column"
-                raise DataError(f"{path}: row {row}: {what} must be a string, not {type(text).__name__}")
-            yield Document(f"{name}:{row}", text)
-            row += 1
-
-
-def _read_parquet(file: InputFile, field: str) -> Iterator[Document]:
-    pa = _require_pyarrow(file.path)
-    pf = _parquet_file(file, field)
-    try:
-        yield from _rows(file.path, pf.iter_batches(batch_size=ROWS_PER_BATCH, columns=[field]), field, file.name)
-    except pa.ArrowException as e:
-        raise DataError(f"{file.path}: corrupt Parquet data ({first_line(e)})") from None
+def _rows(path: Path, column, field: str, name: str, first: int) -> Iterator[Document]:
+    """The documents of a `field` column (a pyarrow array) whose first row is number `first`."""
+    for row, text in enumerate(column.to_pylist(), first):
+        if not isinstance(text, str):
+            raise DataError(f"{path}: row {row}: {field!r} must be a string, not {type(text).__name__}")
+        yield Document(f"{name}:{row}", text)
 
 
 def _parquet_file(file: InputFile, field: str):
@@ -258,20 +221,6 @@ def _arrow_stream(pa, arrow: Path, source, field: str):
             f"{arrow}: no column {field!r} (columns: {', '.join(reader.schema.names)}; choose with --text-field)"
         )
     return reader
-
-
-def _read_dataset(file: InputFile, field: str) -> Iterator[Document]:
-    pa = _require_pyarrow(file.path)
-    row = 1
-    for arrow in dataset_files(file.path):
-        try:
-            with pa.memory_map(str(arrow)) as source:
-                reader = _arrow_stream(pa, arrow, source, field)
-                for doc in _rows(arrow, reader, field, file.name, first=row):
-                    yield doc
-                    row += 1
-        except pa.ArrowException as e:
-            raise DataError(f"{arrow}: corrupt Arrow data ({first_line(e)})") from None
 
 
 # --- units: the input cut into pieces that worker processes read ----------------------------------
@@ -344,10 +293,10 @@ def unit_documents(unit: Unit, field: str = "text") -> Iterator[Document]:
     elif unit.kind == "jsonl":
         yield from _jsonl_documents(unit, field)
     elif unit.kind == "arrow":
-        yield from _rows(Path(unit.path), [unit.payload], None, unit.name, unit.first)
+        yield from _rows(Path(unit.path), unit.payload, field, unit.name, unit.first)
     else:
         for path, name in unit.payload:  # type: ignore[attr-defined]
-            yield from read_input(InputFile(Path(path), name, "text"), field)
+            yield _read_text(Path(path), name)
 
 
 def _jsonl_units(file: InputFile, unit_bytes: int) -> Iterator[Unit]:

@@ -16,7 +16,7 @@ This module imports neither torch nor the tokenizer: prepare's workers import it
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -133,21 +133,6 @@ class CutFinder:
             "has_text": True,
             "needs": [s for s, f in (("val", self.val_fraction), ("test", self.test_fraction)) if f],
         }
-
-
-def split_cuts(
-    chunks: Callable[[], Iterable[tuple[str, str, bool]]], val_fraction: float, test_fraction: float
-) -> dict:
-    """`CutFinder` over an iterable of chunks (key, text, ends) in this process, repeated with
-    `keep_all` in the vanishing case that the first pass kept too few hashes."""
-    for keep_all in (False, True):
-        finder = CutFinder(val_fraction, test_fraction, keep_all)
-        for key, text, _ in chunks():
-            finder.add(1, len(text), bool(text.strip()), hashlib.sha256(key.encode()).digest())
-        cuts = finder.cuts()
-        if cuts is not None:
-            return cuts
-    raise AssertionError("keep_all keeps every hash")
 
 
 def _below(rows: np.ndarray, bound: int) -> np.ndarray:
