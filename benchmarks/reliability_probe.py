@@ -183,8 +183,8 @@ def damages(path: Path, rng: random.Random) -> list[tuple[str, callable]]:
 
 
 def corruptions(finished: Path, data: Path, rng: random.Random, reference: dict, work: Path) -> dict:
+    from seqwarm.checkpoint import read_checkpoint
     from seqwarm.errors import SeqwarmError
-    from seqwarm.trainer import read_checkpoint
 
     latest = ckpt.latest_checkpoint(finished)
     detected, tried, missed = 0, 0, []

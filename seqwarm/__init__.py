@@ -33,7 +33,7 @@ _EXPORTS = {
     "CurriculumConfig": "seqwarm.config",
     "TrainConfig": "seqwarm.config",
     "load_config": "seqwarm.config",
-    "train": "seqwarm.trainer",
+    "train": "seqwarm.lifecycle",
     "read_metrics": "seqwarm.metrics",
     "SeqwarmError": "seqwarm.errors",
 }

@@ -20,19 +20,24 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from seqwarm.errors import SeqwarmError
+from seqwarm import __version__
+from seqwarm.errors import SeqwarmError, first_line
 from seqwarm.files import atomic_directory, file_sha256, fsync_path
 
 CHECKPOINT_RE = re.compile(r"^step-(\d{8,})$")
 LEFTOVER_RE = re.compile(r"^\.step-\d{8,}\.(tmp-|old-|del)")  # what an interrupted save or removal leaves
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "seqwarm-manifest-v1"
+STATE_FORMAT = "seqwarm-checkpoint-v1"
+"""The layout of a checkpoint's state.json; a checkpoint with another one is refused, not misread."""
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json")
 
 
@@ -256,3 +261,39 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
         pid, name = key.split(".", 1)
         state.setdefault(int(pid), {})[name] = value
     return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def read_checkpoint(path: Path, *, verify: bool = False) -> Checkpoint:
+    """A checkpoint of this format, read back; SeqwarmError naming the file when it is of another one.
+
+    `verify`: first check the files against the manifest, and afterwards that every weight and Adam
+    moment is finite (seqwarm never saves other ones); CheckpointError saying what failed.
+    """
+    path = Path(path)
+    if verify and (problem := verify_checkpoint(path)):
+        raise CheckpointError(problem)
+    try:
+        ck = load_checkpoint(path)
+    except FileNotFoundError as e:
+        raise CheckpointError(f"{Path(e.filename).name} missing") from None
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+        raise CheckpointError(f"unreadable ({first_line(e)})") from None
+    found = ck.state.get("format", STATE_FORMAT)  # seqwarm 0.1.0 wrote this layout without naming it
+    if found != STATE_FORMAT:
+        raise SeqwarmError(
+            f"{path / 'state.json'}: checkpoint format {found!r} (written by seqwarm {ck.state.get('seqwarm', '?')}); "
+            f"this seqwarm {__version__} reads {STATE_FORMAT!r}"
+        )
+    if verify:
+        tensors = [*ck.model.items(), *((f"optimizer {k}", v) for k, v in _optimizer_tensors(ck.optimizer))]
+        bad = next((k for k, v in tensors if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:
+            raise CheckpointError(f"{bad} holds non-finite values")
+    return ck
+
+
+def _optimizer_tensors(sd: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    for pid, entries in sd.get("state", {}).items():
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                yield f"{pid}.{name}", value

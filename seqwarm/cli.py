@@ -72,7 +72,7 @@ def cmd_prepare(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from seqwarm.trainer import main_train
+    from seqwarm.lifecycle import main_train
 
     config, overrides = split_config_args(args.items)
     if config is None and args.resume is None:
@@ -169,8 +169,8 @@ def cmd_import_hf(args) -> None:
 
 
 def cmd_sweep(args) -> None:
+    from seqwarm.lifecycle import train
     from seqwarm.sweep.runner import main_sweep
-    from seqwarm.trainer import train
 
     target, overrides = split_config_args(args.items)
     report = main_sweep(
@@ -196,7 +196,7 @@ def _rank() -> int:
 
 
 def cmd_tune(args) -> None:
-    from seqwarm.trainer import train
+    from seqwarm.lifecycle import train
     from seqwarm.tune.runner import main_tune
 
     config, items = split_config_args(args.items)

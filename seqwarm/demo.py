@@ -19,10 +19,10 @@ from seqwarm.config import PACKAGED_CONFIGS, load_config
 from seqwarm.data.corpus import data_directory
 from seqwarm.errors import SeqwarmError
 from seqwarm.files import atomic_write
+from seqwarm.lifecycle import train
 from seqwarm.metrics import METRICS, eval_rows, read_metrics, train_rows
 from seqwarm.report import write_report
 from seqwarm.tables import text_table
-from seqwarm.trainer import train
 
 # (name, config, overrides): the two runs of the comparison, then the reference at the stable LR.
 STABLE_LR = 3e-3  # the baseline's best LR of the proxy study's grid (docs/RESULTS.md)

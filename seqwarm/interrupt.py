@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM during training: finish the step, write a checkpoint, exit with a one-line message.
 
-`graceful_stop()` is installed by `seqwarm.trainer.train` around a run (never on import) and puts the
+`graceful_stop()` is installed by `seqwarm.lifecycle.train` around a run (never on import) and puts the
 previous handlers back after. The first SIGINT or SIGTERM only sets `requested`; the training loop
 looks at it after each step, saves a checkpoint and raises `Interrupted`, which the CLI prints as one
 line and turns into the exit code of the signal: 130 for SIGINT, 143 for SIGTERM (128 + the signal

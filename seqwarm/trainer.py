@@ -1,7 +1,8 @@
 """The training loop: length -> batch -> forward/backward -> clip -> step -> log -> eval -> save.
 
-`train(cfg)` validates everything (config, data, run directory) before it changes anything, then
-`fit` runs the loop. Every quantity that decides what a step does is a function of the clock:
+`build` makes a `Trainer` (the loop's state) and `fit` runs the loop; `seqwarm.lifecycle.train`
+wraps them with the run directory's claim and the checkpoint to continue from. Every quantity that
+decides what a step does is a function of the clock:
 the SLW length of the step (pacing, Section 4), its learning rate (token-wise decay, Appendix A.2)
 and whether training is over (token-wise termination, Section 5.1).
 """
@@ -12,36 +13,30 @@ import contextlib
 import dataclasses
 import math
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from tqdm import tqdm
 
-from seqwarm import __version__, distributed, files, rundir
+from seqwarm import __version__, distributed, rundir
 from seqwarm import checkpoint as ckpt
-from seqwarm.checkpoint import Checkpoint, CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from seqwarm.config import Config, load_config
+from seqwarm.checkpoint import STATE_FORMAT, Checkpoint, rng_state, save_checkpoint, set_rng_state
+from seqwarm.config import Config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
-from seqwarm.data.corpus import open_data
 from seqwarm.data.format import SequenceIndex, TokenData
 from seqwarm.data.loader import Batch, TrainLoader
 from seqwarm.distributed import DistEnv
-from seqwarm.errors import ConfigError, DivergedError, SeqwarmError, first_line
-from seqwarm.interrupt import Interrupted, StopRequest, graceful_stop
+from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
+from seqwarm.interrupt import Interrupted, StopRequest
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, run_summary
 from seqwarm.model import GPT
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
 from seqwarm.runtime import keep_freed_memory, resolve_device, resolve_precision
 from seqwarm.schedule import Clock, finished, learning_rate
-
-STATE_FORMAT = "seqwarm-checkpoint-v1"
-"""The layout of a checkpoint's state.json; a checkpoint with another one is refused, not misread."""
 
 
 @dataclass
@@ -188,196 +183,12 @@ def build(
     )
 
 
-def train(
-    cfg: Config,
-    *,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    on_step: Callable[[Clock], None] | None = None,
-) -> dict:
-    """Validate, set up the run directory, train. Returns the run summary.
-
-    Nothing in the run directory is touched until the config and the data have been checked. On
-    `resume`, `cfg` may differ from the run's config.yaml only in what does not change what is
-    computed (`seqwarm.rundir.resume_changes`); the newest checkpoint that passes verification is
-    used. Under torchrun every process calls this; rank 0 alone locks and writes the run directory.
-    SIGINT/SIGTERM stop the run after the current step with a checkpoint (`seqwarm.interrupt`).
-    """
-    if resume and force:
-        raise ConfigError("--resume and --force conflict: --resume continues the run, --force replaces it; give one")
-    env = distributed.env_from_torchrun()
-    check_parallel(cfg, env)
-    device = resolve_device(cfg.train.device, env.local_rank)
-    cfg = with_resolved_precision(cfg, device)  # config.yaml records what `auto` became on this machine
-    run_dir = Path(cfg.run.dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SeqwarmError(f"run.dir {run_dir}: exists and is not a directory")
-    joined = distributed.init(env, device, cfg.train.dist_timeout_s)
-    created = not run_dir.exists()
-    try:
-        with contextlib.ExitStack() as held:
-            loaded: list[Checkpoint] = []  # rank 0's verified checkpoint, read once
-
-            def claim() -> tuple[Path | None, dict]:
-                held.enter_context(files.directory_lock(run_dir, what="run directory"))
-                if created:  # runs before the lock is released, and only by the process that held it
-                    held.callback(_remove_if_unused, run_dir)
-                return _check_run_dir(cfg, run_dir, resume=resume, force=force, loaded=loaded)
-
-            checkpoint, changes = _on_rank0(env, claim)
-            stop = held.enter_context(graceful_stop())
-            if env.main:  # rank 0 prepares the builtin corpus, if needed, before the others read it
-                data = open_data(cfg, progress)
-            distributed.barrier(env)
-            if not env.main:
-                data = open_data(cfg, progress=False)
-            trainer = build(cfg, run_dir, data, env, device)
-            trainer.stop = stop
-            if checkpoint is not None:
-                trainer.load_state_dict(loaded[0] if loaded else read_checkpoint(checkpoint))
-                trainer.last_checkpoint = checkpoint
-                if env.main and changes:
-                    rundir.record_resume(run_dir, trainer.clock, changes)
-            elif env.main:
-                if not files.only_lock(run_dir):  # --force (checked), or --resume of a run with no checkpoint yet
-                    rundir.clear_run_dir(run_dir)
-                rundir.write_marker(run_dir)
-            if env.main:
-                rundir.write_config(run_dir, cfg)
-            distributed.barrier(env)
-            summary = fit(trainer, progress=progress, hook=FitHook(on_step=on_step) if on_step else None)
-            if stop.requested and env.main:  # it came during the last step, its eval or the summary
-                _note(f"{stop.name} received as the run ended: it finished, nothing was cut short")
-            return summary
-    finally:
-        if joined:
-            distributed.shutdown()
-
-
 def with_resolved_precision(cfg: Config, device: torch.device) -> Config:
     """`cfg` with `train.precision: auto` replaced by what it means on `device` (`resolve_precision`)."""
     precision = resolve_precision(cfg.train.precision, device)
     if precision == cfg.train.precision:
         return cfg
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
-
-
-def _remove_if_unused(run_dir: Path) -> None:
-    """A run directory this process created and then wrote nothing into (refused, or failed before its
-    first file): removed, so that it does not stand in the way of the next attempt."""
-    if run_dir.is_dir() and files.only_lock(run_dir):
-        (run_dir / files.LOCK).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            run_dir.rmdir()
-
-
-def _on_rank0(env: DistEnv, fn: Callable[[], object]):
-    """`fn()` on rank 0, its result (or its one-line error) on every rank, so all ranks stop alike."""
-    result, error = None, None
-    if env.main:
-        try:
-            result = fn()
-        except SeqwarmError as e:
-            error = e
-    result, message = distributed.broadcast((result, None if error is None else str(error)), env)
-    if error is not None:
-        raise error
-    if message is not None:
-        raise SeqwarmError(message)
-    return result
-
-
-def _note(message: str) -> None:
-    print(f"seqwarm: {message}", file=sys.stderr)
-
-
-def _check_run_dir(
-    cfg: Config, run_dir: Path, *, resume: bool, force: bool, loaded: list[Checkpoint]
-) -> tuple[Path | None, dict]:
-    """Under the run directory's lock: may this run write `run_dir`, and from which checkpoint?
-
-    Returns (the checkpoint to resume from, or None to start at step 0; the resume's changes).
-    Cleans what interrupted saves left. Changes nothing in the directory when it refuses.
-    """
-    if not resume:
-        if not files.only_lock(run_dir):
-            if not force:
-                raise SeqwarmError(
-                    f"{run_dir}: run directory exists; use --resume to continue it or --force to replace it"
-                )
-            rundir.check_replaceable(run_dir, keep={"data.path": _data_path(cfg)})
-        return None, {}
-    changes = rundir.resume_changes(rundir.read_config(run_dir), cfg)
-    for name in ckpt.clean_checkpoints(run_dir):
-        _note(f"{ckpt.checkpoint_dir(run_dir) / name}: removed, left by an interrupted save")
-    found = ckpt.list_checkpoints(run_dir)
-    if not found and (run_dir / rundir.SUMMARY).exists():
-        raise SeqwarmError(f"{run_dir}: finished ({rundir.SUMMARY}) and has no checkpoint left; nothing to resume")
-    if not found:
-        rundir.check_replaceable(run_dir, keep={"data.path": _data_path(cfg)})
-        _note(f"{run_dir}: no checkpoint yet (stopped before its first); training it from step 0")
-        return None, {}
-    failed = []
-    for path in reversed(found):
-        try:
-            loaded.append(read_checkpoint(path, verify=True))
-        except CheckpointError as e:
-            _note(f"{path.name}: {e}; {'trying the one before' if path != found[0] else 'none left'}")
-            failed.append((path, str(e)))
-            continue
-        for bad, _ in failed:  # out of the step-* names, so that training writes those steps afresh
-            _note(f"{bad.name}: set aside as {ckpt.set_aside(bad).name}")
-        if failed:
-            _note(f"resuming from {path.name}, the newest checkpoint that passes verification")
-        return path, changes
-    raise SeqwarmError(
-        f"{run_dir}: no checkpoint passes verification ({'; '.join(f'{p.name}: {why}' for p, why in failed)})"
-    )
-
-
-def _data_path(cfg: Config) -> Path:
-    """The directory `data.path` names (the cache's, for a builtin corpus name): what --force must not delete."""
-    from seqwarm.data.builtin.names import builtin_data_dir, builtin_tokenizer
-
-    path = cfg.data.path
-    return builtin_data_dir(str(path)) if builtin_tokenizer(path) is not None else Path(path)
-
-
-def read_checkpoint(path: Path, *, verify: bool = False) -> Checkpoint:
-    """A checkpoint of this format, read back; SeqwarmError naming the file when it is of another one.
-
-    `verify`: first check the files against the manifest, and afterwards that every weight and Adam
-    moment is finite (seqwarm never saves other ones); CheckpointError saying what failed.
-    """
-    path = Path(path)
-    if verify and (problem := ckpt.verify_checkpoint(path)):
-        raise CheckpointError(problem)
-    try:
-        ck = load_checkpoint(path)
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{Path(e.filename).name} missing") from None
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
-        raise CheckpointError(f"unreadable ({first_line(e)})") from None
-    found = ck.state.get("format", STATE_FORMAT)  # seqwarm 0.1.0 wrote this layout without naming it
-    if found != STATE_FORMAT:
-        raise SeqwarmError(
-            f"{path / 'state.json'}: checkpoint format {found!r} (written by seqwarm {ck.state.get('seqwarm', '?')}); "
-            f"this seqwarm {__version__} reads {STATE_FORMAT!r}"
-        )
-    if verify:
-        tensors = [*ck.model.items(), *((f"optimizer {k}", v) for k, v in _optimizer_tensors(ck.optimizer))]
-        bad = next((k for k, v in tensors if v.is_floating_point() and not torch.isfinite(v).all()), None)
-        if bad is not None:
-            raise CheckpointError(f"{bad} holds non-finite values")
-    return ck
-
-
-def _optimizer_tensors(sd: dict) -> Iterator[tuple[str, torch.Tensor]]:
-    for pid, entries in sd.get("state", {}).items():
-        for name, value in entries.items():
-            if isinstance(value, torch.Tensor):
-                yield f"{pid}.{name}", value
 
 
 class FitHook:
@@ -696,18 +507,3 @@ def _progress_bar(cfg: Config, clock: Clock, enabled: bool) -> tqdm:
         disable=not enabled,
         dynamic_ncols=True,
     )
-
-
-def main_train(config_path: str | None, overrides: list[str], *, resume: str | None, force: bool) -> dict:
-    """`seqwarm train`: a new run from CONFIG, or `--resume RUN_DIR` with the run's saved config."""
-    if resume is not None:
-        if config_path is not None:
-            raise ConfigError("train: give either CONFIG or --resume RUN_DIR, not both")
-        if force:
-            raise ConfigError(
-                "--resume and --force conflict: --resume continues the run, --force replaces it; give one"
-            )
-        cfg = rundir.read_config(Path(resume), [*overrides, f"run.dir={resume}"])
-    else:
-        cfg = load_config(config_path, overrides)
-    return train(cfg, resume=resume is not None, force=force)

@@ -29,7 +29,7 @@ NOT_UTF8 = b"train:\n  lr: \xff\xfe\n"
 @pytest.fixture(scope="module")
 def world(corpus_dir, tmp_path_factory):
     """A tiny trained run (and its Hugging Face export when transformers is there) that cases copy and damage."""
-    from seqwarm.trainer import train
+    from seqwarm.lifecycle import train
 
     root = tmp_path_factory.mktemp("bad-input")
     cfg = load_config(

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from seqwarm.errors import ConfigError
+from seqwarm.lifecycle import train
 from seqwarm.metrics import read_metrics
-from seqwarm.trainer import train
 
 pytestmark = pytest.mark.distributed  # every test here starts processes with torchrun
 
@@ -92,7 +92,7 @@ def test_kill_and_resume_under_ddp_and_on_one_process(runs, tmp_path):
     torchrun("train", "--resume", str(tmp_path / "a"), "train.max_steps=10")
     assert_same_steps(train_rows(root / "ddp"), train_rows(tmp_path / "a"), rel=1e-6)
     # ... and on a single process like the single-process run.
-    from seqwarm.trainer import main_train
+    from seqwarm.lifecycle import main_train
 
     main_train(None, ["train.max_steps=10"], resume=str(tmp_path / "b"), force=False)
     assert_same_steps(train_rows(root / "single"), train_rows(tmp_path / "b"))
@@ -101,7 +101,7 @@ def test_kill_and_resume_under_ddp_and_on_one_process(runs, tmp_path):
 def test_fsdp2_checkpoint_resumes_on_one_process(runs, tmp_path):
     root, common = runs
     torchrun("train", *common, "train.max_steps=6", f"run.dir={tmp_path / 'f'}", "train.parallel=fsdp")
-    from seqwarm.trainer import main_train
+    from seqwarm.lifecycle import main_train
 
     main_train(None, ["train.max_steps=10"], resume=str(tmp_path / "f"), force=False)
     assert_same_steps(train_rows(root / "single"), train_rows(tmp_path / "f"), keys=("loss",))

@@ -28,10 +28,10 @@ from seqwarm.eval.results import (
 )
 from seqwarm.eval.scoring import lambada_hits, sliding_windows, window_nll
 from seqwarm.eval.texts import lambada_split, lambada_style_items, lambada_tokens, wikitext_detokenize, word_count
+from seqwarm.lifecycle import train
 from seqwarm.metrics import read_metrics
 from seqwarm.report import write_report
 from seqwarm.tokenizer import gpt2_encoding
-from seqwarm.trainer import train
 
 CPU = torch.device("cpu")
 

@@ -12,8 +12,8 @@ from scipy import stats
 
 from seqwarm.cli import main
 from seqwarm.external_logs import ExternalLogError, metric_rows, parse_map, read_external
+from seqwarm.lifecycle import train
 from seqwarm.report import write_report
-from seqwarm.trainer import train
 
 # Loss ratios (loss over the minimum of the earlier losses): 1, .833, 1.28, .8, 1.3, 1.75, nan, .95
 LOSSES = [3.0, 2.5, 3.2, 2.0, 2.6, 3.5, math.nan, 1.9]

@@ -18,9 +18,9 @@ from seqwarm.checkpoint import latest_checkpoint  # noqa: E402
 from seqwarm.cli import main  # noqa: E402
 from seqwarm.config import load_config  # noqa: E402
 from seqwarm.hf import export_hf, from_hf_state, to_hf_state  # noqa: E402
+from seqwarm.lifecycle import train  # noqa: E402
 from seqwarm.model import GPT, GPTConfig  # noqa: E402
 from seqwarm.tokenizer import gpt2_encoding  # noqa: E402
-from seqwarm.trainer import train  # noqa: E402
 
 needs_transformers = pytest.mark.skipif(find_spec("transformers") is None, reason="needs seqwarm[hf] (transformers)")
 SHAPE = GPTConfig(n_layer=2, n_head=2, d_model=32, max_seqlen=64)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from seqwarm.lifecycle import train
 from seqwarm.metrics import read_metrics, train_rows
-from seqwarm.trainer import train
 
 CURVE = Path(__file__).parent / "data" / "tiny_slw_loss_curve.json"
 EXACT = ("step", "seqlen", "batch_size", "tokens")

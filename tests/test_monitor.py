@@ -7,9 +7,9 @@ import torch
 
 from seqwarm import checkpoint as ckpt
 from seqwarm.errors import SeqwarmError
+from seqwarm.lifecycle import train
 from seqwarm.metrics import read_metrics
 from seqwarm.monitor import LossRatio, NonFiniteGuard, adam_statistics
-from seqwarm.trainer import train
 
 
 def test_adam_statistics_by_hand():

@@ -7,8 +7,8 @@ import torch
 import yaml
 
 from seqwarm import runtime
+from seqwarm.lifecycle import train
 from seqwarm.runtime import resolve_precision
-from seqwarm.trainer import train
 
 CPU = torch.device("cpu")
 
@@ -49,7 +49,7 @@ def test_a_run_records_what_auto_resolved_to_and_a_resume_keeps_it(tiny_cfg, mon
     assert saved["train"]["precision"] == expected
     # resumed on a machine whose detection says the opposite: the run keeps its precision
     monkeypatch.setattr(runtime, "cpu_bf16_units", lambda: [] if units else ["amx_bf16"])
-    from seqwarm.trainer import main_train
+    from seqwarm.lifecycle import main_train
 
     summary = main_train(None, ["train.max_steps=3"], resume=cfg.run.dir, force=False)
     assert summary["steps"] == 3

@@ -22,8 +22,8 @@ from seqwarm.cli import main
 from seqwarm.config import PACKAGED_CONFIGS, load_config
 from seqwarm.errors import SeqwarmError
 from seqwarm.interrupt import Interrupted
+from seqwarm.lifecycle import train
 from seqwarm.metrics import read_metrics
-from seqwarm.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 # 10 steps with checkpoints at 5 and 10; the LR decays over a fixed token count, so a resume may lengthen the run
@@ -207,7 +207,7 @@ def test_an_edited_state_json_and_a_nan_weight_are_detected(run_copy):
     (latest / "state.json").write_text(json.dumps(json.loads((latest / "state.json").read_text())))
     ckpt.write_manifest(latest)
     assert ckpt.verify_checkpoint(latest) is None
-    from seqwarm.trainer import read_checkpoint
+    from seqwarm.checkpoint import read_checkpoint
 
     with pytest.raises(ckpt.CheckpointError, match=f"{name} holds non-finite values"):
         read_checkpoint(latest, verify=True)

@@ -11,8 +11,8 @@ from seqwarm import checkpoint as ckpt
 from seqwarm import rundir
 from seqwarm.cli import main
 from seqwarm.errors import ConfigError, SeqwarmError
+from seqwarm.lifecycle import train
 from seqwarm.metrics import read_metrics
-from seqwarm.trainer import train
 
 
 @pytest.fixture

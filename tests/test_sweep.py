@@ -7,10 +7,10 @@ import pytest
 
 from seqwarm.cli import main
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
+from seqwarm.lifecycle import train as real_train
 from seqwarm.sweep import grid as sw
 from seqwarm.sweep import runner, state
 from seqwarm.sweep import summary as sm
-from seqwarm.trainer import train as real_train
 
 
 def grid_2x2(corpus_dir) -> sw.Sweep:

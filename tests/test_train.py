@@ -6,9 +6,9 @@ import pytest
 
 from seqwarm import checkpoint as ckpt
 from seqwarm.errors import SeqwarmError
+from seqwarm.lifecycle import train
 from seqwarm.metrics import read_metrics
 from seqwarm.plan import plan_steps
-from seqwarm.trainer import train
 
 
 def train_rows(run_dir):

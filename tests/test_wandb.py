@@ -10,8 +10,8 @@ import pytest
 
 from seqwarm.config import LogConfig, load_config
 from seqwarm.errors import ConfigError
+from seqwarm.lifecycle import train
 from seqwarm.metrics import MetricsLog, WandbSettings, read_metrics
-from seqwarm.trainer import train
 
 BLOCK, HEADER = 32768, 7  # the .wandb file is a LevelDB-style log: 32 KiB blocks of framed records
 

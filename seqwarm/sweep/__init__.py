@@ -23,5 +23,5 @@ The package, from the pure core out:
 - `summary`: the grid report (Table 5 layout, LR sensitivity, tokens to reach the baseline, the
   figure), computed from the runs' own metrics.jsonl, so it can be written mid-sweep.
 - `runner`: trains the missing runs with the train function it is given (`seqwarm.cli` passes
-  `seqwarm.trainer.train`; this package never imports the trainer) and writes the report.
+  `seqwarm.lifecycle.train`; this package never imports the trainer) and writes the report.
 """

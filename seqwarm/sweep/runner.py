@@ -1,6 +1,6 @@
 """`seqwarm sweep` wired to files: train the grid's missing runs, then write the grid report.
 
-The train function is a parameter (`train_fn`, with `seqwarm.trainer.train`'s signature): the CLI
+The train function is a parameter (`train_fn`, with `seqwarm.lifecycle.train`'s signature): the CLI
 passes the real one, a test a fake, and this package never imports the training loop.
 """
 

@@ -20,7 +20,7 @@ The package is a pure core and a thin runner:
   each cached in its own run directory, and what a finished one left there;
 - `outputs`: tune.md, tune.json, recommendation.yaml, deepspeed.json, and the progress lines;
 - `runner`: `run_tune` / `main_tune`, which train the probes with the train function they are
-  given (`seqwarm.cli` passes `seqwarm.trainer.train`), so that no tune module imports the trainer.
+  given (`seqwarm.cli` passes `seqwarm.lifecycle.train`), so that no tune module imports the trainer.
 
 The decisions and assumptions behind the defaults are in docs/TUNING.md.
 """

@@ -1,7 +1,7 @@
 """`seqwarm tune`'s runner: checks everything up front, trains the probes the search asks for, writes the outputs.
 
 The train function is a parameter (`train_fn`, called as `train_fn(cfg, force=True, progress=...)`
-like `seqwarm.trainer.train`, which `seqwarm.cli` passes in): tune is an analysis of short runs and
+like `seqwarm.lifecycle.train`, which `seqwarm.cli` passes in): tune is an analysis of short runs and
 does not import the training loop itself.
 """
 
@@ -29,7 +29,7 @@ from seqwarm.tune.probes import (
 from seqwarm.tune.search import ProbeResult, TuneResult, horizon_note, max_ratio, resolve_plan, search
 from seqwarm.tune.settings import TuneSettings, parse_settings
 
-TrainFn = Callable[..., object]  # train_fn(cfg, force=True, progress=bool), as seqwarm.trainer.train
+TrainFn = Callable[..., object]  # train_fn(cfg, force=True, progress=bool), as seqwarm.lifecycle.train
 
 
 def run_probe(cfg: Config, train_fn: TrainFn, probes_dir: Path, *, progress: bool = True) -> ProbeResult:
