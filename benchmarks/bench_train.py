@@ -40,7 +40,7 @@ What is timed is `fit`'s own loop, not a copy of it: each run is a `seqwarm.trai
 generator (the loop of `fit`, one step per `next()`), driven with a `FitHook` whose `phase(name)`
 adds `time.perf_counter()` seconds to that phase. A step's time is taken around its `next()`.
 Inside the phases, four callables of each built trainer are wrapped with timers
-(`Trainer.seqlen_schedule`, `GPT.trunk`, `optimizer.step`, and the `linear_cross_entropy` that
+(`Curriculum.at` of the step plan, `GPT.trunk`, `optimizer.step`, and the `linear_cross_entropy` that
 `seqwarm.model` looks up in its own namespace); seqwarm itself is not changed. Evaluation and
 checkpoints are configured off (and checked absent afterwards): they happen every N tokens or
 steps, not every step.
@@ -364,7 +364,7 @@ class Run:
         cfg = make_config(shape, data.path, self.run_dir, curriculum, train)
         self.tr = build(cfg, self.run_dir, data)
         # Instance attributes, looked up by fit's loop at each call (GradScaler.step calls optimizer.step).
-        self.tr.seqlen_schedule = TIMERS.wrap("pacing", self.tr.seqlen_schedule)
+        self.tr.plan.curriculum.at = TIMERS.wrap("pacing", self.tr.plan.curriculum.at)
         self.tr.model.trunk = self._seeing_autocast(TIMERS.wrap("body_forward", self.tr.model.trunk))
         self.tr.optimizer.step = TIMERS.wrap("adamw", self.tr.optimizer.step)
         self.hook = PhaseTimer()

@@ -11,7 +11,6 @@ import dataclasses
 import difflib
 import functools
 import importlib.util
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,9 +19,11 @@ from typing import Any, Literal
 
 import yaml
 
-from seqwarm.errors import ConfigError
+from seqwarm.curriculum.config import CurriculumConfig
+from seqwarm.errors import ConfigError, check_finite
 from seqwarm.files import atomic_write
 from seqwarm.model import PRESETS, GPTConfig
+from seqwarm.schedule import LRSchedule
 from seqwarm.tokenizer import VOCAB_SIZE
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -49,15 +50,6 @@ def resolve_config(name: str | Path) -> Path:
         names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
         raise ConfigError(f"{name}: no such config file (shipped configs: {names})")
     return shipped
-
-
-def check_finite(section: object, name: str) -> None:
-    """ConfigError for a NaN or infinite float field of `section`: each passes or fails every
-    comparison in the wrong way (`nan <= 0` is false, so `x <= 0` checks let it through)."""
-    for f in dataclasses.fields(section):
-        value = getattr(section, f.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{name}.{f.name}: must be a finite number, got {value}")
 
 
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding range (RandomState), which torch and every other seeded library accept
@@ -237,6 +229,21 @@ class TrainConfig:
         if self.num_threads is not None and self.num_threads <= 0:
             raise ConfigError(f"train.num_threads: must be positive, got {self.num_threads}")
 
+    def lr_schedule(self) -> LRSchedule:
+        """The LR schedule and stopping rule of this section, as the method's own type."""
+        return LRSchedule(
+            lr=self.lr,
+            min_lr=self.min_lr,
+            warmup_steps=self.warmup_steps,
+            warmup_tokens=self.warmup_tokens,
+            lr_decay_style=self.lr_decay_style,
+            lr_decay_unit=self.lr_decay_unit,
+            decay_tokens=self.decay_tokens,
+            decay_steps=self.decay_steps,
+            max_tokens=self.max_tokens,
+            max_steps=self.max_steps,
+        )
+
     @property
     def decay_tokens(self) -> int | None:
         return self.lr_decay_tokens or self.max_tokens
@@ -244,100 +251,6 @@ class TrainConfig:
     @property
     def decay_steps(self) -> int | None:
         return self.lr_decay_steps or self.max_steps
-
-
-@dataclass
-class CurriculumConfig:
-    kind: Literal["none", "slw", "shortformer", "bsz_warmup"] = "none"
-    """`none`: every step at full length (the baseline). `slw`: Sequence Length Warmup (Section 4).
-    `shortformer`: seqlen_start for the first `duration` steps, then full length (Press et al., 2021).
-    `bsz_warmup`: GPT-3's batch-size warmup, every step at full length (Section 5.1)."""
-    pacing: Literal["linear", "root", "discrete"] = "linear"
-    """How SLW grows the length: `linear` (the paper's), `root` (DeepSpeed's fixed_root), `discrete` stages."""
-    seqlen_start: int = 8
-    """seqlen_s: length at step 0 (the paper: 8 for GPT-2 117M, 64 for 1.5B, 72 for GPT-3 125M; Shortformer: 128)."""
-    seqlen_end: int | None = None
-    """seqlen_e: the full length the data is indexed at and the length after warmup. Default: model.max_seqlen."""
-    duration: int | None = None
-    """T: steps over which SLW grows the length (linear and root pacing); Shortformer's first-stage steps."""
-    root_degree: float = 2.0
-    """r for root pacing: seqlen_s + (seqlen_e - seqlen_s) * min(t/T, 1) ** (1/r)."""
-    stages: list[list[int]] | None = None
-    """Discrete pacing: [[until_step, seqlen], ...]; steps < until_step use seqlen; after the last, seqlen_end."""
-    multiple_of: int = 8
-    """Round the length down to a multiple of this (Section 5.1: 8, for tensor cores)."""
-    drop_tail: bool = True
-    """True: drop the truncated part of each sequence (the paper). False: serve it in later steps."""
-    batch_size_start: int | None = None
-    """bsz_warmup: global batch (sequences) at token 0 (GPT-3: 16 sequences of 2048 tokens = 32K tokens)."""
-    batch_warmup_tokens: int | None = None
-    """bsz_warmup: trained tokens over which the batch grows linearly to train.global_batch_size (GPT-3: 4B)."""
-
-    def __post_init__(self):
-        check_finite(self, "curriculum")
-        if self.multiple_of <= 0:
-            raise ConfigError(f"curriculum.multiple_of: must be a positive integer, got {self.multiple_of}")
-        if self.kind == "none":
-            return
-        if self.kind == "bsz_warmup":
-            if self.batch_size_start is None or self.batch_size_start <= 0:
-                raise ConfigError(
-                    f"curriculum.batch_size_start: a positive batch size is required for bsz_warmup, got {self.batch_size_start}"
-                )
-            if self.batch_warmup_tokens is None or self.batch_warmup_tokens <= 0:
-                raise ConfigError(
-                    f"curriculum.batch_warmup_tokens: a positive token count is required for bsz_warmup, got {self.batch_warmup_tokens}"
-                )
-            return
-        if self.seqlen_start <= 0:
-            raise ConfigError(f"curriculum.seqlen_start: must be positive, got {self.seqlen_start}")
-        if self.multiple_of > self.seqlen_start:
-            raise ConfigError(
-                f"curriculum.multiple_of ({self.multiple_of}) must not exceed curriculum.seqlen_start ({self.seqlen_start})"
-            )
-        if self.seqlen_start % self.multiple_of:
-            # Section 5.1: every length a multiple of 8. Rounding the start up or down silently would
-            # train at a length nobody asked for, so the config says which one it means.
-            m, lo = self.multiple_of, self.seqlen_start - self.seqlen_start % self.multiple_of
-            raise ConfigError(
-                f"curriculum.seqlen_start ({self.seqlen_start}) must be a multiple of curriculum.multiple_of ({m}): "
-                f"use {lo} or {lo + m}"
-            )
-        if self.kind == "slw" and self.pacing == "discrete":
-            if not self.stages:
-                raise ConfigError("curriculum.stages: required for discrete pacing, e.g. [[20000, 128]]")
-            if any(len(s) != 2 or s[0] <= 0 or s[1] <= 0 for s in self.stages):
-                raise ConfigError("curriculum.stages: each stage is [until_step > 0, seqlen > 0]")
-            if any(a[0] >= b[0] for a, b in zip(self.stages, self.stages[1:])):
-                raise ConfigError("curriculum.stages: until_step values must increase")
-            bad = [s[1] for s in self.stages if s[1] % self.multiple_of or s[1] < self.seqlen_start]
-            if bad:
-                raise ConfigError(
-                    f"curriculum.stages: stage length {bad[0]} must be a multiple of curriculum.multiple_of "
-                    f"({self.multiple_of}) and >= curriculum.seqlen_start ({self.seqlen_start}); a stage trains at "
-                    "exactly its length"
-                )
-        else:
-            what = "Shortformer's first-stage steps" if self.kind == "shortformer" else "T"
-            if self.duration is None or self.duration <= 0:
-                raise ConfigError(
-                    f"curriculum.duration: {what} must be a positive number of steps, got {self.duration}"
-                )
-            if self.pacing == "root" and self.root_degree <= 0:
-                raise ConfigError(f"curriculum.root_degree: must be positive, got {self.root_degree}")
-        if self.seqlen_end is not None:
-            self.check_lengths()
-
-    def check_lengths(self) -> None:
-        """The checks that need seqlen_end (`Config` calls this once it has filled in the default)."""
-        if self.kind not in ("slw", "shortformer"):
-            return
-        if self.seqlen_start > self.seqlen_end:
-            raise ConfigError(
-                f"curriculum.seqlen_start ({self.seqlen_start}) must be <= curriculum.seqlen_end ({self.seqlen_end})"
-            )
-        if self.kind == "slw" and self.pacing == "discrete" and any(s[1] > self.seqlen_end for s in self.stages):
-            raise ConfigError(f"curriculum.stages: a stage length exceeds curriculum.seqlen_end ({self.seqlen_end})")
 
 
 @dataclass
@@ -441,19 +354,7 @@ class Config:
             cur.check_lengths()
         if cur.seqlen_end > max_seqlen:
             raise ConfigError(f"curriculum.seqlen_end ({cur.seqlen_end}) exceeds model.max_seqlen ({max_seqlen})")
-        if cur.kind == "bsz_warmup":
-            micro, batch = self.train.micro_batch_size, self.train.global_batch_size
-            if not micro <= cur.batch_size_start <= batch:
-                raise ConfigError(
-                    f"curriculum.batch_size_start ({cur.batch_size_start}) must lie between train.micro_batch_size "
-                    f"({micro}) and train.global_batch_size ({batch})"
-                )
-            if cur.batch_size_start % micro:
-                # The batch grows in whole micro-batches; a start between two would silently train the one below.
-                raise ConfigError(
-                    f"curriculum.batch_size_start ({cur.batch_size_start}) must be a multiple of train.micro_batch_size "
-                    f"({micro}): the batch grows in whole micro-batches"
-                )
+        cur.check_batch(self.train.micro_batch_size, self.train.global_batch_size)
         if self.train.device == "cpu" and self.train.precision == "fp16":
             raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
         if self.eval.batch_size is None:
@@ -508,7 +409,7 @@ def config_from_dict(raw: dict) -> Config:
         if not isinstance(values, dict):
             raise ConfigError(f"{section}: must be a mapping of fields")
         cls = hints[section]
-        field_types = typing.get_type_hints(cls)
+        field_types = section_fields(cls)
         kwargs = {}
         for name, value in values.items():
             check_key(section, name)
@@ -523,21 +424,28 @@ def save_config(cfg: Config, path: Path) -> None:
 
 
 def field_docs() -> dict[str, str]:
-    """`section.field` -> its docstring, read from this module's source (for `--help`-style listings)."""
+    """`section.field` -> its docstring, read from each section's source (for `--help`-style listings)."""
     import ast
     import inspect
+    import textwrap
 
     docs = {}
-    tree = ast.parse(inspect.getsource(inspect.getmodule(Config)))
-    names = {f.name: f.type for f in dataclasses.fields(Config)}
-    cls_to_section = {typing.get_type_hints(Config)[s].__name__: s for s in names}
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name in cls_to_section:
-            body = node.body
-            for a, b in zip(body, body[1:]):
-                if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-                    docs[f"{cls_to_section[node.name]}.{a.target.id}"] = b.value.value
+    for section, cls in typing.get_type_hints(Config).items():
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
+                docs[f"{section}.{a.target.id}"] = b.value.value
     return docs
+
+
+def section_fields(cls: type) -> dict[str, Any]:
+    """A section's keys and their types: its fields, and the keys it still reads from older configs
+    (`dataclasses.InitVar`s such as `curriculum.kind`)."""
+    hints = typing.get_type_hints(cls)
+    return {
+        name: hints[name].type if isinstance(hints[name], dataclasses.InitVar) else hints[name]
+        for name in cls.__dataclass_fields__
+    }
 
 
 @functools.cache
@@ -545,7 +453,7 @@ def _all_keys() -> tuple[str, ...]:
     """Every `section.field`; computed once (type hints are slow, and every override checks its key)."""
     keys = []
     for f in dataclasses.fields(Config):
-        keys += [f"{f.name}.{g.name}" for g in dataclasses.fields(typing.get_type_hints(Config)[f.name])]
+        keys += [f"{f.name}.{name}" for name in section_fields(typing.get_type_hints(Config)[f.name])]
     return tuple(keys)
 
 

@@ -54,8 +54,8 @@ def run_demo(out: Path, *, force: bool = False, overrides: list[str] = ()) -> di
     for name, cfg in configs.items():
         c = cfg.curriculum
         what = (
-            f"SLW {c.seqlen_start} -> {c.seqlen_end} over T={c.duration} steps"
-            if c.kind == "slw"
+            f"{c.length_axis().describe()} {c.seqlen_start} -> {c.seqlen_end} over T={c.duration} steps"
+            if c.length_axis().varies
             else f"full length {c.seqlen_end}"
         )
         print(

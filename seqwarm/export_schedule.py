@@ -21,10 +21,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from seqwarm.config import Config
-from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
+from seqwarm.curriculum import LengthAxis, Linear, Root, SeqlenSchedule, Stages
 from seqwarm.errors import ConfigError
-from seqwarm.plan import plan_steps
-from seqwarm.schedule import Clock, finished
+from seqwarm.plan import plan_steps, step_plan
 from seqwarm.tables import text_table
 
 FRAMEWORKS = ("deepspeed", "megatron-deepspeed", "composer", "olmo-core")
@@ -169,13 +168,11 @@ def run_steps(cfg: Config) -> int:
     """
     if not cfg.curriculum.drop_tail:
         return sum(1 for _ in plan_steps(cfg))
-    t = cfg.train
-    seqlen_of = SeqlenSchedule(cfg.curriculum)
-    batch_of = BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size)
-    clock = Clock()
-    while not finished(clock, t):
-        clock.tick(batch_of(clock.tokens) * seqlen_of(clock.step), t)
-    return clock.step
+    plan = step_plan(cfg)
+    while not plan.finished:
+        spec = plan.spec()
+        plan.tick(spec.batch_size * spec.seqlen)
+    return plan.clock.step
 
 
 def _steps_to_tokens(lengths: Sequence[int], batch: int, max_tokens: int | None, cap: int) -> int:
@@ -211,33 +208,38 @@ class Export:
     """The exported setup first; then other setups of the framework worth comparing."""
 
 
-def _slw(cfg: Config, framework: str) -> None:
+def _slw(cfg: Config, framework: str) -> LengthAxis:
+    """The config's length axis, or a ConfigError when it has no length schedule to export."""
     c = cfg.curriculum
-    if c.kind not in ("slw", "shortformer"):
+    axis = c.length_axis()
+    if not axis.varies:
         raise ConfigError(
             f"curriculum.kind: {c.kind} has no sequence length schedule to export to {framework} "
-            "(use slw or shortformer)"
+            "(set curriculum.length to slw or shortformer)"
         )
+    return axis
+
+
+def _linear_only(axis: LengthAxis, what: str) -> None:
+    if not isinstance(axis.pacing, Linear):
+        raise ConfigError(f"curriculum.pacing: {what} is linear only; {axis.describe()} cannot be exported")
 
 
 def deepspeed_metric(cfg: Config) -> dict:
     """The `seqlen_truncate` entry of `curriculum_metrics` for the config's curriculum."""
-    _slw(cfg, "deepspeed")
+    pacing = _slw(cfg, "deepspeed").pacing
     c = cfg.curriculum
-    if c.kind == "shortformer":
-        schedule_type, sc = "fixed_discrete", {"difficulty": [c.seqlen_start, c.seqlen_end], "max_step": [c.duration]}
-        lo = c.seqlen_start
-    elif c.pacing == "discrete":
+    if isinstance(pacing, Stages):  # discrete stages, or Shortformer's one stage
         # seqwarm's stage ends before step until_step (0-based); DeepSpeed's at global step <= max_step
         # (1-based): the same steps.
         schedule_type = "fixed_discrete"
-        sc = {"difficulty": [s[1] for s in c.stages] + [c.seqlen_end], "max_step": [s[0] for s in c.stages]}
-        lo = min(s[1] for s in c.stages)
+        sc = {"difficulty": [s[1] for s in pacing.stages] + [c.seqlen_end], "max_step": [s[0] for s in pacing.stages]}
+        lo = min(s[1] for s in pacing.stages)
     else:
-        schedule_type = "fixed_root" if c.pacing == "root" else "fixed_linear"
-        sc = {"total_curriculum_step": c.duration, "difficulty_step": c.multiple_of}
-        if c.pacing == "root":
-            sc["root_degree"] = c.root_degree
+        schedule_type = "fixed_root" if isinstance(pacing, Root) else "fixed_linear"
+        sc = {"total_curriculum_step": pacing.duration, "difficulty_step": c.multiple_of}
+        if isinstance(pacing, Root):
+            sc["root_degree"] = pacing.root_degree
         lo = c.seqlen_start
     return {
         # A single cluster of all samples, valued by length: no offline data analysis is needed, the
@@ -286,12 +288,14 @@ def _deepspeed_notes(cfg: Config) -> list[str]:
         f"current_difficulties['{SEQLEN_METRIC}'] is the training script's job (Megatron-DeepSpeed's "
         "data_post_process does it); the LR and the stop on tokens are the script's too.",
     ]
-    if c.kind == "slw" and c.pacing != "discrete" and c.seqlen_end % c.multiple_of:
+    pacing = c.length_axis().pacing
+    if not isinstance(pacing, Stages) and c.seqlen_end % c.multiple_of:
         notes.append(
             f"seqlen_end {c.seqlen_end} is not a multiple of {c.multiple_of}: DeepSpeed stays below it until its "
             "unclamped pacing passes the next multiple."
         )
-    if c.kind == "slw" and c.pacing == "discrete" and any(a[1] > b[1] for a, b in zip(c.stages, c.stages[1:])):
+    stages = pacing.stages if isinstance(pacing, Stages) else ()
+    if any(a[1] > b[1] for a, b in zip(stages, stages[1:])):
         notes.append("stages shrink: DeepSpeed never lowers a difficulty once it reaches max_difficulty.")
     if not c.drop_tail:
         notes.append("drop_tail: false (serving the truncated tails later) has no DeepSpeed equivalent.")
@@ -331,11 +335,12 @@ def megatron_flags(cfg: Config, steps: int) -> list[str]:
 
 def export_megatron(cfg: Config) -> Export:
     t, c = cfg.train, cfg.curriculum
-    if c.kind == "bsz_warmup":
+    if c.batch_axis().warmup_tokens is not None:
         raise ConfigError(
-            "curriculum.kind: bsz_warmup is not exported (Megatron's --rampup-batch-size counts samples, not tokens)"
+            f"curriculum.kind: {c.kind}: a batch warmup is not exported (Megatron's --rampup-batch-size counts "
+            "samples, not tokens)"
         )
-    slw = c.kind != "none"
+    slw = c.length_axis().varies
     n = run_steps(cfg)
     metric = deepspeed_metric(cfg) if slw else None
     if slw:
@@ -377,11 +382,8 @@ def composer_duration(total_batches: int, warmup_batches: int) -> float:
 
 
 def export_composer(cfg: Config) -> Export:
-    _slw(cfg, "composer")
+    _linear_only(_slw(cfg, "composer"), "Composer's SeqLengthWarmup")
     c, t = cfg.curriculum, cfg.train
-    if c.kind != "slw" or c.pacing != "linear":
-        what = "shortformer" if c.kind == "shortformer" else f"pacing {c.pacing}"
-        raise ConfigError(f"curriculum.pacing: Composer's SeqLengthWarmup is linear only; {what} cannot be exported")
     n = run_steps(cfg)
     if c.duration > n:
         raise ConfigError(
@@ -417,13 +419,8 @@ def export_composer(cfg: Config) -> Export:
 
 
 def export_olmo(cfg: Config) -> Export:
-    _slw(cfg, "olmo-core")
+    _linear_only(_slw(cfg, "olmo-core"), "OLMo-core's SequenceLengthSchedulerCallback")
     c = cfg.curriculum
-    if c.kind != "slw" or c.pacing != "linear":
-        what = "shortformer" if c.kind == "shortformer" else f"pacing {c.pacing}"
-        raise ConfigError(
-            f"curriculum.pacing: OLMo-core's SequenceLengthSchedulerCallback is linear only; {what} cannot be exported"
-        )
     lo, hi, w = c.seqlen_start, c.seqlen_end, c.duration
     ratio = hi // lo if hi % lo == 0 else 0
     if hi <= lo or ratio & (ratio - 1) or ratio == 0:

@@ -1,7 +1,8 @@
 """`seqwarm plan`: the schedule a config will follow, step by step, without training or data.
 
-It runs the very functions training uses (pacing, the sequence order of `seqwarm.data.order`, the
-clock, the LR, the stopping rule), so what it prints is what `train` will do.
+It drives the same step plan training drives (`seqwarm.schedule.StepPlan`: the curriculum, the
+clock, the LR, the stopping rule) with the sequence order of `seqwarm.data.order` standing in for
+the data, so what it prints is what `train` will do.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import sys
 from collections.abc import Iterator
 
 from seqwarm.config import Config
-from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
+from seqwarm.curriculum import Curriculum
 from seqwarm.data.format import model_config
 from seqwarm.data.order import SequenceOrder
 from seqwarm.errors import ConfigError
-from seqwarm.schedule import Clock, finished, learning_rate
+from seqwarm.schedule import StepPlan
 from seqwarm.tables import text_table
 
 MAX_PLAN_STEPS = 1_000_000
@@ -29,29 +30,33 @@ the longest shipped config (gpt2-117m-bsz512, 300K steps). A plan is simulated s
 PARTS = {"body": "body (the blocks' matmuls)", "attention": "attention (scores and values)", "output": "output layer"}
 
 
+def step_plan(cfg: Config, processes: int = 1) -> StepPlan:
+    """The step plan a config's run follows (as `seqwarm.trainer.build` makes it), at a new clock."""
+    t = cfg.train
+    return StepPlan(
+        Curriculum(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size * processes), t.lr_schedule()
+    )
+
+
 def plan_steps(cfg: Config) -> Iterator[dict]:
     """One dict per optimizer step: step (after it), seqlen, batch_size, tokens (cumulative), lr, flops."""
-    t = cfg.train
     gpt = model_config(cfg)
-    seqlen_of = SeqlenSchedule(cfg.curriculum)
-    batch_size_of = BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size)
+    plan = step_plan(cfg)
     # The corpus's size only changes which sequences are drawn, never how many tokens each serves.
     order = SequenceOrder(1 << 62, cfg.curriculum.seqlen_end, seed=cfg.run.seed, drop_tail=cfg.curriculum.drop_tail)
-    clock = Clock()
-    while not finished(clock, t):
-        seqlen = seqlen_of(clock.step)
-        batch_size = batch_size_of(clock.tokens)
-        _, served = order.next_segments(batch_size, seqlen)
+    while not plan.finished:
+        spec = plan.spec()
+        _, served = order.next_segments(spec.batch_size, spec.seqlen)
         tokens = int(served.sum())
-        lr = learning_rate(clock.after(tokens, t), t)
-        clock.tick(tokens, t)
+        lr = plan.lr(tokens)
+        plan.tick(tokens)
         # Padded rows cost a full-length forward/backward too.
-        flops = len(served) * seqlen * gpt.flops_per_token(seqlen)
+        flops = len(served) * spec.seqlen * gpt.flops_per_token(spec.seqlen)
         yield {
-            "step": clock.step,
-            "seqlen": seqlen,
-            "batch_size": batch_size,
-            "tokens": clock.tokens,
+            "step": plan.clock.step,
+            "seqlen": spec.seqlen,
+            "batch_size": spec.batch_size,
+            "tokens": plan.clock.tokens,
             "lr": lr,
             "flops": flops,
         }
@@ -116,7 +121,7 @@ def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, ou
         "tokens": rows[-1]["tokens"],
         "flops": total_flops,
         # In the rows' numbering: row k is the k-th step, which trains at schedule(k - 1).
-        "full_length_step": SeqlenSchedule(cfg.curriculum).full_length_step + 1,
+        "full_length_step": step_plan(cfg).curriculum.full_length_step + 1,
         "params": model_config(cfg).n_params(),
         "flop_share": flop_shares(cfg, rows),
     }

@@ -1,4 +1,5 @@
-"""The token clock, the learning-rate schedule and the stopping rule.
+"""The token clock, the learning-rate schedule, the stopping rule, and the step plan that joins them to
+the curriculum.
 
 One clock drives everything: `tokens` counts the target tokens actually trained on (after
 truncation, padding excluded), summed over the global batch. SLW trains fewer tokens per step early
@@ -11,7 +12,24 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 
-from seqwarm.config import TrainConfig
+from seqwarm.curriculum.plan import Curriculum, StepSpec
+
+
+@dataclass(frozen=True)
+class LRSchedule:
+    """The LR schedule and the stopping rule: the method's own parameter type (`TrainConfig.lr_schedule()`
+    builds one; any object with these attributes, a `TrainConfig` included, is accepted where one is)."""
+
+    lr: float
+    min_lr: float = 0.0
+    warmup_steps: int = 0
+    warmup_tokens: int = 0
+    lr_decay_style: str = "cosine"
+    lr_decay_unit: str = "tokens"
+    decay_tokens: int | None = None
+    decay_steps: int | None = None
+    max_tokens: int | None = None
+    max_steps: int | None = None
 
 
 @dataclass
@@ -25,14 +43,14 @@ class Clock:
     decay_start_tokens: int | None = None
     """Tokens trained when a step-wise warmup ended: where a token-wise decay starts (as in Megatron-LM)."""
 
-    def tick(self, tokens: int, cfg: TrainConfig) -> None:
+    def tick(self, tokens: int, cfg: LRSchedule) -> None:
         """Count one optimizer step that trained `tokens` tokens."""
         self.step += 1
         self.tokens += tokens
         if cfg.warmup_steps and self.step >= cfg.warmup_steps and self.decay_start_tokens is None:
             self.decay_start_tokens = self.tokens
 
-    def after(self, tokens: int, cfg: TrainConfig) -> Clock:
+    def after(self, tokens: int, cfg: LRSchedule) -> Clock:
         """The clock as it will read once a step of `tokens` tokens is done (the LR uses it)."""
         nxt = replace(self)
         nxt.tick(tokens, cfg)
@@ -46,7 +64,7 @@ class Clock:
         self.decay_start_tokens = state["decay_start_tokens"]
 
 
-def learning_rate(clock: Clock, cfg: TrainConfig) -> float:
+def learning_rate(clock: Clock, cfg: LRSchedule) -> float:
     """LR for the update that brings training to `clock` (use `Clock.after`).
 
     Linear warmup over `warmup_steps` or `warmup_tokens`, so the first update already has a
@@ -74,8 +92,42 @@ def learning_rate(clock: Clock, cfg: TrainConfig) -> float:
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * factor
 
 
-def finished(clock: Clock, cfg: TrainConfig) -> bool:
+def finished(clock: Clock, cfg: LRSchedule) -> bool:
     """Stop on tokens (runs compare at equal tokens, Section 5.1) or on steps, whichever comes first."""
     if cfg.max_tokens is not None and clock.tokens >= cfg.max_tokens:
         return True
     return cfg.max_steps is not None and clock.step >= cfg.max_steps
+
+
+class StepPlan:
+    """One step, in the one order every consumer follows: the curriculum's `StepSpec` for the clock ->
+    the step's tokens (served by the loader, simulated by `seqwarm plan`, counted by an integration) ->
+    the LR of its update (`learning_rate(clock.after(tokens))`) -> the clock's tick.
+
+    The trainer, `seqwarm plan` and `SequenceLengthWarmup` each drive one, so a step's length, batch,
+    tokens and LR are computed by the same code in all three (`tests/test_step_plan.py`).
+    """
+
+    def __init__(self, curriculum: Curriculum, schedule: LRSchedule, clock: Clock | None = None):
+        self.curriculum, self.schedule = curriculum, schedule
+        self.clock = clock if clock is not None else Clock()
+
+    def spec(self) -> StepSpec:
+        """What the next step trains (a function of the clock)."""
+        return self.curriculum.at(self.clock.step, self.clock.tokens)
+
+    def spec_after(self, tokens: int) -> StepSpec:
+        """What the step after the next one trains, if the next one trains `tokens` (for prefetching)."""
+        return self.curriculum.at(self.clock.step + 1, self.clock.tokens + tokens)
+
+    def lr(self, tokens: int) -> float:
+        """The LR of the next step's update, which trains `tokens` tokens."""
+        return learning_rate(self.clock.after(tokens, self.schedule), self.schedule)
+
+    def tick(self, tokens: int) -> None:
+        """Close the step: it trained `tokens` tokens (0 for an update that was not applied)."""
+        self.clock.tick(tokens, self.schedule)
+
+    @property
+    def finished(self) -> bool:
+        return finished(self.clock, self.schedule)

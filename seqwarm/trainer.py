@@ -25,7 +25,7 @@ from seqwarm import __version__, distributed, rundir
 from seqwarm import checkpoint as ckpt
 from seqwarm.checkpoint import STATE_FORMAT, Checkpoint, rng_state, save_checkpoint, set_rng_state
 from seqwarm.config import Config
-from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
+from seqwarm.curriculum import Curriculum
 from seqwarm.data.format import SequenceIndex, TokenData
 from seqwarm.data.loader import Batch, TrainLoader
 from seqwarm.distributed import DistEnv
@@ -36,7 +36,7 @@ from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, ru
 from seqwarm.model import GPT
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
 from seqwarm.runtime import keep_freed_memory, resolve_device, resolve_precision
-from seqwarm.schedule import Clock, finished, learning_rate
+from seqwarm.schedule import Clock, StepPlan
 
 
 @dataclass
@@ -53,15 +53,18 @@ class Trainer:
     scaler: torch.amp.GradScaler
     loader: TrainLoader
     val: SequenceIndex
-    seqlen_schedule: SeqlenSchedule  # step -> training length (pure: nothing to save)
-    batch_schedule: BatchSchedule  # trained tokens -> global batch size (pure: nothing to save)
-    clock: Clock
+    plan: StepPlan  # the curriculum's step (length, batch, ...) -> tokens -> LR -> tick; pure but for its clock
     loss_ratio: LossRatio
     guard: NonFiniteGuard
     time_offset: float = 0.0  # wall seconds of earlier sessions of this run (resume)
     session_start: float = field(default_factory=time.perf_counter)
     stop: StopRequest | None = None  # set by a signal: save and stop after the current step
     last_checkpoint: Path | None = None  # written or verified-and-loaded in this process
+
+    @property
+    def clock(self) -> Clock:
+        """The run's one token clock (held by the step plan)."""
+        return self.plan.clock
 
     def wall_s(self) -> float:
         """Wall seconds this run has trained, over all its sessions."""
@@ -106,18 +109,14 @@ class Trainer:
 
 def check_parallel(cfg: Config, env: DistEnv) -> None:
     """The global batch must split into whole micro-batches on every process (before anything starts)."""
-    t, c = cfg.train, cfg.curriculum
+    t = cfg.train
     unit = t.micro_batch_size * env.world_size
     if t.global_batch_size % unit:
         raise ConfigError(
             f"train.global_batch_size ({t.global_batch_size}) must be a multiple of processes x train.micro_batch_size "
             f"({env.world_size} x {t.micro_batch_size} = {unit})"
         )
-    if c.kind == "bsz_warmup" and c.batch_size_start % unit:
-        raise ConfigError(
-            f"curriculum.batch_size_start ({c.batch_size_start}) must be a multiple of processes x train.micro_batch_size "
-            f"({env.world_size} x {t.micro_batch_size} = {unit}): the batch grows in whole micro-batches per process"
-        )
+    cfg.curriculum.check_batch(t.micro_batch_size, t.global_batch_size, env.world_size)
 
 
 def build(
@@ -175,9 +174,10 @@ def build(
             pin_memory=device.type == "cuda",
         ),
         val=val_index,
-        seqlen_schedule=SeqlenSchedule(cfg.curriculum),
-        batch_schedule=BatchSchedule(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size * env.world_size),
-        clock=Clock(),
+        plan=StepPlan(
+            Curriculum(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size * env.world_size),
+            t.lr_schedule(),
+        ),
         loss_ratio=LossRatio(),
         guard=NonFiniteGuard(cfg.monitor.on_nonfinite, cfg.monitor.max_consecutive_skips),
     )
@@ -224,7 +224,7 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
     A generator, so that a benchmark can interleave the steps of several trainers, and time them
     through `hook.phase`, while running exactly this code.
     """
-    cfg, t, clock = tr.cfg, tr.cfg.train, tr.clock
+    cfg, t, plan, clock = tr.cfg, tr.cfg.train, tr.plan, tr.clock
     hook = hook or FitHook()
     phase = hook.phase
     tr.session_start = time.perf_counter()
@@ -242,23 +242,24 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
     try:
         if clock.step == 0 and cfg.eval.every_tokens is not None:
             evaluate_and_log(tr, log, autocast)  # the curves start at the initial model
-        while not finished(clock, t):
+        while not plan.finished:
             with phase("data"):
-                seqlen = tr.seqlen_schedule(clock.step)  # SLW/Shortformer: a function of the step (Section 4)
-                batch = tr.loader.next_batch(tr.batch_schedule(clock.tokens), seqlen)  # bsz warmup: of the tokens
+                spec = plan.spec()  # the curriculum's step: its length (Section 4), its batch, ...
+                batch = tr.loader.next_batch(spec.batch_size, spec.seqlen)
                 # The next batch is read in the background during this step (the same batch either way).
-                tr.loader.prefetch(tr.batch_schedule(clock.tokens + batch.tokens), tr.seqlen_schedule(clock.step + 1))
+                nxt = plan.spec_after(batch.tokens)
+                tr.loader.prefetch(nxt.batch_size, nxt.seqlen)
             with phase("lr"):
-                lr = learning_rate(clock.after(batch.tokens, t), t)
+                lr = plan.lr(batch.tokens)
             with phase("train_step"):
                 result = train_step(tr, batch, lr, autocast)
             with phase("tick"):
                 prev_tokens = clock.tokens
                 # A skipped update trained on nothing: the step counts (pacing moves on, the batch is
                 # dropped) but its tokens do not.
-                clock.tick(batch.tokens if result.applied else 0, t)
+                plan.tick(batch.tokens if result.applied else 0)
             with phase("metrics"):
-                row = step_row(tr, batch, seqlen, lr, result)
+                row = step_row(tr, batch, spec.seqlen, lr, result)
             with phase("adam"):
                 row |= adam_row(tr, result)
             with phase("log"):
@@ -274,20 +275,20 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                     f"applied; stopping: {reason} ({where})"
                 )
 
-            if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or finished(clock, t):
+            if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or plan.finished:
                 log.flush()
                 evaluate_and_log(tr, log, autocast)
-            if (cfg.checkpoint.every_steps and clock.step % cfg.checkpoint.every_steps == 0) or finished(clock, t):
+            if (cfg.checkpoint.every_steps and clock.step % cfg.checkpoint.every_steps == 0) or plan.finished:
                 log.flush()
                 save(tr)
             bar.update(clock.tokens - prev_tokens if t.max_tokens else 1)
             if clock.step % cfg.log.every_steps == 0:
                 bar.set_postfix(
-                    step=clock.step, seqlen=seqlen, loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False
+                    step=clock.step, seqlen=spec.seqlen, loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False
                 )
             hook.on_step(clock)
             yield row
-            if not finished(clock, t) and _stop_requested(tr, result):
+            if not plan.finished and _stop_requested(tr, result):
                 log.flush()
                 if tr.last_checkpoint is None or tr.last_checkpoint.name != f"step-{clock.step:08d}":
                     save(tr)
@@ -368,7 +369,7 @@ def _gradient_sync(tr: Trainer, last: bool):
 
 def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of the model on inputs x against targets y (IGNORE_INDEX skipped)."""
-    if tr.cfg.train.compile and tr.cfg.curriculum.kind in ("slw", "shortformer"):
+    if tr.cfg.train.compile and tr.plan.curriculum.varies_length:
         # Only the length varies under SLW. Marking just that dimension dynamic (rather than
         # `dynamic=True`) keeps the batch size static, so dynamo cannot tie the two together when
         # they happen to be equal (batch 8 at seqlen 8) and recompile when they part.

@@ -30,7 +30,7 @@ def test_demo_trains_both_runs_and_compares_them(corpus_dir, tmp_path, capsys):
     assert (out / "report" / "report.md").exists() and f"report: {out / 'report' / 'report.md'}" in printed
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"figure: {out / 'demo.png'}" in printed
     stable = (out / "stable-lr" / "config.yaml").read_text()
-    assert "lr: 0.003" in stable and "kind: none" in stable
+    assert "lr: 0.003" in stable and "length: none" in stable
     # the two runs differ only in the curriculum
     base = (out / "baseline" / "config.yaml").read_text().split("curriculum:")[0]
     slw = (out / "slw" / "config.yaml").read_text().split("curriculum:")[0]

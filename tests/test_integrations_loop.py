@@ -212,13 +212,16 @@ def test_bad_batches_and_misuse_are_refused():
     slw.scheduler(optimizer)
     with pytest.raises(RuntimeError, match="no batch of this step went through truncate"):
         optimizer.step()
-    with pytest.raises(ConfigError, match="curriculum.kind: bsz_warmup"):
-        SequenceLengthWarmup.from_config(
-            load_config(
-                "tiny-slw",
-                ["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=4", "curriculum.batch_warmup_tokens=100"],
-            )
+    # A batch warmup is the loop's to follow (`batch_size`); a trainer that fixes the batch size refuses it.
+    warm = SequenceLengthWarmup.from_config(
+        load_config(
+            "tiny-slw",
+            ["curriculum.kind=bsz_warmup", "curriculum.batch_size_start=4", "curriculum.batch_warmup_tokens=100"],
         )
+    )
+    assert warm.batch_size == 4
+    with pytest.raises(ConfigError, match="curriculum.batch: .*curriculum.kind: bsz_warmup"):
+        warm.fixed_batch("the Hugging Face Trainer")
 
 
 def test_the_package_exports_it_without_importing_transformers():

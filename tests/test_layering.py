@@ -67,3 +67,90 @@ def test_only_the_cli_imports_the_command_runners():
 def test_the_model_stands_alone():
     assert GRAPH["seqwarm.model"] <= {"seqwarm.loss", "seqwarm.tokenizer"}
     assert GRAPH["seqwarm.loss"] <= {"seqwarm.tokenizer"}
+
+
+def _curriculum_values() -> set[str]:
+    """The names of the curriculum's kinds and axis values, from the Literal types of its config section.
+
+    `none`, `constant` and `linear` are left out: they are also ordinary words of other settings (an LR decay
+    style is `linear` or `constant`), so they cannot be told apart by the string alone."""
+    import typing
+
+    from seqwarm.config import section_fields
+    from seqwarm.curriculum import CurriculumConfig
+
+    values = set()
+    for tp in section_fields(CurriculumConfig).values():
+        for arg in (tp, *typing.get_args(tp)):
+            if typing.get_origin(arg) is typing.Literal:
+                values |= set(typing.get_args(arg))
+    return values - {"none", "constant", "linear"}
+
+
+def _matched_names(tree: ast.AST, values: set[str], fields: set[str]) -> list[tuple[int, str]]:
+    """Where a module matches a curriculum by its name: a kind or axis value compared with a curriculum field
+    (`c.kind == "slw"`, `c["pacing"] in ("root", ...)`), or given to one (`kind="slw"`, `{"length": "slw"}`)."""
+
+    def named(node: ast.AST) -> list[tuple[int, str]]:
+        return [
+            (n.lineno, n.value)
+            for n in ast.walk(node)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in values
+        ]
+
+    def is_field(node: ast.AST) -> bool:  # c.kind, c["pacing"], length
+        if isinstance(node, ast.Attribute):
+            return node.attr in fields
+        if isinstance(node, ast.Subscript):
+            return isinstance(node.slice, ast.Constant) and node.slice.value in fields
+        return isinstance(node, ast.Name) and node.id in fields
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and any(is_field(n) for n in (node.left, *node.comparators)):
+            found += named(node)
+        elif isinstance(node, ast.keyword) and node.arg in fields:
+            found += named(node.value)
+        elif isinstance(node, ast.Dict):
+            for key, value in zip(node.keys, node.values):
+                if isinstance(key, ast.Constant) and str(key.value).split(".")[-1] in fields:
+                    found += named(value)
+    return found
+
+
+def test_only_the_curriculum_package_names_a_curriculum_kind_or_axis_value():
+    from seqwarm.config import section_fields
+    from seqwarm.curriculum import CurriculumConfig
+
+    values = _curriculum_values()
+    assert {"slw", "shortformer", "bsz_warmup", "warmup", "truncate", "root", "discrete"} <= values
+    fields = {"kind", "length", "batch", "packing", "window", "pacing"} & set(section_fields(CurriculumConfig))
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if "curriculum" in path.relative_to(PACKAGE).parts:
+            continue
+        for line, value in _matched_names(ast.parse(path.read_text()), values, fields):
+            found.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {value!r}")
+    assert found == [], "ask the curriculum's objects instead of matching their names:\n" + "\n".join(found)
+
+    # The check sees the patterns 0.2 used.
+    old = 'if c.kind == "slw" and c["pacing"] != "discrete": pass\nc.update(kind="slw")\nx = {"kind": "bsz_warmup"}'
+    old += '\nif "slw" in state: pass'  # a state's key, not a curriculum
+    assert sorted(v for _, v in _matched_names(ast.parse(old), values, fields)) == [
+        "bsz_warmup",
+        "discrete",
+        "slw",
+        "slw",
+    ]
+
+
+def test_the_method_imports_neither_yaml_nor_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import seqwarm.curriculum, seqwarm.schedule; "
+        "print(sorted(m for m in ('yaml', 'torch', 'numpy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -4,7 +4,7 @@ import math
 import pytest
 import yaml
 
-from seqwarm import trainer  # the module the CLI takes `train` from
+from seqwarm import lifecycle as trainer  # the module the CLI takes `train` from
 from seqwarm.cli import main
 from seqwarm.config import CurriculumConfig, load_config
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
@@ -275,7 +275,7 @@ def test_tune_end_to_end_and_resume(corpus_dir, tmp_path, monkeypatch, capsys):
     # Both formats carry the same recommendation.
     snippet = yaml.safe_load((out / "recommendation.yaml").read_text())["curriculum"]
     CurriculumConfig(**snippet)  # a valid seqwarm curriculum section
-    assert (snippet["kind"], snippet["seqlen_start"], snippet["duration"], snippet["seqlen_end"]) == (
+    assert (snippet["length"], snippet["seqlen_start"], snippet["duration"], snippet["seqlen_end"]) == (
         "slw",
         rec["seqlen_start"],
         rec["duration"],
@@ -413,7 +413,7 @@ def test_snippets_describe_the_same_schedule(overrides, pacing, extra):
     cfg = tiny(*overrides)
     snippet = op.curriculum_snippet(cfg, 16, 40)
     assert snippet == {
-        "kind": "slw",
+        "length": "slw",
         "pacing": pacing,
         "seqlen_start": 16,
         "seqlen_end": 64,

@@ -49,6 +49,7 @@ class SLWTrainerMixin:
     def __init__(self, *args, slw: SequenceLengthWarmup, **kwargs):
         if not isinstance(slw, SequenceLengthWarmup):
             raise ConfigError(f"slw: expected a seqwarm SequenceLengthWarmup, got {type(slw).__name__}")
+        slw.fixed_batch("the Hugging Face Trainer (per_device_train_batch_size)")
         optimizers = kwargs.get("optimizers") or (None, None)
         if optimizers[1] is not None:
             raise ConfigError(

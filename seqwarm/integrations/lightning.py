@@ -67,6 +67,7 @@ class SLWCallback(pl.Callback):
     def __init__(self, slw: SequenceLengthWarmup):
         if not isinstance(slw, SequenceLengthWarmup):
             raise ConfigError(f"slw: expected a seqwarm SequenceLengthWarmup, got {type(slw).__name__}")
+        slw.fixed_batch("Lightning's DataLoader")
         self.slw = slw
         self.scheduler = None  # the TokenLRScheduler, built once the Trainer has set up its optimizer
         self._seen_step = 0  # trainer.global_step when the clock last ticked

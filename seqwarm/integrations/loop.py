@@ -35,12 +35,13 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LRScheduler
 
 from seqwarm.config import Config, config_from_dict
-from seqwarm.curriculum import SeqlenSchedule, truncate
+from seqwarm.curriculum import Curriculum, truncate
+from seqwarm.curriculum.config import length_warmup_section
 from seqwarm.errors import ConfigError, DataError, DivergedError
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics
 from seqwarm.rundir import resume_changes
-from seqwarm.schedule import Clock, finished, learning_rate
+from seqwarm.schedule import Clock, StepPlan
 
 STATE_FORMAT = "seqwarm-slw-v1"
 """The layout of `SequenceLengthWarmup.state_dict()`; another one is refused, not misread."""
@@ -60,6 +61,8 @@ TRAIN_ARGS = (
     "max_steps",
 )
 MONITOR_ARGS = ("on_nonfinite", "max_consecutive_skips")
+BATCH_ARGS = ("global_batch_size", "micro_batch_size")
+"""The batch a config gives (`from_config`): the step plan's `batch_size`; the constructor leaves it at the defaults."""
 
 
 class SequenceLengthWarmup:
@@ -102,7 +105,7 @@ class SequenceLengthWarmup:
     ):
         given = locals()
         raw = {
-            "curriculum": {"kind": "slw", **{k: given[k] for k in CURRICULUM_ARGS}},
+            "curriculum": length_warmup_section(**{k: given[k] for k in CURRICULUM_ARGS}),
             "train": {k: given[k] for k in TRAIN_ARGS},
             "monitor": {k: given[k] for k in MONITOR_ARGS},
         }
@@ -110,20 +113,22 @@ class SequenceLengthWarmup:
 
     @classmethod
     def from_config(cls, cfg: Config, process_group: Any = None) -> SequenceLengthWarmup:
-        """The curriculum, LR schedule, stopping rule and monitor of a seqwarm config (its other sections are unused)."""
-        if cfg.curriculum.kind == "bsz_warmup":
-            raise ConfigError(
-                "curriculum.kind: bsz_warmup changes the batch size, which your loop's data loader owns; "
-                "SequenceLengthWarmup takes slw, shortformer or none"
-            )
+        """The curriculum, LR schedule, stopping rule and monitor of a seqwarm config (its other sections are unused).
+
+        With a batch axis that changes the batch (`curriculum.batch: warmup`), `batch_size` is the global batch of
+        the step about to run, in sequences; the loop's data loader draws that many (`fixed_batch` refuses it for
+        the integrations whose trainer owns the batch size)."""
         slw = cls.__new__(cls)
         slw._setup(_config(_sections(cfg)), process_group)
         return slw
 
     def _setup(self, cfg: Config, process_group: Any) -> None:
         self.config = cfg
-        self.schedule = SeqlenSchedule(cfg.curriculum)
-        self.clock = Clock()
+        t = cfg.train
+        self.plan = StepPlan(Curriculum(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size), t.lr_schedule())
+        """The step plan seqwarm's trainer and `seqwarm plan` follow: length, batch, LR, clock."""
+        self.schedule = self.plan.curriculum.length
+        """step -> training length (`SeqlenSchedule`)."""
         self.loss_ratio = LossRatio()
         """Call it with each step's loss: the loss over the minimum of all earlier ones (Section 3, Table 1)."""
         self.guard = NonFiniteGuard(cfg.monitor.on_nonfinite, cfg.monitor.max_consecutive_skips)
@@ -136,9 +141,28 @@ class SequenceLengthWarmup:
     # --- the step's length and its batch ------------------------------------------------------------
 
     @property
+    def clock(self) -> Clock:
+        """The token clock (held by the step plan): `step`, `tokens`."""
+        return self.plan.clock
+
+    @property
     def seqlen(self) -> int:
         """The length of the step about to run: `schedule(clock.step)`, a pure function of the step."""
-        return self.schedule(self.clock.step)
+        return self.plan.spec().seqlen
+
+    @property
+    def batch_size(self) -> int:
+        """The global batch of the step about to run, in sequences (`train.global_batch_size` unless the
+        curriculum's batch axis changes it with the trained tokens)."""
+        return self.plan.spec().batch_size
+
+    def fixed_batch(self, owner: str) -> None:
+        """ConfigError when the batch changes during the run: `owner` (a trainer that fixes the batch size) cannot follow it."""
+        if self.plan.curriculum.batch.varies:
+            raise ConfigError(
+                f"curriculum.batch: the batch grows during the run (curriculum.kind: {self.config.curriculum.kind}), "
+                f"but {owner} fixes the batch size; use a constant batch with it"
+            )
 
     def truncate(self, batch: torch.Tensor | Mapping) -> tuple[torch.Tensor, torch.Tensor] | Mapping:
         """Cut a batch (or one micro-batch of the step) to this step's length and count its target tokens.
@@ -200,14 +224,12 @@ class SequenceLengthWarmup:
     def lr(self) -> float:
         """The LR of the open step's update: `learning_rate(clock.after(step_tokens))`, so warmup and decay see
         the step's own tokens (docs/ARCHITECTURE.md, Walk 2)."""
-        train = self.config.train
-        return learning_rate(self.clock.after(self.step_tokens, train), train)
+        return self.plan.lr(self.step_tokens)
 
     def step(self, applied: bool = True) -> None:
         """Close the step: the clock ticks by its tokens, or by 0 if its update was not applied (a skipped
         non-finite or fp16-overflow step counts as a step, its tokens do not)."""
-        tokens = self.step_tokens if applied else 0
-        self.clock.tick(tokens, self.config.train)
+        self.plan.tick(self.step_tokens if applied else 0)
         self._pending = self._resolved = None
 
     def observe_loss(self, loss: float, step: int) -> float:
@@ -224,7 +246,7 @@ class SequenceLengthWarmup:
     @property
     def finished(self) -> bool:
         """True once `max_tokens` target tokens (or `max_steps` steps) are trained: stop the loop."""
-        return finished(self.clock, self.config.train)
+        return self.plan.finished
 
     def scheduler(self, optimizer: torch.optim.Optimizer) -> TokenLRScheduler:
         """The LR over tokens as a `torch.optim.lr_scheduler.LRScheduler`; call its `step()` after `optimizer.step()`."""
@@ -239,7 +261,7 @@ class SequenceLengthWarmup:
 
     def metrics(self) -> dict[str, int]:
         """The clock after the last step and that step's length, for a log row."""
-        last = self.schedule(self.clock.step - 1) if self.clock.step else None
+        last = self.schedule(self.clock.step - 1) if self.clock.step else None  # the length is a function of the step
         return {"step": self.clock.step, "tokens": self.clock.tokens, "seqlen": last}
 
     # --- state -------------------------------------------------------------------------------------------
@@ -268,7 +290,10 @@ class SequenceLengthWarmup:
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise ConfigError(f"state_dict: format {found!r} is not {STATE_FORMAT!r}; not a SequenceLengthWarmup state")
-        resume_changes(_config(state["settings"]), self.config)
+        settings = copy.deepcopy(state["settings"])
+        for k in BATCH_ARGS:  # a state of seqwarm 0.2 has no batch: it was the loop's own, as it still is here
+            settings["train"].setdefault(k, getattr(self.config.train, k))
+        resume_changes(_config(settings), self.config)
         self.clock.load_state_dict(state["clock"])
         self.loss_ratio.load_state_dict(state["loss_ratio"])
         self.guard.load_state_dict(state["guard"])
@@ -383,7 +408,7 @@ def _sections(cfg: Config) -> dict:
     train, monitor = dataclasses.asdict(cfg.train), dataclasses.asdict(cfg.monitor)
     return {
         "curriculum": dataclasses.asdict(cfg.curriculum),
-        "train": {k: train[k] for k in TRAIN_ARGS},
+        "train": {k: train[k] for k in (*TRAIN_ARGS, *BATCH_ARGS)},
         "monitor": {k: monitor[k] for k in MONITOR_ARGS},
     }
 

@@ -19,6 +19,8 @@ from seqwarm.config import Config, check_key, load_config, resolve_config
 from seqwarm.errors import ConfigError
 
 METHOD = "method"
+CURRICULUM_KEYS = ("curriculum.length", "curriculum.batch", "curriculum.kind")
+"""Grid keys that name a method when there is no `method` axis (`curriculum.kind`: seqwarm 0.2's)."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Everything comes from the runs' own metrics.jsonl (and summary.json, which only marks a run
 finished), so the report can be written mid-sweep (`--report-only`): an unfinished run shows its
 numbers so far, marked `*`. The layout is the paper's Table 5 (Appendix A.3.1): one column per
-method (the `method` axis, else `curriculum.kind`), one row per setting of the other axes, the
+method (the `method` axis, else a curriculum axis: `curriculum.length`, `curriculum.batch`, `curriculum.kind`), one row per setting of the other axes, the
 first method being the reference (the baseline). The pure core turns one run's rows into a result
 (`summarise_cell`) and the results into Markdown (`render_markdown`); `write_sweep_report` reads
 the runs and writes the files. With a `run.seed` axis, `seed_statistics` adds each cell's mean over
@@ -30,7 +30,7 @@ from seqwarm.metrics import METRICS, eval_rows, loss_ratio_table, read_metrics
 from seqwarm.report import fmt, write_csv, write_report
 from seqwarm.rundir import SUMMARY
 from seqwarm.stats import CONFIDENCE, RESAMPLES, mean_ci, paired_comparison
-from seqwarm.sweep.grid import METHOD, Cell, format_value
+from seqwarm.sweep.grid import CURRICULUM_KEYS, METHOD, Cell, format_value
 from seqwarm.sweep.state import status
 from seqwarm.tables import markdown_table
 
@@ -122,7 +122,7 @@ class Layout:
 
     @classmethod
     def of(cls, results: list[dict], keys: list[str]) -> Layout:
-        method_key = METHOD if METHOD in keys else ("curriculum.kind" if "curriculum.kind" in keys else None)
+        method_key = METHOD if METHOD in keys else next((k for k in CURRICULUM_KEYS if k in keys), None)
         methods = list(dict.fromkeys(r[method_key] for r in results)) if method_key else ["run"]
         return cls(list(keys), method_key, methods, [k for k in keys if k != method_key])
 

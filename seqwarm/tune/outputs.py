@@ -15,6 +15,7 @@ import yaml
 
 from seqwarm import export_schedule
 from seqwarm.config import Config
+from seqwarm.curriculum import Root
 from seqwarm.files import atomic_write
 from seqwarm.plan import plan_steps
 from seqwarm.tables import Column, markdown_table
@@ -67,13 +68,13 @@ def full_run_tokens(cfg: Config, result: TuneResult) -> int:
 def curriculum_snippet(cfg: Config, seqlen_start: int, duration: int) -> dict:
     c = with_curriculum(cfg, seqlen_start, duration).curriculum
     snippet = {
-        "kind": "slw",
+        "length": c.length,
         "pacing": c.pacing,
         "seqlen_start": seqlen_start,
         "seqlen_end": c.seqlen_end,
         "duration": duration,
     }
-    if c.pacing == "root":
+    if isinstance(c.length_axis().pacing, Root):
         snippet["root_degree"] = c.root_degree
     return snippet | {"multiple_of": c.multiple_of}
 
@@ -173,7 +174,8 @@ def report_text(result: TuneResult, cfg: Config, info: dict, config: str | None)
         "",
     ]
     if result.recommended:
-        overrides = f"curriculum.kind=slw curriculum.seqlen_start={s} curriculum.duration={t}"
+        c = with_curriculum(cfg, s, t).curriculum
+        overrides = f"curriculum.length={c.length} curriculum.seqlen_start={s} curriculum.duration={t}"
         lines += [
             "## seqwarm",
             "",

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from seqwarm.config import Config, config_from_dict
+from seqwarm.curriculum import Root, slw_overrides
 from seqwarm.errors import ConfigError
 from seqwarm.plan import plan_steps
 from seqwarm.tune.settings import TuneSettings
@@ -193,9 +194,8 @@ def search(probe: Callable[[int, int, int], ProbeResult], plan: SearchPlan) -> T
 def with_curriculum(cfg: Config, seqlen_start: int, duration: int) -> Config:
     """A copy of cfg with SLW at (seqlen_start, T): root pacing stays root, anything else becomes linear."""
     raw = cfg.to_dict()
-    c = raw["curriculum"]
-    pacing = c["pacing"] if c["kind"] == "slw" and c["pacing"] == "root" else "linear"
-    c.update(kind="slw", pacing=pacing, seqlen_start=seqlen_start, duration=duration, stages=None)
+    root = isinstance(cfg.curriculum.length_axis().pacing, Root)
+    raw["curriculum"].update(slw_overrides(seqlen_start, duration, root=root))
     return config_from_dict(raw)
 
 
@@ -245,7 +245,7 @@ def resolve_plan(cfg: Config, s: TuneSettings, budget_steps: int | None = None) 
     `skipped_candidates` (seqlen_s values outside [multiple_of, seqlen_end)).
     """
     cur = cfg.curriculum
-    if cur.kind == "slw" and cur.pacing == "discrete":
+    if cur.length_axis().user_stages:
         raise ConfigError("curriculum.pacing: tune searches T of linear or root pacing, not discrete stages")
     if budget_steps is not None and budget_steps <= 0:
         raise ConfigError(f"--budget-steps: must be positive, got {budget_steps}")
