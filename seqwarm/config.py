@@ -23,6 +23,7 @@ import yaml
 from seqwarm.errors import ConfigError
 from seqwarm.files import atomic_write
 from seqwarm.model import PRESETS, GPTConfig
+from seqwarm.runtime import check_precision
 from seqwarm.tokenizer import VOCAB_SIZE
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -454,8 +455,7 @@ class Config:
                     f"curriculum.batch_size_start ({cur.batch_size_start}) must be a multiple of train.micro_batch_size "
                     f"({micro}): the batch grows in whole micro-batches"
                 )
-        if self.train.device == "cpu" and self.train.precision == "fp16":
-            raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
+        check_precision(self.train.precision, self.train.device)
         if self.eval.batch_size is None:
             self.eval.batch_size = self.train.micro_batch_size
 
