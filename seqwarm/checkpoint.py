@@ -20,12 +20,14 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from seqwarm import __version__
@@ -39,6 +41,10 @@ MANIFEST_FORMAT = "seqwarm-manifest-v1"
 STATE_FORMAT = "seqwarm-checkpoint-v1"
 """The layout of a checkpoint's state.json; a checkpoint with another one is refused, not misread."""
 FILES = ("model.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json")
+WEIGHTS = ("model.safetensors", "state.json")
+"""What `eval` and `export` read of a checkpoint, and so all they verify: a damaged optimizer state
+does not change the model they score or convert, and must not send them to an older one."""
+T = TypeVar("T")
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -115,17 +121,19 @@ def write_manifest(path: Path) -> None:
     (Path(path) / MANIFEST).write_text(json.dumps({"format": MANIFEST_FORMAT, "files": files}, indent=1) + "\n")
 
 
-def verify_checkpoint(path: Path) -> str | None:
+def verify_checkpoint(path: Path, only: Sequence[str] | None = None) -> str | None:
     """What is wrong with a checkpoint's files, in a few words, or None when they are as written.
 
     With a manifest: every file it lists has its size and sha256 (no file missing or changed).
     Without one (seqwarm 0.2 and earlier), only that the files exist and are not empty; the loader
-    then catches a truncated safetensors file or a JSON that does not parse.
+    then catches a truncated safetensors file or a JSON that does not parse. `only`: check just
+    these files (`WEIGHTS`: what eval and export read); by default all of a resume's.
     """
     path = Path(path)
     manifest = path / MANIFEST
+    wanted = FILES if only is None else tuple(only)
     if not manifest.exists():
-        missing = [f for f in FILES if not (path / f).is_file() or not (path / f).stat().st_size]
+        missing = [f for f in wanted if not (path / f).is_file() or not (path / f).stat().st_size]
         if missing:
             return f"{missing[0]} missing or empty (no manifest)"
         try:
@@ -139,6 +147,8 @@ def verify_checkpoint(path: Path) -> str | None:
         if doc["format"] != MANIFEST_FORMAT or not isinstance(listed, dict):
             return f"{MANIFEST}: not a manifest of format {MANIFEST_FORMAT!r}"
         for name, want in listed.items():
+            if only is not None and name not in only:
+                continue
             file = path / name
             if not file.is_file():
                 return f"{name} missing"
@@ -148,7 +158,7 @@ def verify_checkpoint(path: Path) -> str | None:
                 return f"{name}: sha256 differs from the manifest (the file changed after the save)"
     except (OSError, ValueError, KeyError, TypeError):
         return f"{MANIFEST}: unreadable"
-    absent = [f for f in FILES if f not in listed]
+    absent = [f for f in wanted if f not in listed]
     return f"{absent[0]}: not in the manifest" if absent else None
 
 
@@ -285,11 +295,68 @@ def read_checkpoint(path: Path, *, verify: bool = False) -> Checkpoint:
             f"this seqwarm {__version__} reads {STATE_FORMAT!r}"
         )
     if verify:
-        tensors = [*ck.model.items(), *((f"optimizer {k}", v) for k, v in _optimizer_tensors(ck.optimizer))]
-        bad = next((k for k, v in tensors if v.is_floating_point() and not torch.isfinite(v).all()), None)
-        if bad is not None:
-            raise CheckpointError(f"{bad} holds non-finite values")
+        _check_finite([*ck.model.items(), *((f"optimizer {k}", v) for k, v in _optimizer_tensors(ck.optimizer))])
     return ck
+
+
+def verify_weights(path: Path) -> None:
+    """CheckpointError unless what `eval` and `export` read is as saved: `WEIGHTS` against the manifest,
+    and every weight finite (read one tensor at a time: memory does not grow with the model)."""
+    path = Path(path)
+    if problem := verify_checkpoint(path, WEIGHTS):
+        raise CheckpointError(problem)
+    try:
+        with safe_open(path / "model.safetensors", framework="pt") as f:
+            _check_finite((name, f.get_tensor(name)) for name in f.keys())
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"model.safetensors: unreadable ({first_line(e)})") from None
+
+
+def _check_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """seqwarm never saves a non-finite weight or Adam moment: one is damage, or a checkpoint from elsewhere."""
+    for name, value in tensors:
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{name} holds non-finite values")
+
+
+@dataclass(frozen=True)
+class Verified(Generic[T]):
+    """The checkpoint `newest_verified` chose, what its `read` returned, and the newer ones that failed."""
+
+    path: Path
+    value: T
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (checkpoint, why), newest first
+
+
+def newest_verified(run_dir: Path, read: Callable[[Path], T], *, doing: str) -> Verified[T] | None:
+    """The newest checkpoint of `run_dir` that `read` accepts; None when the run has no checkpoint.
+
+    The one place that chooses a checkpoint to trust (`--resume`, `eval`, `export`): `read(path)`
+    verifies and loads a checkpoint, raising CheckpointError when it fails; the one before is then
+    tried. A fallback is said on stderr in one line, what failed and why, then `doing` (e.g.
+    "resuming from") with the checkpoint chosen. SeqwarmError, listing why each failed, when none
+    passes. Nothing is renamed here: a reader (eval, export) holds no lock on the run and must not
+    change it; the resume sets the failed ones aside itself (`set_aside`).
+    """
+    found = list_checkpoints(run_dir)
+    failed = []
+    for path in reversed(found):
+        try:
+            value = read(path)
+        except CheckpointError as e:
+            failed.append((path, str(e)))
+            continue
+        if failed:
+            why = "; ".join(f"{p.name}: {reason}" for p, reason in failed)
+            print(
+                f"seqwarm: {why}; {doing} {path.name}, the newest checkpoint that passes verification", file=sys.stderr
+            )
+        return Verified(path, value, failed)
+    if not found:
+        return None
+    raise SeqwarmError(
+        f"{run_dir}: no checkpoint passes verification ({'; '.join(f'{p.name}: {why}' for p, why in failed)})"
+    )
 
 
 def _optimizer_tensors(sd: dict) -> Iterator[tuple[str, torch.Tensor]]:

@@ -31,7 +31,7 @@ def split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
 def cmd_prepare(args) -> None:
     from seqwarm.data.builtin.corpus import ensure_builtin, prepare_builtin
     from seqwarm.data.builtin.names import builtin_data_dir, builtin_name
-    from seqwarm.data.prepare import choose_tokenizer, prepare
+    from seqwarm.data.prepare import PrepareOptions, choose_tokenizer, prepare
 
     if args.corpus and args.inputs:
         raise SeqwarmError("prepare: give either --corpus builtin or input files, not both")
@@ -50,20 +50,20 @@ def cmd_prepare(args) -> None:
     if name is not None and not args.force:
         path = ensure_builtin(progress=True, name=name)
     else:
-        options = dict(
+        options = PrepareOptions(
             val_fraction=args.val_fraction,
             test_fraction=args.test_fraction,
             tokenizer=tokenizer,
             workers=args.workers,
             shard_tokens=args.shard_tokens,
             buffer_mb=args.buffer_mb,
+            force=args.force,
+            progress=True,
         )
         if inputs == ["builtin"]:
-            path = prepare_builtin(out, **options, force=args.force, progress=True)
+            path = prepare_builtin(out, options)
         else:
-            path = prepare(
-                inputs, out, **options, force=args.force, append=args.append, text_field=args.text_field, progress=True
-            )
+            path = prepare(inputs, out, options, append=args.append, text_field=args.text_field)
     meta = json.loads((path / "meta.json").read_text())
     counts = ", ".join(f"{k} {v['tokens']:,}" for k, v in meta["splits"].items())
     tokenizer = "" if meta["tokenizer"] == "gpt2" else f"tokenizer {meta['tokenizer']} ({meta['vocab_size']:,} ids), "

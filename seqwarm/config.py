@@ -23,6 +23,7 @@ from seqwarm.curriculum.config import CurriculumConfig
 from seqwarm.errors import ConfigError, check_finite
 from seqwarm.files import atomic_write
 from seqwarm.model import PRESETS, GPTConfig
+from seqwarm.runtime import check_precision
 from seqwarm.schedule import LRSchedule
 from seqwarm.tokenizer import VOCAB_SIZE
 
@@ -355,8 +356,7 @@ class Config:
         if cur.seqlen_end > max_seqlen:
             raise ConfigError(f"curriculum.seqlen_end ({cur.seqlen_end}) exceeds model.max_seqlen ({max_seqlen})")
         cur.check_batch(self.train.micro_batch_size, self.train.global_batch_size)
-        if self.train.device == "cpu" and self.train.precision == "fp16":
-            raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
+        check_precision(self.train.precision, self.train.device)
         if self.eval.batch_size is None:
             self.eval.batch_size = self.train.micro_batch_size
 

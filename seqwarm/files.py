@@ -195,7 +195,10 @@ def directory_lock(
         finally:
             del _held[key]
             with contextlib.suppress(OSError):
-                os.unlink(path)  # while still holding it: see the docstring
+                # While still holding it (see the docstring), and only if the path still names our file:
+                # a directory replaced whole meanwhile (import-hf --force of a run) may hold another's.
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    os.unlink(path)
     finally:
         os.close(fd)  # releases the flock
 

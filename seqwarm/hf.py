@@ -21,8 +21,10 @@ optional dependency (`pip install 'seqwarm[hf]'`); `seqwarm.eval.harness` runs l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -32,7 +34,7 @@ from seqwarm import __version__
 from seqwarm.checkpoint import load_weights
 from seqwarm.config import load_config, save_config
 from seqwarm.errors import ConfigError, SeqwarmError, first_line
-from seqwarm.files import atomic_directory, check_writable
+from seqwarm.files import atomic_directory, check_writable, directory_lock, only_lock
 from seqwarm.model import GPTConfig
 from seqwarm.rundir import is_run_dir, write_marker
 from seqwarm.saved import SavedModel, open_saved
@@ -227,13 +229,32 @@ def hf_tokenizer(tok: Tokenizer, max_length: int):
     )
 
 
+@contextlib.contextmanager
+def _claim_out(out: Path, force: bool, option: str, run: bool = False) -> Iterator[None]:
+    """Hold `out` for the body: one writer per output directory, as for a run directory or `prepare --out`.
+
+    The lock is beside `out` (`.NAME.lock`): `atomic_directory` replaces `out` whole, and a lock
+    inside it would go with the old copy. An existing run directory given to import-hf is locked
+    inside too, the lock a training run of it holds, so that `--force` never replaces a run that is
+    training. A second writer is refused in one line before anything is written; what may be
+    replaced is checked under the lock (`_check_out`), so two writers never both pass it.
+    """
+    check_writable(out, option, directory=True)  # first: the lock file is created beside `out`
+    what = "import directory" if run else "export directory"
+    with contextlib.ExitStack() as held:
+        held.enter_context(directory_lock(out, inside=False, what=what))
+        if run and out.is_dir():
+            held.enter_context(directory_lock(out, what="run directory"))
+        _check_out(out, force, option, run)
+        yield
+
+
 def _check_out(out: Path, force: bool, option: str, run: bool = False) -> None:
     """Never write into a user's non-empty directory: --force replaces only one seqwarm wrote (its seqwarm.json)."""
-    check_writable(out, option, directory=True)
-    if out.exists() and any(out.iterdir()) and not force:
+    if not only_lock(out) and not force:
         raise SeqwarmError(f"{option} {out}: directory exists and is not empty (use --force to replace it)")
     made = (out / PROVENANCE).is_file() or (run and is_run_dir(out))  # `run`: import-hf's --out, a run directory
-    if out.exists() and any(out.iterdir()) and not made:
+    if not only_lock(out) and not made:
         raise SeqwarmError(
             f"{option} {out}: not a directory seqwarm wrote (no {PROVENANCE}); --force replaces only those: "
             "choose another directory or empty it yourself"
@@ -251,8 +272,12 @@ def export_hf(
     The tokenizer is `tokenizer`, else that of the run's data (`seqwarm.data.corpus.trained_tokenizer`).
     """
     out = Path(out)
-    _check_out(out, force, "--hf")
-    saved = path if isinstance(path, SavedModel) else open_saved(path)
+    with _claim_out(out, force, "--hf"):
+        return _export(path, out, tokenizer)
+
+
+def _export(path: str | Path | SavedModel, out: Path, tokenizer: Tokenizer | None) -> Path:
+    saved = path if isinstance(path, SavedModel) else open_saved(path, doing="exporting")
     transformers = require_transformers()
     gpt = saved.gpt
     if tokenizer is None:
@@ -305,7 +330,11 @@ def import_hf(
     training from there, and `seqwarm eval RUN_DIR` evaluates the imported model as it is.
     """
     hf_dir, out = Path(hf_dir), Path(out)
-    _check_out(out, force, "--out", run=True)
+    with _claim_out(out, force, "--out", run=True):
+        return _import(hf_dir, out, config, overrides, progress)
+
+
+def _import(hf_dir: Path, out: Path, config: str | None, overrides: list[str], progress: bool) -> Path:
     if not (hf_dir / "config.json").is_file():
         raise SeqwarmError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
     set_by_hf = {f"model.{f}" for f in ("preset", "vocab_size", *MODEL_FIELDS)}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from seqwarm import checkpoint as ckpt
 from seqwarm import distributed, files, rundir
-from seqwarm.checkpoint import Checkpoint, CheckpointError, read_checkpoint
+from seqwarm.checkpoint import Checkpoint, read_checkpoint
 from seqwarm.config import Config, load_config
 from seqwarm.data.corpus import open_data
 from seqwarm.distributed import DistEnv
@@ -41,8 +41,7 @@ def train(
     used. Under torchrun every process calls this; rank 0 alone locks and writes the run directory.
     SIGINT/SIGTERM stop the run after the current step with a checkpoint (`seqwarm.interrupt`).
     """
-    if resume and force:
-        raise ConfigError("--resume and --force conflict: --resume continues the run, --force replaces it; give one")
+    _refuse_resume_with_force(resume, force)
     env = distributed.env_from_torchrun()
     check_parallel(cfg, env)
     device = resolve_device(cfg.train.device, env.local_rank)
@@ -90,6 +89,13 @@ def train(
     finally:
         if joined:
             distributed.shutdown()
+
+
+def _refuse_resume_with_force(resume: bool, force: bool) -> None:
+    """The one wording of this conflict, for `train` (the API) and `main_train` (the command, which
+    must say it before it reads the run's config)."""
+    if resume and force:
+        raise ConfigError("--resume and --force conflict: --resume continues the run, --force replaces it; give one")
 
 
 def _remove_if_unused(run_dir: Path) -> None:
@@ -140,29 +146,17 @@ def _check_run_dir(
     changes = rundir.resume_changes(rundir.read_config(run_dir), cfg)
     for name in ckpt.clean_checkpoints(run_dir):
         _note(f"{ckpt.checkpoint_dir(run_dir) / name}: removed, left by an interrupted save")
-    found = ckpt.list_checkpoints(run_dir)
-    if not found and (run_dir / rundir.SUMMARY).exists():
+    chosen = ckpt.newest_verified(run_dir, lambda path: read_checkpoint(path, verify=True), doing="resuming from")
+    if chosen is None and (run_dir / rundir.SUMMARY).exists():
         raise SeqwarmError(f"{run_dir}: finished ({rundir.SUMMARY}) and has no checkpoint left; nothing to resume")
-    if not found:
+    if chosen is None:
         rundir.check_replaceable(run_dir, keep={"data.path": _data_path(cfg)})
         _note(f"{run_dir}: no checkpoint yet (stopped before its first); training it from step 0")
         return None, {}
-    failed = []
-    for path in reversed(found):
-        try:
-            loaded.append(read_checkpoint(path, verify=True))
-        except CheckpointError as e:
-            _note(f"{path.name}: {e}; {'trying the one before' if path != found[0] else 'none left'}")
-            failed.append((path, str(e)))
-            continue
-        for bad, _ in failed:  # out of the step-* names, so that training writes those steps afresh
-            _note(f"{bad.name}: set aside as {ckpt.set_aside(bad).name}")
-        if failed:
-            _note(f"resuming from {path.name}, the newest checkpoint that passes verification")
-        return path, changes
-    raise SeqwarmError(
-        f"{run_dir}: no checkpoint passes verification ({'; '.join(f'{p.name}: {why}' for p, why in failed)})"
-    )
+    for bad, _ in chosen.failed:  # out of the step-* names, so that training writes those steps afresh
+        _note(f"{bad.name}: set aside as {ckpt.set_aside(bad).name}")
+    loaded.append(chosen.value)
+    return chosen.path, changes
 
 
 def _data_path(cfg: Config) -> Path:
@@ -178,10 +172,7 @@ def main_train(config_path: str | None, overrides: list[str], *, resume: str | N
     if resume is not None:
         if config_path is not None:
             raise ConfigError("train: give either CONFIG or --resume RUN_DIR, not both")
-        if force:
-            raise ConfigError(
-                "--resume and --force conflict: --resume continues the run, --force replaces it; give one"
-            )
+        _refuse_resume_with_force(True, force)
         cfg = rundir.read_config(Path(resume), [*overrides, f"run.dir={resume}"])
     else:
         cfg = load_config(config_path, overrides)

@@ -55,6 +55,18 @@ def resolve_device(name: str, local_rank: int = 0, *, option: str = "train.devic
     return torch.device("cuda", local_rank)
 
 
+def check_precision(precision: str, device: str) -> None:
+    """ConfigError when `train.precision` cannot run on `device` (a device type, or `auto`).
+
+    The one home of this check: the config calls it with `train.device` (so a sweep's grid fails
+    before any run when it says cpu), and `trainer.with_resolved_precision` with the device that
+    `auto` became, before the run directory or the data are touched. fp16 needs CUDA: its loss
+    scaling is what makes it train, and torch's CPU autocast has no fp16 path worth using.
+    """
+    if precision == "fp16" and device not in ("cuda", "auto"):
+        raise ConfigError(f"train.precision: fp16 needs CUDA (use bf16 or fp32 on {device})")
+
+
 def cpu_bf16_units() -> list[str]:
     """The CPU's bf16 multiply units among AMX (`amx_bf16`, a tile unit) and AVX-512 BF16 (`avx512_bf16`),
     as the kernels torch dispatches to see them; empty when bf16 would be emulated in fp32."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from seqwarm.checkpoint import CHECKPOINT_RE, latest_checkpoint, load_weights
+from seqwarm.checkpoint import CHECKPOINT_RE, CheckpointError, load_weights, newest_verified, verify_weights
 from seqwarm.config import Config, load_config
 from seqwarm.errors import SeqwarmError, first_line
 from seqwarm.model import GPT, GPTConfig
@@ -54,17 +54,29 @@ class SavedModel:
         return {"path": str(self.checkpoint), "step": self.step, "tokens": self.tokens}
 
 
-def open_saved(path: str | Path) -> SavedModel:
-    """A run directory (its latest checkpoint) or a checkpoint directory; SeqwarmError for anything else."""
+def open_saved(path: str | Path, *, doing: str = "using") -> SavedModel:
+    """A run directory (its newest checkpoint that passes verification) or a checkpoint directory
+    (verified: it was named, so there is nothing to fall back to); SeqwarmError for anything else.
+
+    Only what eval and export read is verified (`seqwarm.checkpoint.verify_weights`). A run's damaged
+    newest checkpoint is passed over for the one before, as `--resume` does, and said in one line on
+    stderr ending with `doing` ("evaluating", "exporting") and the checkpoint chosen; it is not set
+    aside (a reader does not change a run another process may be writing).
+    """
     path = Path(path)
     if not path.is_dir():
         raise SeqwarmError(f"{path}: no such run or checkpoint directory")
     if (path / "state.json").exists() and (path / "model.safetensors").exists():
         checkpoint = path
+        try:
+            verify_weights(checkpoint)
+        except CheckpointError as e:
+            raise SeqwarmError(f"{checkpoint}: {e}; give the run directory or another checkpoint") from None
     elif (path / "checkpoints").is_dir() or (path / "config.yaml").exists():
-        checkpoint = latest_checkpoint(path)
-        if checkpoint is None:
+        chosen = newest_verified(path, verify_weights, doing=doing)
+        if chosen is None:
             raise SeqwarmError(f"{path}: the run has no checkpoint yet (checkpoints/step-XXXXXXXX/)")
+        checkpoint = chosen.path
     elif (path / "config.json").exists():
         raise SeqwarmError(
             f"{path}: a Hugging Face model directory, not a seqwarm run; convert it with `seqwarm import-hf {path} --out RUN_DIR`"

@@ -35,7 +35,7 @@ from seqwarm.loss import IGNORE_INDEX
 from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, run_summary
 from seqwarm.model import GPT
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
-from seqwarm.runtime import keep_freed_memory, resolve_device, resolve_precision
+from seqwarm.runtime import check_precision, keep_freed_memory, resolve_device, resolve_precision
 from seqwarm.schedule import Clock, StepPlan
 
 
@@ -124,9 +124,7 @@ def build(
 ) -> Trainer:
     env = env or DistEnv()
     device = device or resolve_device(cfg.train.device, env.local_rank)
-    cfg = with_resolved_precision(cfg, device)
-    if cfg.train.precision == "fp16" and device.type != "cuda":
-        raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
+    cfg = with_resolved_precision(cfg, device)  # and checked against the device
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     if device.type == "cpu":
@@ -184,8 +182,10 @@ def build(
 
 
 def with_resolved_precision(cfg: Config, device: torch.device) -> Config:
-    """`cfg` with `train.precision: auto` replaced by what it means on `device` (`resolve_precision`)."""
+    """`cfg` with `train.precision: auto` replaced by what it means on `device` (`resolve_precision`);
+    ConfigError when the precision cannot run there (`check_precision`: the device `auto` became)."""
     precision = resolve_precision(cfg.train.precision, device)
+    check_precision(precision, device.type)
     if precision == cfg.train.precision:
         return cfg
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))

@@ -309,7 +309,9 @@ def eval_truncated_weights(w, tmp, mp):
     run = _copy(w["run"], tmp / "run")
     weights = _checkpoint(run) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    return ["eval", str(run), "--tasks", "val", "--no-progress"], str(weights)
+    # found by the checkpoint's verification (its only checkpoint: nothing to fall back to), before any work
+    names = f"{run}: no checkpoint passes verification ({_checkpoint(run).name}: model.safetensors: 100 bytes"
+    return ["eval", str(run), "--tasks", "val", "--no-progress"], names
 
 
 @case
@@ -324,7 +326,7 @@ def export_truncated_weights(w, tmp, mp):
     run = _copy(w["run"], tmp / "run")
     weights = _checkpoint(run) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    return ["export", str(run), "--hf", str(tmp / "hf")], f"{weights}: does not hold the model"
+    return ["export", str(run), "--hf", str(tmp / "hf")], f"({_checkpoint(run).name}: model.safetensors: "
 
 
 @case

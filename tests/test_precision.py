@@ -7,6 +7,7 @@ import torch
 import yaml
 
 from seqwarm import runtime
+from seqwarm.errors import ConfigError
 from seqwarm.lifecycle import train
 from seqwarm.runtime import resolve_precision
 
@@ -54,3 +55,17 @@ def test_a_run_records_what_auto_resolved_to_and_a_resume_keeps_it(tiny_cfg, mon
     summary = main_train(None, ["train.max_steps=3"], resume=cfg.run.dir, force=False)
     assert summary["steps"] == 3
     assert yaml.safe_load((Path(cfg.run.dir) / "config.yaml").read_text())["train"]["precision"] == expected
+
+
+def test_fp16_off_cuda_is_refused_by_the_config_and_on_the_device_auto_became(tiny_cfg, monkeypatch):
+    """One check (`runtime.check_precision`), two callers: the config sees `train.device: cpu`, the
+    lifecycle the device `auto` resolved to, before the run directory exists."""
+    message = r"train.precision: fp16 needs CUDA \(use bf16 or fp32 on cpu\)"
+    with pytest.raises(ConfigError, match=message):
+        tiny_cfg("train.device=cpu", "train.precision=fp16")
+    cfg = tiny_cfg("train.device=auto", "train.precision=fp16")  # cannot tell yet: passes
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, progress=False)
+    assert not Path(cfg.run.dir).exists()
+    runtime.check_precision("fp16", "cuda")

@@ -7,7 +7,7 @@ import pytest
 from conftest import synthetic_text
 
 from seqwarm.data.format import TOKEN_DTYPE, TokenData
-from seqwarm.data.prepare import Document, prepare
+from seqwarm.data.prepare import Document, PrepareOptions, prepare
 from seqwarm.data.split import assign_splits, chunk_documents
 from seqwarm.errors import DataError
 from seqwarm.tokenizer import EOT_ID, gpt2_encoding
@@ -214,3 +214,19 @@ def test_a_malformed_meta_json_is_one_line(prepared, meta_text):
 def test_a_file_given_as_the_data_directory_is_one_line(prepared):
     with pytest.raises(DataError, match=r"train-000000\.bin is a file, not a directory"):
         TokenData(prepared / "train-000000.bin")
+
+
+def test_prepare_options_are_one_frozen_object_that_keyword_settings_override(tmp_path):
+    import dataclasses
+
+    files = write_docs(tmp_path / "src", synthetic_text(2, n_docs=20))
+    options = PrepareOptions(val_fraction=0.1, test_fraction=0.1, progress=False, workers=1)
+    a = prepare(files, tmp_path / "a", options)
+    b = prepare(files, tmp_path / "b", val_fraction=0.1, test_fraction=0.1, progress=False, workers=1)
+    assert json.loads((a / "meta.json").read_text())["splits"] == json.loads((b / "meta.json").read_text())["splits"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.force = True  # shared by prepare, prepare_builtin and prepare_documents: nobody changes it midway
+    with pytest.raises(DataError, match="--shard-tokens: must be at least 1"):
+        prepare(files, tmp_path / "c", options, shard_tokens=0)  # a keyword setting overrides the object's
+    with pytest.raises(TypeError, match="shard_token"):
+        prepare(files, tmp_path / "d", options, shard_token=10)  # a misspelt setting is not ignored

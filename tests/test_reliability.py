@@ -3,6 +3,7 @@
 Each test reproduces a defect an outside reliability probe found (issue 15) and fails without its fix.
 """
 
+import importlib.util
 import json
 import os
 import shutil
@@ -276,6 +277,99 @@ def test_keep_last_removal_killed_midway_leaves_no_half_checkpoint(tmp_path, mon
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["step-00000010"]  # step-5 is not half there
     monkeypatch.undo()
     assert ckpt.clean_checkpoints(tmp_path) == [".step-00000005.del"]
+
+
+def flip_a_byte(checkpoint: Path) -> None:
+    model = checkpoint / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0xFF  # inside a tensor: safetensors itself still loads it
+    model.write_bytes(bytes(data))
+
+
+needs_transformers = pytest.mark.skipif(
+    importlib.util.find_spec("transformers") is None, reason="needs seqwarm[hf] (transformers)"
+)
+
+
+def test_eval_falls_back_from_a_damaged_checkpoint_and_says_so_in_one_line(run_copy, capsys):
+    flip_a_byte(run_copy / "checkpoints" / "step-00000010")
+    assert main(["eval", str(run_copy), "--tasks", "val", "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("seqwarm: step-00000010: model.safetensors: sha256 differs from the manifest")
+    assert err[0].endswith("; evaluating step-00000005, the newest checkpoint that passes verification")
+    doc = json.loads((run_copy / "eval.json").read_text())
+    assert Path(doc["checkpoint"]["path"]).name == "step-00000005" and doc["checkpoint"]["step"] == 5
+    assert (run_copy / "checkpoints" / "step-00000010").is_dir()  # a reader sets nothing aside
+
+
+@needs_transformers
+def test_export_falls_back_from_a_damaged_checkpoint_and_refuses_when_none_passes(run_copy, tmp_path, capsys):
+    flip_a_byte(run_copy / "checkpoints" / "step-00000010")
+    out = tmp_path / "hf"
+    assert main(["export", str(run_copy), "--hf", str(out)]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("seqwarm")]  # not transformers'
+    assert len(err) == 1 and "exporting step-00000005, the newest checkpoint that passes verification" in err[0]
+    assert Path(json.loads((out / "seqwarm.json").read_text())["exported_from"]["path"]).name == "step-00000005"
+    # every checkpoint damaged: one line naming each and why, exit 2, the earlier export left as it was
+    flip_a_byte(run_copy / "checkpoints" / "step-00000005")
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["export", str(run_copy), "--hf", str(out), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"seqwarm: error: {run_copy}: no checkpoint passes verification")
+    assert "step-00000010: model.safetensors: sha256 differs" in err[0] and "step-00000005: model.safetensors" in err[0]
+    assert (out / "model.safetensors").read_bytes() == before
+    # a damaged checkpoint named directly: nothing to fall back to
+    assert main(["eval", str(run_copy / "checkpoints" / "step-00000005"), "--tasks", "val"]) == 2
+    assert "step-00000005: model.safetensors: sha256 differs from the manifest" in one_line_error(capsys)
+
+
+def test_eval_and_export_verify_only_what_they_read(run_copy, capsys):
+    """A damaged optimizer state does not change the model: eval keeps the newest checkpoint."""
+    (run_copy / "checkpoints" / "step-00000010" / "optimizer.json").write_text("{")
+    ckpt.verify_weights(run_copy / "checkpoints" / "step-00000010")
+    w = weights(run_copy / "checkpoints" / "step-00000010")
+    name = next(iter(w))
+    w[name][0] = float("inf")  # under a manifest that agrees: found by the finiteness check
+    save_file(w, run_copy / "checkpoints" / "step-00000010" / "model.safetensors")
+    ckpt.write_manifest(run_copy / "checkpoints" / "step-00000010")
+    with pytest.raises(ckpt.CheckpointError, match=f"{name} holds non-finite values"):
+        ckpt.verify_weights(run_copy / "checkpoints" / "step-00000010")
+
+
+@needs_transformers
+def test_a_held_lock_on_an_export_or_import_output_is_refused_in_one_line(run_copy, tmp_path, capsys):
+    out = tmp_path / "hf"
+    holder = hold_lock(out, inside=False)  # another export writing `out`
+    try:
+        assert main(["export", str(run_copy), "--hf", str(out)]) == 2
+        err = one_line_error(capsys)
+        assert f"{out}: export directory in use by another seqwarm process, pid {holder.pid}" in err
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["export", str(run_copy), "--hf", str(out)]) == 0
+    assert not (tmp_path / ".hf.lock").exists()  # the killed holder's stale lock, taken over, goes with the export
+    # import-hf --force onto a run that is training (its run-directory lock held): refused, not replaced
+    before = (run_copy / "metrics.jsonl").read_text()
+    holder = hold_lock(run_copy)
+    try:
+        assert main(["import-hf", str(out), "--out", str(run_copy), "--force", "tiny-slw"]) == 2
+        assert f"{run_copy}: run directory in use by another seqwarm process, pid {holder.pid}" in one_line_error(
+            capsys
+        )
+        assert (run_copy / "metrics.jsonl").read_text() == before
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = hold_lock(run_copy, inside=False)  # another import-hf writing it
+    try:
+        assert main(["import-hf", str(out), "--out", str(run_copy), "--force", "tiny-slw"]) == 2
+        assert f"{run_copy}: import directory in use by another seqwarm process" in one_line_error(capsys)
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # --- --force and --resume -------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""Tokenizers beyond GPT-2: `prepare --tokenizer gpt2|bpe:N|PATH`, uint32 token files, `model.vocab_size: auto`,
-and eval and the Hugging Face export following the data's tokenizer (seqwarm.tokenizer)."""
+"""Tokenizers (seqwarm.tokenizer): GPT-2's own, verified against its published files and ids, and those beyond
+it: `prepare --tokenizer gpt2|bpe:N|PATH`, uint32 token files, `model.vocab_size: auto`, and eval and the
+Hugging Face export following the data's tokenizer."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +31,18 @@ from seqwarm.data.split import assign_splits, chunk_documents  # noqa: E402
 from seqwarm.errors import ConfigError, DataError  # noqa: E402
 from seqwarm.files import file_sha256  # noqa: E402
 from seqwarm.saved import open_saved  # noqa: E402
-from seqwarm.tokenizer import EOT, gpt2, load_tokenizer, read_tokenizer_file, train_bpe  # noqa: E402
+from seqwarm.tokenizer import (  # noqa: E402
+    ENCODER_JSON_SHA256,
+    EOT,
+    EOT_ID,
+    VOCAB_BPE_SHA256,
+    gpt2,
+    gpt2_encoding,
+    gpt2_files,
+    load_tokenizer,
+    read_tokenizer_file,
+    train_bpe,
+)
 
 needs_transformers = pytest.mark.skipif(find_spec("transformers") is None, reason="needs seqwarm[hf] (transformers)")
 
@@ -100,6 +113,24 @@ def big_vocab_tokenizer(path: Path, n_filler: int = 70_000) -> Path:
 
 
 # --- GPT-2, unchanged ------------------------------------------------------------------------------
+
+
+def test_files_are_the_ones_tiktoken_pins_for_gpt2():
+    vocab_bpe, encoder_json = gpt2_files()
+    assert hashlib.sha256(Path(vocab_bpe).read_bytes()).hexdigest() == VOCAB_BPE_SHA256
+    assert hashlib.sha256(Path(encoder_json).read_bytes()).hexdigest() == ENCODER_JSON_SHA256
+
+
+def test_ids_equal_gpt2s():
+    enc = gpt2_encoding()
+    assert enc.n_vocab == 50257
+    # ids published with GPT-2 (and reproduced by every GPT-2 tokenizer)
+    assert enc.encode("Hello world") == [15496, 995]
+    assert enc.encode("The quick brown fox") == [464, 2068, 7586, 21831]
+    assert enc.encode("<|endoftext|>", allowed_special="all") == [EOT_ID]
+    assert enc.encode_ordinary("<|endoftext|>") != [EOT_ID]  # plain text never forges the separator
+    text = "Sequence Length Warmup: 8 -> 1024 tokens, isn't it?\n\n"
+    assert enc.decode(enc.encode(text)) == text
 
 
 def test_default_gpt2_output_is_byte_identical_to_before(tmp_path, capsys):

@@ -18,6 +18,7 @@ The builtin corpus comes through here too, from `seqwarm.data.builtin.corpus`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -25,6 +26,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -60,60 +62,82 @@ from seqwarm.tokenizer import (
     train_bpe,
 )
 
-__all__ = ["Document", "read_documents", "prepare", "prepare_documents", "TEXT_SUFFIXES", "JSONL_SUFFIXES"]
+__all__ = [
+    "Document",
+    "read_documents",
+    "prepare",
+    "prepare_documents",
+    "PrepareOptions",
+    "TEXT_SUFFIXES",
+    "JSONL_SUFFIXES",
+]
 
 SHARD_TOKENS = 1 << 27  # 134M tokens: 256 MiB of uint16 per shard file
 BUFFER_MB = 64
 UNIT_BYTES = 1 << 20  # input per unit of work at most (a Parquet/Arrow unit is a record batch)
 
 
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How `seqwarm prepare` splits, tokenizes and writes, whatever the input: its command-line options.
+
+    One object for `prepare` (files), `prepare_builtin` (the builtin corpus) and `prepare_documents`
+    (the work both share), so a new option is declared once, with its default and its meaning.
+    """
+
+    val_fraction: float = 0.01
+    """Share of the chunks held out as the val split (`--val-fraction`); chosen by hash, not position."""
+    test_fraction: float = 0.01
+    """Share of the chunks held out as the test split (`--test-fraction`)."""
+    chunk_chars: int = 8000
+    """Characters per chunk, the unit the split assigns, cut at paragraph breaks (`seqwarm.data.split`)."""
+    tokenizer: str | int | Tokenizer = TOKENIZER_NAME
+    """`--tokenizer`: `gpt2`, `bpe:N`, a tokenizer.json path, or what `choose_tokenizer` returned."""
+    force: bool = False
+    """Replace the output directory (only one seqwarm prepared: `check_output`)."""
+    append: bool = False
+    """Add the input to a prepared directory, split by the same rule on its own."""
+    workers: int | None = None
+    """Tokenizing processes; None: the machine's cores (fewer for a small input)."""
+    shard_tokens: int = SHARD_TOKENS
+    """Tokens per shard file."""
+    buffer_mb: float = BUFFER_MB
+    """Text held in memory at once, in MB: bounds memory whatever the corpus size."""
+    progress: bool = True
+    """Progress bars and resume notes on stderr."""
+    stats: EncodeStats | None = None
+    """Filled with the workers' timings when given (benchmarks); a collector, not a setting."""
+
+
 def prepare(
     inputs: list[str],
     out: Path,
+    options: PrepareOptions | None = None,
     *,
-    val_fraction: float = 0.01,
-    test_fraction: float = 0.01,
-    chunk_chars: int = 8000,
-    force: bool = False,
-    append: bool = False,
-    progress: bool = True,
-    tokenizer: str | int | Tokenizer = TOKENIZER_NAME,
     text_field: str = "text",
-    workers: int | None = None,
-    shard_tokens: int = SHARD_TOKENS,
-    buffer_mb: float = BUFFER_MB,
-    stats: EncodeStats | None = None,
+    **settings,
 ) -> Path:
-    """Tokenize `inputs` (files, directories, globs: `seqwarm.data.sources`) into `out` with `tokenizer`."""
-    chosen = choose_tokenizer(tokenizer)
-    check_output(
-        out, val_fraction=val_fraction, test_fraction=test_fraction, force=force, append=append, inputs=inputs
-    )  # before any write
+    """Tokenize `inputs` (files, directories, globs: `seqwarm.data.sources`) into `out`.
+
+    `settings`: `PrepareOptions` fields by name (`val_fraction=0`), applied over `options`;
+    `text_field`: the JSONL key or Parquet column holding the text (a property of the input).
+    """
+    options = dataclasses.replace(options or PrepareOptions(), **settings)
+    options = dataclasses.replace(options, tokenizer=choose_tokenizer(options.tokenizer))
+    check_output(out, options, inputs=inputs)  # before any write
     with directory_lock(out, inside=False, what="prepared-data directory"):
-        out = check_output(
-            out, val_fraction=val_fraction, test_fraction=test_fraction, force=force, append=append, inputs=inputs
-        )
+        out = check_output(out, options, inputs=inputs)
         files = list_inputs(inputs)  # a missing input or an unknown format fails before any reading
         return prepare_documents(
             lambda: (doc for file in files for doc in read_input(file, text_field)),
             out,
+            options,
             units=lambda unit_bytes: read_units(files, text_field, unit_bytes),
             size_hint=sum(_input_bytes(f.path) for f in files),
             text_field=text_field,
             label=", ".join(inputs),
             sources=[{"name": str(Path(p)), "role": "train"} for p in inputs],
             fingerprint=[f.fingerprint() for f in files] + [text_field],
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            chunk_chars=chunk_chars,
-            progress=progress,
-            tokenizer=chosen,
-            force=force,
-            append=append,
-            workers=workers,
-            shard_tokens=shard_tokens,
-            buffer_mb=buffer_mb,
-            stats=stats,
         )
 
 
@@ -135,15 +159,7 @@ def choose_tokenizer(spec: str | int | Tokenizer) -> Tokenizer | int:
     return read_tokenizer_file(parsed)
 
 
-def check_output(
-    out: Path,
-    *,
-    val_fraction: float,
-    test_fraction: float,
-    force: bool,
-    append: bool = False,
-    inputs: Iterable[str] = (),
-) -> Path:
+def check_output(out: Path, options: PrepareOptions, *, inputs: Iterable[str] = ()) -> Path:
     """`out` as a Path, once the split fractions are valid and `out` may be written (before any reading).
 
     A directory holding an unfinished prepare is resumed (its inputs are checked later); one
@@ -152,6 +168,8 @@ def check_output(
     one that holds an input (`prepare SRC --out SRC --force` would delete the texts);
     `prepare_documents` removes what is there once the input has been read through without error.
     """
+    val_fraction, test_fraction = options.val_fraction, options.test_fraction
+    force, append = options.force, options.append
     if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
         raise DataError(
             f"--val-fraction/--test-fraction: need fractions summing below 1, got {val_fraction}, {test_fraction}"
@@ -195,6 +213,7 @@ def is_prepared(directory: Path) -> bool:
 def prepare_documents(
     docs: list[Document] | Callable[[], Iterable[Document]],
     out: Path,
+    options: PrepareOptions,
     *,
     units: Callable[[int], Iterable[Unit]] | None = None,
     size_hint: int | None = None,
@@ -204,17 +223,6 @@ def prepare_documents(
     fingerprint: list | None = None,
     heldout: dict[str, list[Document]] | None = None,
     extra_meta: dict | None = None,
-    val_fraction: float,
-    test_fraction: float,
-    chunk_chars: int,
-    progress: bool,
-    tokenizer: str | int | Tokenizer = TOKENIZER_NAME,
-    force: bool = False,
-    append: bool = False,
-    workers: int | None = None,
-    shard_tokens: int = SHARD_TOKENS,
-    buffer_mb: float = BUFFER_MB,
-    stats: EncodeStats | None = None,
 ) -> Path:
     """Split and tokenize `docs` (a list, or a function giving a fresh iterator: the input is read
     more than once) into `out`; `heldout` texts go to heldout/NAME.jsonl untokenized.
@@ -225,8 +233,9 @@ def prepare_documents(
 
     `label` names the input in errors, `sources` is meta.json's record of it, `fingerprint` what a
     resumed prepare checks the input against (by default the names and sizes of `docs`),
-    `extra_meta` is appended to meta.json. `tokenizer` is what `choose_tokenizer` takes.
+    `extra_meta` is appended to meta.json. `options`: how to split, tokenize and write.
     """
+    o = options
     read = docs if callable(docs) else (lambda: iter(docs))
     if fingerprint is None:
         digest, size_hint = hashlib.sha256(), 0
@@ -236,25 +245,25 @@ def prepare_documents(
         fingerprint = [digest.hexdigest()]
     if units is None:
         units = lambda unit_bytes: document_units(read(), unit_bytes)  # noqa: E731
-    if shard_tokens < 1:
-        raise DataError(f"--shard-tokens: must be at least 1, got {shard_tokens}")
-    if buffer_mb <= 0:
-        raise DataError(f"--buffer-mb: must be positive, got {buffer_mb}")
+    if o.shard_tokens < 1:
+        raise DataError(f"--shard-tokens: must be at least 1, got {o.shard_tokens}")
+    if o.buffer_mb <= 0:
+        raise DataError(f"--buffer-mb: must be positive, got {o.buffer_mb}")
     out = Path(out)
-    base = json.loads((out / "meta.json").read_text()) if append and (out / "meta.json").is_file() else None
+    base = json.loads((out / "meta.json").read_text()) if o.append and (out / "meta.json").is_file() else None
     if base is not None and base.get("format") != FORMAT_SHARDED:
         raise DataError(f"{out}: --append needs the sharded format; prepare this corpus again to convert it")
-    tok = _job_tokenizer(choose_tokenizer(tokenizer), base, out)
-    split_rule = {"chunk_chars": chunk_chars, "val_fraction": val_fraction, "test_fraction": test_fraction}
+    tok = _job_tokenizer(choose_tokenizer(o.tokenizer), base, out)
+    split_rule = {"chunk_chars": o.chunk_chars, "val_fraction": o.val_fraction, "test_fraction": o.test_fraction}
     job = {
         "label": label,
         "fingerprint": fingerprint,
         "split_rule": split_rule,
         "tokenizer": tok if isinstance(tok, int) else [tok.name, tok.sha256()],
-        "shard_tokens": shard_tokens,
+        "shard_tokens": o.shard_tokens,
         "append_to": None if base is None else {s: len(base["splits"][s]["shards"]) for s in SPLITS},
     }
-    state = read_progress(out) if (out / PROGRESS).is_file() and not force else None
+    state = read_progress(out) if (out / PROGRESS).is_file() and not o.force else None
     if state is not None and "unit_bytes" not in state:
         raise DataError(f"{out}: holds an unfinished prepare of an older seqwarm; use --force to start over")
     if state is not None and state["job"] != json.loads(json.dumps(job)):
@@ -262,17 +271,19 @@ def prepare_documents(
             f"{out}: holds an unfinished prepare of other inputs or settings ({state['job']['label']}); "
             "run that command again to resume it, or use --force to start over"
         )
-    n_workers = (os.cpu_count() or 1) if workers is None else max(1, workers)
-    unit_bytes = state["unit_bytes"] if state is not None else _unit_bytes(n_workers, buffer_mb)
+    n_workers = (os.cpu_count() or 1) if o.workers is None else max(1, o.workers)
+    unit_bytes = state["unit_bytes"] if state is not None else _unit_bytes(n_workers, o.buffer_mb)
     if size_hint is not None:  # worker processes pay off only with more units than workers
         n_workers = min(n_workers, max(1, size_hint // unit_bytes))
     max_pending = 1 if n_workers == 1 else 2 * n_workers
     with Workers(n_workers, tok if isinstance(tok, Tokenizer) else None) as pool:
         if state is None:
-            cuts = _scan(pool, units, unit_bytes, text_field, chunk_chars, split_rule, size_hint, max_pending, progress)
+            cuts = _scan(
+                pool, units, unit_bytes, text_field, o.chunk_chars, split_rule, size_hint, max_pending, o.progress
+            )
             if not cuts["has_text"]:
                 raise DataError(f"{label}: no text found")
-            if force and out.exists():  # the old directory goes only once the new input is known to be good
+            if o.force and out.exists():  # the old directory goes only once the new input is known to be good
                 shutil.rmtree(out) if out.is_dir() else out.unlink()
             state = {
                 "job": job,
@@ -286,12 +297,12 @@ def prepare_documents(
             }
             out.mkdir(parents=True, exist_ok=True)
             if isinstance(tok, int):
-                state["tokenizer_meta"] = _train_tokenizer(tok, read, chunk_chars, cuts, out, progress)
+                state["tokenizer_meta"] = _train_tokenizer(tok, read, o.chunk_chars, cuts, out, o.progress)
             elif tok.json is not None and base is None:
                 atomic_write(out / TOKENIZER_FILE, tok.json)
                 state["tokenizer_meta"] = {"tokenizer_source": {"file": tok.source}}
             write_progress(out, state)
-        elif progress:
+        elif o.progress:
             print(f"{out}: resuming an unfinished prepare at chunk {state['done_chunks']:,}", file=sys.stderr)
         if isinstance(tok, int):
             tok = read_tokenizer_file(out / TOKENIZER_FILE, f"bpe:{tok}")
@@ -304,11 +315,11 @@ def prepare_documents(
             state,
             tok,
             base,
-            chunk_chars,
-            shard_tokens,
+            o.chunk_chars,
+            o.shard_tokens,
             max_pending,
-            progress,
-            stats,
+            o.progress,
+            o.stats,
         )
     _publish(out, state, tok, base, sources, heldout or {}, extra_meta or {}, split_rule)
     return out

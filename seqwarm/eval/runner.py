@@ -84,7 +84,7 @@ def plan_eval(
     progress: bool = True,
 ) -> Plan:
     """Check the inputs of `seqwarm eval` before any work: every mistake fails here, naming the file or option."""
-    saved = open_saved(path)
+    saved = open_saved(path, doing="evaluating")
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         raise ConfigError(f"--tasks: unknown task {', '.join(unknown)} (choose from {', '.join(TASKS)})")

@@ -12,6 +12,7 @@ that existing caches (and the prepared corpus made from them) are rebuilt.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import hashlib
 import json
 import sys
@@ -25,10 +26,9 @@ from tqdm import tqdm
 from seqwarm.data.builtin import sources
 from seqwarm.data.builtin.clean import clean_gutenberg, wiki_articles
 from seqwarm.data.builtin.names import builtin_data_dir, builtin_tokenizer, cache_dir
-from seqwarm.data.prepare import Document, check_output, prepare_documents
+from seqwarm.data.prepare import Document, PrepareOptions, check_output, prepare_documents
 from seqwarm.errors import DataError
 from seqwarm.files import atomic_directory, directory_lock, file_sha256
-from seqwarm.tokenizer import Tokenizer
 
 BUILD = "builtin-v1"
 ROLES = ("train", "wikipedia", "narrative")
@@ -61,38 +61,23 @@ def ensure_builtin(progress: bool = True, name: str = "builtin") -> Path:
     return out
 
 
-def prepare_builtin(
-    out: Path,
-    *,
-    val_fraction: float = 0.01,
-    test_fraction: float = 0.01,
-    chunk_chars: int = 8000,
-    force: bool = False,
-    progress: bool = True,
-    tokenizer: str | int | Tokenizer = "gpt2",
-    **options,
-) -> Path:
+def prepare_builtin(out: Path, options: PrepareOptions | None = None, **settings) -> Path:
     """`seqwarm prepare --corpus builtin`: the train role split and tokenized, the held-out roles kept as text.
 
-    `options`: `prepare_documents`'s workers, shard_tokens, buffer_mb."""
-    check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)  # before any write
+    `settings`: `PrepareOptions` fields by name, applied over `options` (as `prepare` takes them)."""
+    options = dataclasses.replace(options or PrepareOptions(), **settings)
+    check_output(out, options)  # before any write
     with directory_lock(out, inside=False, what="prepared-data directory"):
-        out = check_output(out, val_fraction=val_fraction, test_fraction=test_fraction, force=force)
-        corpus = load_builtin(cache_dir() / "sources", progress=progress)
+        out = check_output(out, options)
+        corpus = load_builtin(cache_dir() / "sources", progress=options.progress)
         return prepare_documents(
             corpus.train,
             out,
+            options,
             label="builtin",
             sources=corpus.sources,
             heldout={"wikipedia": corpus.wikipedia, "narrative": corpus.narrative},
             extra_meta={"builtin_build": BUILD},  # a new build of the sources re-prepares the tokens
-            val_fraction=val_fraction,
-            test_fraction=test_fraction,
-            chunk_chars=chunk_chars,
-            progress=progress,
-            tokenizer=tokenizer,
-            force=force,
-            **options,
         )
 
 
