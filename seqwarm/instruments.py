@@ -160,8 +160,8 @@ def named_adam_variances(model: torch.nn.Module, optimizer: torch.optim.Optimize
 # one key e^10 = 22,000 times the weight of a key at logit 0, so with fewer keys than that one key takes
 # most of the mass; at initialisation the logits are O(1). Requiring both keeps apart a head that attends
 # sharply by design (low entropy at moderate logits, e.g. a previous-token head) and logits that grow
-# while still spread (high max, high entropy). Wortsman et al. 2023 (Section 3.1.1, Figure 4) show the
-# failing runs' max attention logits growing to the hundreds and thousands; issue 28's probe saw the
+# while still spread (high max, high entropy). Wortsman et al. 2023 (Section 3.1) show the failing
+# runs' max attention logits growing by orders of magnitude; issue 28's probe saw the
 # proxy's layer 0 pass 10 within 4-8 steps at the LRs that fail. Study 2 calibrates these defaults.
 COLLAPSE_ENTROPY = 0.1
 COLLAPSE_LOGIT = 10.0
