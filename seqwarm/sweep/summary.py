@@ -8,7 +8,8 @@ first method being the reference (the baseline). The pure core turns one run's r
 (`summarise_cell`) and the results into Markdown (`render_markdown`); `write_sweep_report` reads
 the runs and writes the files. With a `run.seed` axis, `seed_statistics` adds each cell's mean over
 seeds with its bootstrap interval and each method's comparison with the baseline, paired by seed
-(`seqwarm.stats`), to sweep.md and to sweep_stats.csv (sweep.csv keeps its columns).
+(`seqwarm.stats`), to sweep.md and to sweep_stats.csv (sweep.csv keeps its columns); with an LR axis too,
+each seed's LR sensitivity and its paired comparison (`seqwarm.sweep.sensitivity`, sweep_lr_sensitivity.csv).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from seqwarm.metrics import METRICS, eval_rows, loss_ratio_table, read_metrics
 from seqwarm.report import fmt, write_csv, write_report
 from seqwarm.rundir import SUMMARY
 from seqwarm.stats import CONFIDENCE, RESAMPLES, mean_ci, paired_comparison
+from seqwarm.sweep import sensitivity
 from seqwarm.sweep.grid import CURRICULUM_KEYS, METHOD, Cell, format_value
+from seqwarm.sweep.sensitivity import lr_sensitivity  # noqa: F401 (re-exported: callers and tests name it here)
 from seqwarm.sweep.state import status
 from seqwarm.tables import markdown_table
 
@@ -84,21 +87,6 @@ def csv_rows(results: list[dict]) -> list[dict]:
 # --- statistics ----------------------------------------------------------------------------------
 
 
-def lr_sensitivity(final_by_lr: dict[float, float | None], initial: float | None) -> float | None:
-    """Wortsman et al. (2023), Section 3: E_lr[min(L(lr), L0)] - min_lr L(lr), over the LR grid.
-
-    L(lr) is the final validation loss at that LR, L0 the loss at initialization; a diverged run
-    counts as L0 (its loss no better than the untrained model's). 0 means every LR in the range
-    does as well as the best one.
-    """
-    if initial is None or not final_by_lr:
-        return None
-    capped = [initial if loss is None else min(loss, initial) for loss in final_by_lr.values()]
-    reached = [loss for loss in final_by_lr.values() if loss is not None]
-    best = min(reached, default=initial)
-    return float(np.mean(capped)) - min(best, initial)
-
-
 def first_reaching(evals: list[dict], target: float) -> dict | None:
     """The first eval row whose validation loss is at or below `target`."""
     return next((r for r in evals if r["val/loss"] <= target), None)
@@ -142,25 +130,8 @@ class Layout:
 
 
 def method_curves(results: list[dict], layout: Layout) -> dict[str, tuple[dict, float | None]]:
-    """Per method: {lr: mean final loss over seeds (None if any run diverged)} and the mean initial loss.
-
-    Only complete LRs count: a run not finished yet leaves its LR out rather than bias the mean.
-    """
-    curves = {}
-    for m in layout.methods:
-        rs = [r for r in results if layout.method_of(r) == m]
-        by_lr: dict[float, list] = {}
-        for r in rs:
-            by_lr.setdefault(r["train.lr"], []).append(r)
-        final = {}
-        for lr, group in sorted(by_lr.items()):
-            if any(r["status"] == "diverged" for r in group):
-                final[lr] = None
-            elif all(r["status"] == "finished" for r in group):
-                final[lr] = float(np.mean([r["final_val_loss"] for r in group]))
-        inits = [r["initial_val_loss"] for r in rs if r["initial_val_loss"] is not None]
-        curves[m] = (final, float(np.mean(inits)) if inits else None)
-    return curves
+    """`sensitivity.method_curves` for the grid's methods."""
+    return sensitivity.method_curves(results, layout.methods, layout.method_of)
 
 
 def most_unstable(groups: dict[tuple, dict[str, dict]], baseline: str) -> tuple | None:
@@ -352,28 +323,9 @@ def _paired_sections(layout: Layout, stats: list[dict]) -> list[str]:
     return lines
 
 
-def _lr_sensitivity_section(results: list[dict], layout: Layout) -> list[str]:
-    curves = method_curves(results, layout)
-    columns = [
-        ("method", lambda m: m),
-        ("LRs complete", lambda m: f"{len(curves[m][0])}"),
-        (
-            "best final val loss",
-            lambda m: fmt(min((v for v in curves[m][0].values() if v is not None), default=None), "{:.3f}"),
-        ),
-        ("initial val loss", lambda m: fmt(curves[m][1], "{:.3f}")),
-        ("LR sensitivity", lambda m: fmt(lr_sensitivity(*curves[m]), "{:.3f}")),
-    ]
-    return [
-        "## LR sensitivity (Wortsman et al., 2023)",
-        "",
-        "E over the LR grid of min(final val loss, initial val loss), minus the best final val loss; the",
-        "final loss of an LR is the mean over its runs, and a diverged run counts as the initial loss.",
-        "Lower is more robust to the choice of LR.",
-        "",
-        markdown_table(columns, layout.methods),
-        "",
-    ]
+def _sensitivity_axes(layout: Layout) -> list[str]:
+    """The axes that LR sensitivity is computed per setting of: all but the method, the LR and the seed."""
+    return [k for k in layout.row_keys if k not in ("train.lr", SEED)]
 
 
 def _reach_section(layout: Layout, groups: dict[tuple, dict[str, dict]]) -> list[str]:
@@ -436,7 +388,13 @@ def render_markdown(results: list[dict], keys: list[str]) -> str:
         if layout.method_key:
             lines += _paired_sections(layout, stats)
     if "train.lr" in keys:
-        lines += _lr_sensitivity_section(results, layout)
+        lines += sensitivity.mean_curve_section(results, layout.methods, layout.method_of)
+        if SEED in layout.row_keys:
+            other = _sensitivity_axes(layout)
+            stats = sensitivity.sensitivity_statistics(
+                results, layout.methods, layout.method_of, other, paired=layout.method_key is not None
+            )
+            lines += sensitivity.sensitivity_section(stats, other, layout.baseline if layout.method_key else None)
         lines += [f"![final validation loss vs learning rate]({FIGURE})", ""]
     if layout.method_key:
         lines += _reach_section(layout, groups)
@@ -505,5 +463,13 @@ def write_sweep_report(cells: list[Cell], out: Path) -> Path:
     write_csv(out / RUNS_CSV, csv_rows(results))
     if SEED in layout.row_keys:
         write_csv(out / STATS_CSV, seed_statistics(results, layout))
+        if "train.lr" in keys:
+            other = _sensitivity_axes(layout)
+            write_csv(
+                out / sensitivity.CSV,
+                sensitivity.sensitivity_statistics(
+                    results, layout.methods, layout.method_of, other, paired=layout.method_key is not None
+                ),
+            )
     atomic_write(out / REPORT, render_markdown(results, keys))
     return out / REPORT
