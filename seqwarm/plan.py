@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 from seqwarm.config import Config
 from seqwarm.curriculum import BatchSchedule, SeqlenSchedule
-from seqwarm.data.format import model_config
 from seqwarm.data.order import SequenceOrder
 from seqwarm.errors import ConfigError
+from seqwarm.model_config import model_config
 from seqwarm.schedule import Clock, finished, learning_rate
 from seqwarm.tables import text_table
 
