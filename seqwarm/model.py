@@ -122,6 +122,18 @@ def _meta_model(cfg: GPTConfig) -> GPT:
         return GPT(cfg)
 
 
+def window_mask(T: int, window: torch.Tensor) -> torch.Tensor:
+    """(T, T) boolean: query i attends key j iff i - window < j <= i, a causal sliding window (Longformer,
+    Beltagy et al. 2020, Section 3.1; Mistral 7B). A window >= T is plain causal attention.
+
+    Built in the graph from the tensor `window` (0-dim int64), so a compiled model does not specialise on
+    its value. `window` must be >= 1 (a query with no key has no attention distribution).
+    """
+    pos = torch.arange(T, device=window.device)
+    back = pos[:, None] - pos[None, :]  # (T, T): how far key j lies behind query i
+    return (back >= 0) & (back < window)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -134,13 +146,14 @@ class CausalSelfAttention(nn.Module):
         self.proj.residual = True  # scaled at init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` (T, T), True where a query may attend a key (`window_mask`); None: plain causal attention."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
@@ -168,8 +181,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -195,33 +208,62 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T), T <= max_seqlen -> final hidden states (B, T, C), before the output layer."""
+    def hidden(self, idx: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T), T <= max_seqlen -> final hidden states (B, T, C), before the output layer.
+
+        `window`: a 0-dim int64 tensor, a causal sliding window (`window_mask`) in every block; None: full
+        causal attention.
+        """
         B, T = idx.shape
         if T > self.cfg.max_seqlen:
             raise ValueError(f"input length {T} exceeds the model's max_seqlen {self.cfg.max_seqlen}")
         pos = torch.arange(T, device=idx.device)
+        mask = None if window is None else window_mask(T, window.to(idx.device))  # one for all blocks
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.ln_f(x)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, ignore_index: int = IGNORE_INDEX
-    ) -> torch.Tensor:
-        """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size); with targets (B, T), the
-        summed cross-entropy over targets != ignore_index instead, without materializing the logits.
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        ignore_index: int = IGNORE_INDEX,
+        window: torch.Tensor | None = None,
+        diagnostics: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size); with targets (B, T),
+        `(ce_sum, extras)` instead (`loss_terms`), without materializing the logits.
 
+        `window` and `diagnostics` are the step's inputs (the trainer's `train_step(inputs=...)`): an
+        attention window (`hidden`), and whether to compute the diagnostics, which cost time.
         Training goes through `forward` (not `hidden`) so that DDP and FSDP wrappers see every
         step: FSDP gathers the tied embedding for the output layer only inside its root forward.
         """
-        hidden = self.trunk(idx)
+        # Without a window, the trunk is called as before the window existed (wrappers of `hidden` keep working).
+        hidden = self.trunk(idx) if window is None else self.trunk(idx, window)
         if targets is not None:
-            return linear_cross_entropy(
-                hidden, self.output_weight(), targets, vocab_size=self.cfg.vocab_size, ignore_index=ignore_index
-            )
+            return self.loss_terms(hidden, targets, ignore_index=ignore_index, diagnostics=diagnostics)
         logits = F.linear(hidden, self.output_weight())  # (B, T, padded_vocab)
         return logits[..., : self.cfg.vocab_size]
+
+    def loss_terms(
+        self, hidden: torch.Tensor, targets: torch.Tensor, *, ignore_index: int, diagnostics: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The output layer and what it yields: `(ce_sum, extras)`.
+
+        `ce_sum`: the cross-entropy summed over targets != ignore_index, the loss that the loss ratio,
+        Table 1 and `val/loss` read. `extras`: auxiliary loss terms under `aux/<name>`, summed over the
+        same targets as `ce_sum` (the trainer adds them to the gradient, divided by the step's tokens, and
+        logs their mean per token), and diagnostics under `diag/<name>`, detached scalars (logged; a name
+        ending in `max` is max-reduced over micro-batches and processes, any other averaged). The model
+        ships none yet; this method is the seam where a z-loss or an output-logit statistic joins.
+        """
+        ce = linear_cross_entropy(
+            hidden, self.output_weight(), targets, vocab_size=self.cfg.vocab_size, ignore_index=ignore_index
+        )
+        return ce, {}
 
     def output_weight(self) -> torch.Tensor:
         """The output layer's weight (padded vocabulary x d_model): the input embedding, tied (GPT-2)."""
@@ -229,7 +271,7 @@ class GPT(nn.Module):
 
     def compile_trunk(self, **kwargs) -> None:
         """torch.compile the Transformer (`hidden`); the chunked output layer and loss stay eager."""
-        self.trunk = torch.compile(self.hidden, **kwargs)
+        self.trunk = torch.compile(self.hidden, **kwargs)  # `window` is a tensor: one graph for all its values
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay matrices (linear weights, embeddings), not biases or LayerNorm gains."""

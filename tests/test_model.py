@@ -152,3 +152,62 @@ def test_activation_option_is_the_exact_or_the_tanh_gelu():
 def test_options_are_checked_where_they_are_declared(change, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         GPTConfig(**({"n_layer": 2, "n_head": 2, "d_model": 64, "max_seqlen": 8} | change))
+
+
+def test_window_mask_is_the_causal_band():
+    from seqwarm.model import window_mask
+
+    T, w = 7, 3
+    band = torch.tensor([[i - w < j <= i for j in range(T)] for i in range(T)])
+    assert torch.equal(window_mask(T, torch.tensor(w)), band)
+    assert torch.equal(window_mask(T, torch.tensor(T)), torch.ones(T, T, dtype=torch.bool).tril())
+
+
+def test_a_window_as_long_as_the_input_is_causal_attention_and_a_short_one_is_not(model):
+    x = torch.randint(0, VOCAB_SIZE, (2, 32))
+    with torch.no_grad():
+        causal = model(x)
+        assert (model(x, window=torch.tensor(32)) - causal).abs().max().item() <= 1e-6
+        assert (model(x, window=torch.tensor(1000)) - causal).abs().max().item() <= 1e-6
+        short = model(x, window=torch.tensor(4))
+    # The first 4 positions see the same keys either way; later ones lose the keys past the window.
+    assert (short[:, :4] - causal[:, :4]).abs().max().item() <= 1e-6
+    assert not torch.allclose(short[:, 4:], causal[:, 4:])
+    # Each of the 2 layers looks 3 positions back with window 4, so token 5 reaches positions 5..11 only.
+    y = x.clone()
+    y[:, 5] = (y[:, 5] + 1) % VOCAB_SIZE
+    with torch.no_grad():
+        other = model(y, window=torch.tensor(4))
+    assert torch.equal(other[:, 12:], short[:, 12:]) and not torch.equal(other[:, 11], short[:, 11])
+
+
+def test_with_targets_forward_returns_the_summed_cross_entropy_and_its_extras(model):
+    x, y = torch.randint(0, VOCAB_SIZE, (2, 16)), torch.randint(0, VOCAB_SIZE, (2, 16))
+    y[0, :3] = -100
+    with torch.no_grad():
+        ce, extras = model(x, y)
+        plain = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
+    assert extras == {} and ce.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_one_compiled_graph_serves_every_window_and_length():
+    """The trainer compiles the trunk with static shapes and marks the length dynamic; the window is a
+    tensor input, so neither its value nor the length recompiles. A backend that counts graphs sees one."""
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(n_layer=1, n_head=2, d_model=32, max_seqlen=64)).eval()
+    m.compile_trunk(dynamic=False, backend=counting)
+    with torch.no_grad():
+        for T, w in [(16, 4), (24, 9), (40, 40), (64, 3)]:
+            x = torch.randint(0, VOCAB_SIZE, (2, T))
+            torch._dynamo.mark_dynamic(x, 1)  # as trainer._loss_sum does under SLW
+            eager = m.hidden(x, torch.tensor(w))
+            assert torch.allclose(m.trunk(x, torch.tensor(w)), eager, atol=1e-6)
+    torch._dynamo.reset()
+    assert len(graphs) == 1
