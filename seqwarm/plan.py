@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 from seqwarm.config import Config
 from seqwarm.curriculum import Curriculum
-from seqwarm.data.format import model_config
 from seqwarm.data.order import SequenceOrder
 from seqwarm.errors import ConfigError
+from seqwarm.model_config import model_config
 from seqwarm.schedule import StepPlan
 from seqwarm.tables import text_table
 

@@ -305,14 +305,16 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean over the global batch's target tokens
+    loss: float  # cross-entropy, mean over the global batch's target tokens (no auxiliary term in it)
     grad_norm: float  # global l2 norm before clipping
     applied: bool  # the update reached the weights
     overflow: bool  # fp16 loss-scale overflow: skipped by the scaler, which lowers its scale
     signalled: bool = False  # under torchrun: some rank had a stop signal by this step's all-reduce
+    aux: dict[str, float] = field(default_factory=dict)  # `aux/<name>`: each auxiliary loss, mean per target token
+    diagnostics: dict[str, float] = field(default_factory=dict)  # `diag/<name>`: max- or mean-reduced (GPT.loss_terms)
 
 
-def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
+def train_step(tr: Trainer, batch: Batch, lr: float, autocast, inputs: dict | None = None) -> StepResult:
     """One optimizer step over the global batch, accumulated over micro-batches (and processes).
 
     The loss is the mean over the global batch's target tokens (not the mean of micro-batch
@@ -321,28 +323,49 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
     is scaled by their number to make the sum over shares the single-process loss. The output
     layer and the loss are computed chunk by chunk (`linear_cross_entropy`), so the full logits of
     a micro-batch never exist in memory.
+
+    `inputs`: the step's model inputs (`GPT.forward`'s keywords, e.g. `{"window": tensor}`), given to
+    every micro-batch's forward. The model's auxiliary terms (`aux/<name>`, sums over the targets) join
+    the gradient, divided by the same token count; the returned `loss` is the cross-entropy alone.
     """
     t = tr.cfg.train
     for group in tr.optimizer.param_groups:
         group["lr"] = lr
-    inputs, targets = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
-    micro = list(zip(inputs.split(t.micro_batch_size), targets.split(t.micro_batch_size)))
+    x_all, y_all = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
+    micro = list(zip(x_all.split(t.micro_batch_size), y_all.split(t.micro_batch_size)))
     total = torch.zeros((), device=tr.device)
+    extras: dict[str, torch.Tensor] = {}  # the micro-batches' aux terms and diagnostics, combined
     for i, (x, y) in enumerate(micro):
         # DDP's no_sync must cover the backward; autocast only the forward (as torch.amp advises).
         with _gradient_sync(tr, last=i == len(micro) - 1):
             with autocast:
-                loss = _loss_sum(tr, x, y) / batch.tokens
-            tr.scaler.scale(loss * tr.env.world_size if tr.env.enabled else loss).backward()
+                ce, terms = _loss_sum(tr, x, y, inputs)
+                loss = ce / batch.tokens
+                aux = [v for k, v in terms.items() if k.startswith("aux/")]
+                # Without auxiliary terms the objective is `loss` itself, the same arithmetic as before them.
+                objective = loss + sum(aux) / batch.tokens if aux else loss
+            tr.scaler.scale(objective * tr.env.world_size if tr.env.enabled else objective).backward()
         total += loss.detach()
+        _combine(extras, terms, batch.tokens, len(micro))
     # The global batch's mean loss, on every rank; a stop signal on any rank rides on the same
     # all-reduce, so that all ranks stop after the same step without a collective of its own.
+    # The aux terms (already means over the global batch's tokens) and mean diagnostics ride on it too.
     signal_flag = float(tr.env.enabled and tr.stop is not None and tr.stop.requested is not None)
-    reduced = distributed.all_reduce(torch.stack([total, torch.tensor(signal_flag, device=tr.device)]))
+    summed = sorted(k for k in extras if not _max_reduced(k))
+    maxed = sorted(k for k in extras if _max_reduced(k))
+    reduced = distributed.all_reduce(
+        torch.stack([total, torch.tensor(signal_flag, device=tr.device), *(extras[k] for k in summed)])
+    )
+    if maxed:
+        reduced = torch.cat([reduced, distributed.all_reduce(torch.stack([extras[k] for k in maxed]), op="max")])
     tr.scaler.unscale_(tr.optimizer)
     max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
     grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm))
-    loss, signalled, norm = torch.cat([reduced, grad_norm.float()[None]]).tolist()  # one host sync for all
+    loss, signalled, *values, norm = torch.cat([reduced, grad_norm.float()[None]]).tolist()  # one host sync for all
+    world = tr.env.world_size if tr.env.enabled else 1
+    read = dict(zip(summed + maxed, values))
+    aux = {k: v for k, v in read.items() if k.startswith("aux/")}
+    diagnostics = {k: v / world if k in summed else v for k, v in read.items() if k.startswith("diag/")}
     # A non-finite loss or gradient never reaches the weights. Under fp16 an infinite gradient with
     # a finite loss is a loss-scale overflow: the scaler skips that step itself and lowers its scale.
     # Both numbers are global, so every rank takes the same decision.
@@ -352,7 +375,28 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
         tr.scaler.step(tr.optimizer)
     tr.scaler.update()
     tr.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, norm, applied, overflow, signalled > 0)
+    return StepResult(loss, norm, applied, overflow, signalled > 0, aux, diagnostics)
+
+
+def _max_reduced(key: str) -> bool:
+    """A diagnostic named `...max` is reduced by max over micro-batches and processes; any other by mean."""
+    return key.startswith("diag/") and key.endswith("max")
+
+
+def _combine(into: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], tokens: int, n_micro: int) -> None:
+    """Add one micro-batch's `aux/` terms (as a mean over the step's tokens) and `diag/` values to `into`."""
+    for key, value in terms.items():
+        value = value.detach().float()
+        if key.startswith("aux/"):
+            value = value / tokens
+        elif not key.startswith("diag/"):
+            raise ValueError(f"model output {key!r}: extras are named aux/<name> or diag/<name>")
+        elif not _max_reduced(key):
+            value = value / n_micro
+        if key not in into:
+            into[key] = value
+        else:
+            into[key] = torch.maximum(into[key], value) if _max_reduced(key) else into[key] + value
 
 
 def _gradient_sync(tr: Trainer, last: bool):
@@ -367,15 +411,17 @@ def _gradient_sync(tr: Trainer, last: bool):
     return contextlib.nullcontext()
 
 
-def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the model on inputs x against targets y (IGNORE_INDEX skipped)."""
+def _loss_sum(
+    tr: Trainer, x: torch.Tensor, y: torch.Tensor, inputs: dict | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model on inputs x against targets y (IGNORE_INDEX skipped): `(ce_sum, extras)` (`GPT.loss_terms`)."""
     if tr.cfg.train.compile and tr.plan.curriculum.varies_length:
         # Only the length varies under SLW. Marking just that dimension dynamic (rather than
         # `dynamic=True`) keeps the batch size static, so dynamo cannot tie the two together when
         # they happen to be equal (batch 8 at seqlen 8) and recompile when they part.
         x = x.clone()  # not a view: dynamo would guard on the shape of its base
         torch._dynamo.mark_dynamic(x, 1)
-    return tr.engine(x, y, ignore_index=IGNORE_INDEX)
+    return tr.engine(x, y, ignore_index=IGNORE_INDEX, **(inputs or {}))
 
 
 def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, result: StepResult) -> dict:
@@ -392,6 +438,7 @@ def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, result: StepResu
         "grad_norm": result.grad_norm,
         "clipped": result.applied and 0 < t.grad_clip < result.grad_norm,
     }
+    row |= result.aux | result.diagnostics  # `aux/<name>`, `diag/<name>`: whatever the model returned
     if not result.applied:
         row["skipped"] = "fp16 overflow" if result.overflow else "non-finite"
     return row
@@ -428,7 +475,7 @@ def evaluate(tr: Trainer, autocast) -> float:
         rows = tr.val.rows(ids if len(ids) else [0]).to(tr.device)
         targets = rows[:, 1:] if len(ids) else torch.full_like(rows[:, 1:], IGNORE_INDEX)
         with autocast:
-            sums[0] += _loss_sum(tr, rows[:, :-1], targets).double()
+            sums[0] += _loss_sum(tr, rows[:, :-1], targets)[0].double()  # the cross-entropy alone
         sums[1] += (targets != IGNORE_INDEX).sum()
     tr.model.train()
     total, count = distributed.all_reduce(sums).tolist()
