@@ -397,9 +397,143 @@ def tables(rows: list[dict]) -> str:
                 for key in ("plateau_steps", "final_val_loss"):
                     a, b = paired(rows, ctx, CONFIRM_LR[ctx], arm, "baseline", key)
                     p = paired_comparison(a, b, alternative="less")
-                    table.append([ctx, arm, key, str(len(a)), _fmt(p.mean), _fmt(p.p_value, ".4f")])
+                    table.append([ctx, arm, key, str(len(a)), _fmt(p.diff.mean), _fmt(p.p_value, ".4f")])
         out += [markdown_table(["ctx", "arm", "measure", "n", "mean diff", "one-sided p"], table), ""]
+    out.append("## Verdicts (the protocol's rules, confirmation stage)")
+    out += [f"- **{name}**: {verdict}" for name, verdict in verdicts(rows).items()]
     return "\n".join(out)
+
+
+# --- the verdicts, by the rules docs/STUDY2.md wrote before the runs --------------------------------------
+
+
+def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm's step-down adjusted p-values (None stays None and is not counted)."""
+    known = sorted((p, k) for k, p in pvalues.items() if p is not None)
+    out, running, m = dict.fromkeys(pvalues), 0.0, len(known)
+    for i, (p, k) in enumerate(known):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def _effects(rows, ctx, arm, base, key="plateau_steps") -> dict[int, float]:
+    """Per seed: base minus arm (positive: the arm lowers the measure)."""
+    pick = [r for r in rows if r["stage"] == "confirm" and r["context"] == ctx and float(r["lr"]) == CONFIRM_LR[ctx]]
+    a = {int(r["seed"]): _num(r, key) for r in pick if r["arm"] == arm}
+    b = {int(r["seed"]): _num(r, key) for r in pick if r["arm"] == base}
+    return {s: b[s] - a[s] for s in a if s in b and a[s] is not None and b[s] is not None}
+
+
+def _diff_ci(x: list[float], y: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile bootstrap interval of mean(x) - mean(y), x and y resampled independently."""
+    if len(x) < 3 or len(y) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    xs, ys = np.asarray(x), np.asarray(y)
+    d = rng.choice(xs, (resamples, len(xs))).mean(1) - rng.choice(ys, (resamples, len(ys))).mean(1)
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def verdicts(rows: list[dict]) -> dict[str, str]:
+    from seqwarm.stats import mean_ci, paired_comparison
+
+    v = {}
+    # S1: GPT-2-family arms against the baseline at C128, plateau length, Holm across the confirmed arms.
+    ctx, lr = "c128", CONFIRM_LR["c128"]
+    arms = sorted({r["arm"] for r in rows if r["stage"] == "confirm" and r["context"] == ctx})
+    arms = [a for a in arms if a != "baseline" and not a.startswith("llama")]
+    tests = {
+        a: paired_comparison(*paired(rows, ctx, lr, a, "baseline", "plateau_steps"), alternative="less") for a in arms
+    }
+    adjusted = holm({a: t.p_value for a, t in tests.items()})
+    for a, t in tests.items():
+        if t.n < 2:
+            v[f"S1 {a}"] = "not shown (no confirmation pairs yet)"
+        elif adjusted[a] is not None and adjusted[a] < ALPHA and t.diff.mean < 0:
+            v[f"S1 {a}"] = f"supported (mean {t.diff.mean:+.1f} steps, Holm p {adjusted[a]:.4f}, n={t.n})"
+        elif t.diff.low is not None and t.diff.low > 0:
+            v[f"S1 {a}"] = f"refuted (mean {t.diff.mean:+.1f} steps, interval above 0, n={t.n})"
+        else:
+            v[f"S1 {a}"] = f"not shown (mean {t.diff.mean:+.1f} steps, Holm p {_fmt(adjusted[a], '.4f')}, n={t.n})"
+    # S2: SLW's plateau effect larger at C512 than at C128.
+    e128, e512 = _effects(rows, "c128", "slw", "baseline"), _effects(rows, "c512", "slw", "baseline")
+    t512 = paired_comparison(
+        *paired(rows, "c512", CONFIRM_LR["c512"], "slw", "baseline", "plateau_steps"), alternative="less"
+    )
+    ci = _diff_ci(list(e512.values()), list(e128.values()))
+    if ci is None or t512.n < 2:
+        v["S2"] = "not shown (too few confirmation pairs)"
+    elif t512.p_value is not None and t512.p_value < ALPHA and ci[0] > 0:
+        v["S2"] = (
+            f"supported (effect C512 {np.mean(list(e512.values())):+.1f}, C128 {np.mean(list(e128.values())):+.1f} steps; difference interval [{ci[0]:.1f}, {ci[1]:.1f}])"
+        )
+    elif np.mean(list(e512.values())) <= 0 or ci[1] < 0:
+        v["S2"] = (
+            f"refuted (effect C512 {np.mean(list(e512.values())):+.1f} steps; difference interval [{ci[0]:.1f}, {ci[1]:.1f}])"
+        )
+    else:
+        v["S2"] = f"not shown (difference interval [{ci[0]:.1f}, {ci[1]:.1f}], C512 p {_fmt(t512.p_value, '.4f')})"
+    # S3: where SLW has an effect, melt (short context) against batch-matched (small early batch).
+    for ctx in ("c512", "c128"):
+        lr = CONFIRM_LR[ctx]
+        slw = paired_comparison(*paired(rows, ctx, lr, "slw", "baseline", "plateau_steps"), alternative="less")
+        if slw.p_value is None or slw.p_value >= ALPHA:
+            continue
+        melt = paired_comparison(*paired(rows, ctx, lr, "slw-melt", "baseline", "plateau_steps"), alternative="less")
+        match = paired_comparison(
+            *paired(rows, ctx, lr, "batch-matched", "baseline", "plateau_steps"), alternative="less"
+        )
+        m, b = (t.p_value is not None and t.p_value < ALPHA for t in (melt, match))
+        v["S3"] = f"at {ctx}: " + {(True, False): "the short context", (False, True): "the small early batch",
+                                    (True, True): "both", (False, False): "not shown"}[(m, b)]  # fmt: skip
+        break
+    else:
+        v["S3"] = "not shown (SLW has no supported effect at either context)"
+    # S4: SLW on top of QK-norm, final validation loss at C128.
+    t = paired_comparison(
+        *paired(rows, "c128", CONFIRM_LR["c128"], "slw+qk-norm", "qk-norm", "final_val_loss"), alternative="less"
+    )
+    if t.n < 2:
+        v["S4"] = "not shown (no confirmation pairs yet)"
+    elif t.p_value is not None and t.p_value < ALPHA:
+        v["S4"] = f"supported (mean {t.diff.mean:+.4f} nats, p {t.p_value:.4f}, n={t.n})"
+    elif t.diff.low is not None and t.diff.low > 0:
+        v["S4"] = f"refuted (mean {t.diff.mean:+.4f} nats, interval above 0, n={t.n})"
+    else:
+        v["S4"] = f"not shown (mean {t.diff.mean:+.4f} nats, p {_fmt(t.p_value, '.4f')}, n={t.n})"
+    # S5: which instrument precedes the collapse, over every collapsed run.
+    collapsed = [r for r in rows if str(r.get("collapsed")) == "True"]
+    if len(collapsed) < 5:
+        v["S5"] = f"not shown ({len(collapsed)} collapsed runs, fewer than 5)"
+    else:
+        leads = {
+            k: [_num(r, f"lead_{k}") for r in collapsed]
+            for k in ("logit", "entropy", "loss_ratio", "adam", "grad_norm")
+        }
+        ok = {k: float(np.median([x for x in xs if x is not None and x >= 0])) for k, xs in leads.items()
+              if sum(x is not None and x >= 0 for x in xs) >= 0.8 * len(collapsed)}  # fmt: skip
+        best = max(ok, key=ok.get) if ok else None
+        v["S5"] = (
+            "no instrument precedes 80% of the collapses"
+            if best is None
+            else (
+                f"{best} (median lead {ok[best]:.0f} steps over {len(collapsed)} collapsed runs); the loss ratio is "
+                + ("supported" if best == "loss_ratio" else "not supported")
+                + " as an early warning"
+            )
+        )
+    # S6: SLW's plateau effect with rotary positions against learned ones, paired by seed.
+    g, l6 = _effects(rows, "c128", "slw", "baseline"), _effects(rows, "c128", "llama-slw", "llama")
+    diffs = [l6[s] - g[s] for s in g if s in l6]
+    est = mean_ci(diffs)
+    if est.low is None:
+        v["S6"] = "not shown (too few pairs)"
+    elif est.low > 0 or est.high < 0:
+        v["S6"] = f"supported (llama minus gpt2 effect {est.mean:+.1f} steps, [{est.low:.1f}, {est.high:.1f}])"
+    else:
+        v["S6"] = f"not shown (llama minus gpt2 effect {est.mean:+.1f} steps, [{est.low:.1f}, {est.high:.1f}])"
+    return v
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
