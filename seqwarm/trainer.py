@@ -72,7 +72,10 @@ class Trainer:
 
     def _stateful(self) -> dict:
         """The parts whose state.json entry is their own `state_dict()`; a new stateful part is added here only."""
-        return {"clock": self.clock, "loader": self.loader, "loss_ratio": self.loss_ratio, "guard": self.guard}
+        parts = {"clock": self.clock, "loader": self.loader, "loss_ratio": self.loss_ratio, "guard": self.guard}
+        if self.plan.curriculum.stateful:  # closed-loop pacing: only then, so older checkpoints load as they did
+            parts["curriculum"] = self.plan.curriculum
+        return parts
 
     def state_dict(self) -> Checkpoint:
         """The run's whole state in the single-process layout (a collective under torchrun: call it on every rank).
@@ -244,11 +247,12 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
             evaluate_and_log(tr, log, autocast)  # the curves start at the initial model
         while not plan.finished:
             with phase("data"):
-                spec = plan.spec()  # the curriculum's step: its length (Section 4), its batch, ...
-                batch = tr.loader.next_batch(spec.batch_size, spec.seqlen)
-                # The next batch is read in the background during this step (the same batch either way).
+                spec = plan.spec()  # the curriculum's step: its length (Section 4), its batch, packing, window
+                batch = tr.loader.next_batch(spec.batch_size, spec.seqlen, spec.split)
+                # The next batch is read in the background during this step (the same batch either way; a guess
+                # that closed-loop pacing makes wrong is read again).
                 nxt = plan.spec_after(batch.tokens)
-                tr.loader.prefetch(nxt.batch_size, nxt.seqlen)
+                tr.loader.prefetch(nxt.batch_size, nxt.seqlen, nxt.split)
             with phase("lr"):
                 lr = plan.lr(batch.tokens)
             with phase("train_step"):
@@ -260,6 +264,9 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                 plan.tick(batch.tokens if result.applied else 0)
             with phase("metrics"):
                 row = step_row(tr, batch, spec.seqlen, lr, result)
+                if spec.window is not None:
+                    row["window"] = spec.window
+                plan.observe(row)  # closed-loop pacing reads the step's loss ratio; open-loop axes ignore it
             with phase("adam"):
                 row |= adam_row(tr, result)
             with phase("log"):
@@ -326,7 +333,10 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
     for group in tr.optimizer.param_groups:
         group["lr"] = lr
     inputs, targets = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
-    micro = list(zip(inputs.split(t.micro_batch_size), targets.split(t.micro_batch_size)))
+    # A melted step has `split` rows per sequence: a micro-batch keeps its tokens (OLMo-core raises its micro-batch
+    # size likewise), and accumulates as many micro-batches as an unmelted step.
+    rows = t.micro_batch_size * batch.split
+    micro = list(zip(inputs.split(rows), targets.split(rows)))
     total = torch.zeros((), device=tr.device)
     for i, (x, y) in enumerate(micro):
         # DDP's no_sync must cover the backward; autocast only the forward (as torch.amp advises).
@@ -375,6 +385,8 @@ def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # they happen to be equal (batch 8 at seqlen 8) and recompile when they part.
         x = x.clone()  # not a view: dynamo would guard on the shape of its base
         torch._dynamo.mark_dynamic(x, 1)
+        if tr.plan.curriculum.varies_rows:  # melted steps: more, shorter rows per micro-batch
+            torch._dynamo.mark_dynamic(x, 0)
     return tr.engine(x, y, ignore_index=IGNORE_INDEX)
 
 
