@@ -151,7 +151,7 @@ class CurriculumConfig:
             raise ConfigError(f"curriculum.root_degree: must be positive, got {self.root_degree}")
 
     def _check_batch(self) -> None:
-        if self.batch == "constant":
+        if self.batch != "warmup":  # constant, or matched (no parameters of its own)
             return
         if self.batch_size_start is None or self.batch_size_start <= 0:
             raise ConfigError(
