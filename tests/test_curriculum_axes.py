@@ -228,3 +228,44 @@ def test_adaptive_pacing_resumes_exactly_after_a_kill(tiny_cfg, tmp_path):
 
 def rows_of(run_dir) -> list[dict]:
     return [r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if "loss" in r]
+
+
+# --- export-schedule ---------------------------------------------------------------------------------------
+
+
+def test_melt_exports_to_olmo_cores_and_composers_non_truncating_modes_where_they_match():
+    from seqwarm.export_schedule import export, table_text
+
+    olmo = export(load_config("proxy-melt"), "olmo-core")
+    assert olmo.settings["SequenceLengthSchedulerCallback"] == {
+        "min_sequence_length": 8,
+        "warmup_steps": 60,
+        "truncate": False,
+    }
+    # only OLMo-core's one-step-early counting differs: the step before each doubling
+    assert "4 of 250 steps" in table_text(load_config("proxy-melt"), olmo)
+    exact = load_config(
+        "proxy-melt", ["curriculum.seqlen_start=64", "curriculum.multiple_of=64", "curriculum.duration=10"]
+    )
+    assert export(exact, "composer").settings["SeqLengthWarmup"]["truncate"] is False
+    for framework, overrides, field in [
+        ("composer", [], "curriculum.packing"),  # its staircase passes 24, which does not divide 128
+        ("deepspeed", [], "curriculum.packing"),
+        (
+            "olmo-core",
+            ["curriculum.seqlen_start=24", "curriculum.seqlen_end=96", "model.max_seqlen=96"],
+            "curriculum.packing",
+        ),  # 32 is no 24 x 2^j
+    ]:
+        with pytest.raises(ConfigError) as e:
+            export(load_config("proxy-melt", overrides), framework)
+        assert str(e.value).startswith(field) and "\n" not in str(e.value), framework
+    for name, field in [
+        ("proxy-window", "curriculum.window"),
+        ("proxy-batch-matched", "curriculum.batch"),
+        ("proxy-adaptive", "curriculum.pacing"),
+    ]:
+        for framework in ("deepspeed", "megatron-deepspeed", "composer", "olmo-core"):
+            with pytest.raises(ConfigError) as e:
+                export(load_config(name), framework)
+            assert str(e.value).startswith(field), (name, framework)
