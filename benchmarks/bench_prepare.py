@@ -226,7 +226,7 @@ def bench_loader(steps: int = 40) -> None:
             data[mode].append(time.perf_counter() - start)
             if mode == "prefetched":
                 loader.prefetch(B, L)
-            (model(batch.inputs, batch.targets) / B).backward()
+            (model(batch.inputs, batch.targets)[0] / B).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
             step_s[mode].append(time.perf_counter() - start)

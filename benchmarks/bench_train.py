@@ -92,6 +92,7 @@ from _common import (
 import seqwarm.model
 import seqwarm.runtime
 import seqwarm.trainer
+import seqwarm.trainer_state
 from seqwarm.checkpoint import latest_checkpoint
 from seqwarm.config import Config, ModelConfig, config_from_dict
 from seqwarm.data.format import TokenData
@@ -675,7 +676,7 @@ def main(argv=None) -> None:
     time_the_output_layer()
     if args.no_malloc_tuning:
         # build() calls the name it imported, so that is the one to replace.
-        seqwarm.trainer.keep_freed_memory = lambda: False
+        seqwarm.trainer_state.keep_freed_memory = lambda: False
     if args.child:
         child_main(args)
         return

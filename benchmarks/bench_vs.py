@@ -7,8 +7,10 @@ A step is the same for every implementation: forward with the loss (under `torch
 bf16), backward, gradient clipping to norm 1.0, `torch.optim.AdamW` (seqwarm's defaults: betas
 0.9/0.999, weight decay 0.01 on matrices and embeddings only; fused for seqwarm, as its trainer builds
 it, and the foreach default for the others, as theirs do on a CPU), `zero_grad(set_to_none=True)`. The
-models share the shape (layers, width, heads, positions, vocabulary), have no dropout, GELU-tanh
-MLPs and tied embeddings, and see the same random token batch. What differs is each one's own
+models share the shape (layers, width, heads, positions, vocabulary), have no dropout, GELU MLPs and
+tied embeddings, and see the same random token batch. The GELU is the tanh approximation in seqwarm's
+default (`model.activation: gelu_tanh`) and in Hugging Face's GPT-2, the exact erf form in nanoGPT
+(`nn.GELU()`) and in `seqwarm gelu` (`model.activation: gelu`), which puts the two forms side by side. What differs is each one's own
 forward and loss: seqwarm's `GPT.forward` with targets (the chunked `linear_cross_entropy`, summed,
 divided by the tokens as `train_step` does); Hugging Face's `GPT2LMHeadModel` with
 `attn_implementation="sdpa"` and `labels` (full logits, its own shifted mean loss, so over T - 1
@@ -54,7 +56,7 @@ class VsShape:
     batch: int
     vocab: int
 
-    def gpt(self) -> GPTConfig:
+    def gpt(self, activation: str = "gelu_tanh") -> GPTConfig:
         """seqwarm's model of this shape (also what the FLOP counts are taken from)."""
         return GPTConfig(
             n_layer=self.n_layer,
@@ -62,6 +64,7 @@ class VsShape:
             d_model=self.d_model,
             max_seqlen=self.seqlen,
             vocab_size=self.vocab,
+            activation=activation,
         )
 
 
@@ -82,11 +85,11 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def seqwarm_model(s: VsShape):
-    model = GPT(s.gpt())
+def seqwarm_model(s: VsShape, activation: str = "gelu_tanh"):
+    model = GPT(s.gpt(activation))
 
     def loss(x, y):
-        return model(x, y) / y.numel()
+        return model(x, y)[0] / y.numel()  # (summed cross-entropy, extras)
 
     return model, loss
 
@@ -152,7 +155,11 @@ class Stepper:
         # nanoGPT's `configure_optimizers` fuses on CUDA only, and the HF Trainer's default (adamw_torch)
         # is the foreach path.
         self.optimizer = torch.optim.AdamW(
-            decay_groups(self.model, 0.01), lr=6e-4, betas=(0.9, 0.999), eps=1e-8, fused=name == "seqwarm"
+            decay_groups(self.model, 0.01),
+            lr=6e-4,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            fused=name.startswith("seqwarm"),
         )
         # Entered once per step, never nested: both context managers may be reused.
         self.autocast = (
@@ -261,7 +268,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    impls = {"seqwarm": seqwarm_model}
+    impls = {"seqwarm": seqwarm_model, "seqwarm gelu": lambda s: seqwarm_model(s, "gelu")}
     if not args.no_hf:
         impls["hf GPT2LMHead"] = hf_model
     if args.nanogpt:

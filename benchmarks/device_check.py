@@ -246,7 +246,7 @@ def check_precision(s: Setup, data, root: Path, peaks: dict, rep: Report) -> Loo
 def check_compile(s: Setup, data, root: Path, peaks: dict, rep: Report) -> None:
     """Compiled, under SLW: the length grows every step for `slw_steps`, then stays at full length."""
     torch._dynamo.reset()
-    full = PRESETS[s.preset][3]  # (n_layer, d_model, n_head, max_seqlen)
+    full = PRESETS[s.preset]["max_seqlen"]
     curriculum = {
         "kind": "slw",
         "pacing": "linear",

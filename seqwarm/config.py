@@ -22,7 +22,7 @@ import yaml
 from seqwarm.curriculum.config import CurriculumConfig
 from seqwarm.errors import ConfigError, check_finite
 from seqwarm.files import atomic_write
-from seqwarm.model import PRESETS, GPTConfig
+from seqwarm.model import PRESETS, GPTConfig, model_options
 from seqwarm.runtime import check_precision
 from seqwarm.schedule import LRSchedule
 from seqwarm.tokenizer import VOCAB_SIZE
@@ -78,19 +78,12 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class _ModelKeys:
+    """The `model:` keys that are not options of the model itself. `ModelConfig` adds the options, one key
+    per field of `seqwarm.model.GPTConfig`, where each is declared with its docstring."""
+
     preset: str | None = "tiny"
-    """A size from `seqwarm.model.PRESETS`; the fields below override it."""
-    n_layer: int | None = None
-    """Transformer blocks."""
-    n_head: int | None = None
-    """Attention heads per block."""
-    d_model: int | None = None
-    """Hidden size."""
-    max_seqlen: int | None = None
-    """Longest input the model accepts (its learned position table)."""
-    dropout: float = 0.0
-    """Dropout on embeddings, attention and residual branches."""
+    """A named size from `seqwarm.model.PRESETS`; the options below override it."""
     vocab_size: int | Literal["auto"] = "auto"
     """Token ids the model embeds and predicts. `auto`: the vocabulary of the data's tokenizer, read
     from its meta.json when the model is built for training (`seqwarm.data.corpus.open_data`), and
@@ -104,35 +97,51 @@ class ModelConfig:
             raise ConfigError(f"model.vocab_size: must be positive or auto, got {self.vocab_size}")
         if self.preset is not None and self.preset not in PRESETS:
             raise ConfigError(f"model.preset: unknown preset {self.preset!r} (choose from {', '.join(PRESETS)})")
-        for name in ("n_layer", "n_head", "d_model", "max_seqlen"):
-            value = getattr(self, name)
-            if value is None and self.preset is None:
-                raise ConfigError(f"model.{name}: required when model.preset is null")
-            if value is not None and value <= 0:
-                raise ConfigError(f"model.{name}: must be positive, got {value}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout: must be in [0, 1), got {self.dropout}")
-        if self.gpt().d_model % self.gpt().n_head:
-            raise ConfigError(
-                f"model.d_model ({self.gpt().d_model}) must be divisible by model.n_head ({self.gpt().n_head})"
-            )
+        for f in model_options():
+            if f.default is dataclasses.MISSING and getattr(self, f.name) is None and self.preset is None:
+                raise ConfigError(f"model.{f.name}: required when model.preset is null")
+        try:
+            self.gpt()
+        except ValueError as e:  # GPTConfig's own checks, which name the option
+            raise ConfigError(f"model.{e}") from None
 
     def gpt(self, data_vocab_size: int | None = None) -> GPTConfig:
-        """The model's shape; `vocab_size: auto` resolved to `data_vocab_size` (the data's), else GPT-2's."""
-        n_layer, d_model, n_head, max_seqlen = PRESETS[self.preset] if self.preset else (None,) * 4
-        return GPTConfig(
-            n_layer=self.n_layer or n_layer,
-            n_head=self.n_head or n_head,
-            d_model=self.d_model or d_model,
-            max_seqlen=self.max_seqlen or max_seqlen,
-            dropout=self.dropout,
-            vocab_size=self.resolve_vocab_size(data_vocab_size),
-        )
+        """The model's options: the preset's, overridden by every key set here (not null); `vocab_size: auto`
+        resolved to `data_vocab_size` (the data's), else GPT-2's."""
+        options = dict(PRESETS[self.preset]) if self.preset else {}
+        for f in model_options():
+            if f.name != "vocab_size" and getattr(self, f.name) is not None:
+                options[f.name] = getattr(self, f.name)
+        return GPTConfig(**options, vocab_size=self.resolve_vocab_size(data_vocab_size))
 
     def resolve_vocab_size(self, data_vocab_size: int | None = None) -> int:
         if self.vocab_size != "auto":
             return self.vocab_size
         return VOCAB_SIZE if data_vocab_size is None else data_vocab_size
+
+
+# Options of 0.2 keep their default here rather than null, so that a config.yaml written by 0.2 (which
+# spells `dropout: 0.0`) and the same config read now compare equal on --resume.
+_SAVED_DEFAULTS = {"dropout"}
+
+
+def _model_config_class() -> type:
+    """`_ModelKeys` plus one key per model option, typed as `GPTConfig` types it, or null: null takes the
+    preset's value, else the model's default. The option's docstring stays in seqwarm/model.py (`field_docs`)."""
+    hints = typing.get_type_hints(GPTConfig)
+    keys = {f.name for f in dataclasses.fields(_ModelKeys)}
+    options = [
+        (f.name, hints[f.name] | None, field(default=f.default if f.name in _SAVED_DEFAULTS else None))
+        for f in model_options()
+        if f.name not in keys
+    ]
+    cls = dataclasses.make_dataclass("ModelConfig", options, bases=(_ModelKeys,))
+    cls.__module__, cls.__doc__ = __name__, "The `model:` section: a preset and the model's options (`GPTConfig`)."
+    cls.__options__ = GPTConfig  # where `field_docs` reads the options' docstrings
+    return cls
+
+
+ModelConfig = _model_config_class()
 
 
 @dataclass
@@ -424,18 +433,34 @@ def save_config(cfg: Config, path: Path) -> None:
 
 
 def field_docs() -> dict[str, str]:
-    """`section.field` -> its docstring, read from each section's source (for `--help`-style listings)."""
+    """`section.field` -> its docstring, read from the source (for `--help`-style listings); the model's
+    options from seqwarm/model.py, where `GPTConfig` declares them."""
+    docs = {}
+    for section, cls in typing.get_type_hints(Config).items():
+        # The options' declarations first, so that a key the section declares itself (`vocab_size: auto`) wins.
+        for source in (getattr(cls, "__options__", None), *reversed(cls.__mro__)):
+            if dataclasses.is_dataclass(source):
+                docs |= {f"{section}.{k}": v for k, v in _docstrings(source).items()}
+    keys = set(_all_keys())
+    return {k: v for k, v in docs.items() if k in keys}
+
+
+def _docstrings(cls: type) -> dict[str, str]:
+    """A dataclass's field -> the string literal below it in its class body (none for a generated class)."""
     import ast
     import inspect
     import textwrap
 
-    docs = {}
-    for section, cls in typing.get_type_hints(Config).items():
-        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
-        for a, b in zip(body, body[1:]):
-            if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
-                docs[f"{section}.{a.target.id}"] = b.value.value
-    return docs
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body
+    return {
+        a.target.id: b.value.value
+        for a, b in zip(body, body[1:])
+        if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)
+    }
 
 
 def section_fields(cls: type) -> dict[str, Any]:

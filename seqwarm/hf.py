@@ -1,8 +1,10 @@
 """Hugging Face interoperability: export to `transformers.GPT2LMHeadModel`, and import from it.
 
 seqwarm's GPT is GPT-2's architecture (pre-LayerNorm blocks with eps 1e-5, fused qkv projection
-with biases, tanh-approximated GELU, learned positions, tied output embedding), so a checkpoint
-maps one to one onto `transformers.GPT2LMHeadModel`. Two differences in storage:
+with biases, a GELU MLP, learned positions, tied output embedding), so a checkpoint maps one to one
+onto `transformers.GPT2LMHeadModel`. A model option GPT-2's architecture has no place for is refused
+in one line naming it (`check_gpt2_options`), and so is a parameter the mapping does not know: an
+export never drops part of a model. Two differences in storage:
 
 - HF's `Conv1D` stores its weight as (in, out), the transpose of `nn.Linear`'s (out, in);
 - seqwarm pads the embedding to a multiple of 64 rows (tensor-core friendly, `GPTConfig.pad_vocab_to`).
@@ -22,6 +24,7 @@ optional dependency (`pip install 'seqwarm[hf]'`); `seqwarm.eval.harness` runs l
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 from collections.abc import Iterator
@@ -42,8 +45,14 @@ from seqwarm.tokenizer import EOT, EOT_ID, VOCAB_SIZE, Tokenizer, gpt2_files
 
 HF_HINT = "pip install 'seqwarm[hf]'"
 LAYER_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, what seqwarm's blocks use
-# Both are the tanh approximation of GELU that seqwarm's MLP computes.
-TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+# model.activation -> transformers' GPT-2 `activation_function` computing the same function
+# (transformers/activations.py: "gelu_new" is the tanh approximation, "gelu" the exact erf form).
+GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu"}
+# ...and back, on import: "gelu_pytorch_tanh" is the same tanh approximation, fused.
+HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+# The model options GPT-2's architecture represents (`gpt2_config` maps each); any other option of
+# `GPTConfig` at a value other than its default is refused by `check_gpt2_options`.
+GPT2_OPTIONS = ("n_layer", "n_head", "d_model", "max_seqlen", "vocab_size", "dropout", "activation", "pad_vocab_to")
 PROVENANCE = "seqwarm.json"
 SAFETENSORS = ("model.safetensors", "model.safetensors.index.json")  # the weights import-hf reads (one file or shards)
 PICKLE_SUFFIXES = {
@@ -94,12 +103,31 @@ def _name_map(n_layer: int) -> dict[str, tuple[str, bool]]:
     return names
 
 
+def check_gpt2_options(gpt: GPTConfig) -> None:
+    """ConfigError, naming the option, for a model GPT-2's architecture cannot represent."""
+    for f in dataclasses.fields(gpt):
+        value = getattr(gpt, f.name)
+        if f.name not in GPT2_OPTIONS and value != f.default:
+            raise ConfigError(
+                f"model.{f.name}: {value!r} has no counterpart in transformers' GPT2LMHeadModel; "
+                "export takes models that GPT-2's architecture represents"
+            )
+    if gpt.activation not in GPT2_ACTIVATIONS:
+        raise ConfigError(f"model.activation: {gpt.activation!r} has no counterpart in transformers' GPT-2")
+
+
 def to_hf_state(state: dict[str, torch.Tensor], gpt: GPTConfig) -> dict[str, torch.Tensor]:
-    """seqwarm state dict -> GPT2LMHeadModel state dict (embedding padding dropped, output layer tied)."""
-    out = {
-        hf: (state[name].T if transposed else state[name]).contiguous()
-        for name, (hf, transposed) in _name_map(gpt.n_layer).items()
-    }
+    """seqwarm state dict -> GPT2LMHeadModel state dict (embedding padding dropped, output layer tied).
+
+    Every parameter of `state` must have its counterpart: one the mapping does not know (a model part
+    added after this mapping was written) is an error, never silently left out of the export.
+    """
+    check_gpt2_options(gpt)
+    names = _name_map(gpt.n_layer)
+    unmapped = sorted(set(state) - set(names) - {"wte.weight"})
+    if unmapped:
+        raise SeqwarmError(f"no Hugging Face GPT-2 counterpart for the seqwarm parameter(s) {', '.join(unmapped)}")
+    out = {hf: (state[name].T if transposed else state[name]).contiguous() for name, (hf, transposed) in names.items()}
     wte = state["wte.weight"][: gpt.vocab_size].contiguous()
     return out | {"transformer.wte.weight": wte, "lm_head.weight": wte}
 
@@ -137,6 +165,7 @@ def from_hf_state(hf_state: dict[str, torch.Tensor], gpt: GPTConfig) -> dict[str
 
 def gpt2_config(gpt: GPTConfig, eot_id: int = EOT_ID):
     """The transformers GPT2Config of a seqwarm model; `<|endoftext|>` (`eot_id`) is its bos and eos, as in GPT-2."""
+    check_gpt2_options(gpt)
     transformers = require_transformers()
     return transformers.GPT2Config(
         vocab_size=gpt.vocab_size,
@@ -145,7 +174,7 @@ def gpt2_config(gpt: GPTConfig, eot_id: int = EOT_ID):
         n_layer=gpt.n_layer,
         n_head=gpt.n_head,
         n_inner=None,  # 4 * n_embd
-        activation_function="gelu_new",  # GELU, tanh approximation, as seqwarm's MLP
+        activation_function=GPT2_ACTIVATIONS[gpt.activation],  # the GELU seqwarm's MLP computes
         resid_pdrop=gpt.dropout,
         embd_pdrop=gpt.dropout,
         attn_pdrop=gpt.dropout,
@@ -170,9 +199,9 @@ def gpt2_config_problems(config) -> list[str]:
         problems.append(
             f"vocab_size is {get('vocab_size')}, not GPT-2's {VOCAB_SIZE} (import-hf takes GPT-2-vocabulary models only)"
         )
-    if get("activation_function") not in TANH_GELUS:
+    if get("activation_function") not in HF_ACTIVATIONS:
         problems.append(
-            f"activation_function is {get('activation_function')!r}; seqwarm's MLP is GELU with the tanh approximation ({' or '.join(TANH_GELUS)})"
+            f"activation_function is {get('activation_function')!r}; seqwarm's MLP is a GELU ({' or '.join(HF_ACTIVATIONS)})"
         )
     if get("layer_norm_epsilon") != LAYER_NORM_EPS:
         problems.append(f"layer_norm_epsilon is {get('layer_norm_epsilon')}, seqwarm's LayerNorm uses {LAYER_NORM_EPS}")
@@ -337,7 +366,7 @@ def import_hf(
 def _import(hf_dir: Path, out: Path, config: str | None, overrides: list[str], progress: bool) -> Path:
     if not (hf_dir / "config.json").is_file():
         raise SeqwarmError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
-    set_by_hf = {f"model.{f}" for f in ("preset", "vocab_size", *MODEL_FIELDS)}
+    set_by_hf = {f"model.{f}" for f in ("preset", "vocab_size", "activation", *MODEL_FIELDS)}
     fixed = [o for o in overrides if o.partition("=")[0].strip() in set_by_hf]
     if fixed:
         raise ConfigError(
@@ -354,6 +383,7 @@ def _import(hf_dir: Path, out: Path, config: str | None, overrides: list[str], p
     shape = dict(zip(MODEL_FIELDS, (hf_config.n_layer, hf_config.n_head, hf_config.n_embd, hf_config.n_positions)))
     # Explicit, not `auto`: data prepared with another tokenizer is the one-line vocabulary error.
     shape["vocab_size"] = hf_config.vocab_size
+    shape["activation"] = HF_ACTIVATIONS[hf_config.activation_function]
     cfg = load_config(
         config, [*overrides, "model.preset=null", *(f"model.{k}={v}" for k, v in shape.items()), f"run.dir={out}"]
     )

@@ -8,8 +8,10 @@ Length Warmup needs: a truncated batch is just a shorter input (paper, Section 4
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, field, fields
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -18,18 +20,52 @@ import torch.nn.functional as F
 from seqwarm.loss import IGNORE_INDEX, linear_cross_entropy
 from seqwarm.tokenizer import VOCAB_SIZE
 
+ACTIVATIONS = ("gelu_tanh", "gelu")  # `model.activation`; MLP.forward maps each to F.gelu's `approximate`
+
 
 @dataclass(frozen=True)
 class GPTConfig:
+    """The model's options, each declared once, here, with its docstring.
+
+    The YAML `model:` section is these fields plus `preset` (a name in `PRESETS`) and `vocab_size: auto`
+    (`seqwarm.config.ModelConfig` is built from this class). A new option is one field below, read by the
+    module that implements it; `n_params` and `flop_split` follow from the built modules by themselves,
+    and the Hugging Face export refuses a non-default value it has not been taught to map (`seqwarm.hf`).
+    """
+
     n_layer: int
+    """Transformer blocks."""
     n_head: int
+    """Attention heads per block."""
     d_model: int
+    """Hidden size."""
     max_seqlen: int
+    """Longest input the model accepts (its learned position table)."""
     vocab_size: int = VOCAB_SIZE
+    """Token ids the model embeds and predicts."""
     dropout: float = 0.0
-    # The embedding table is padded to a multiple of 64 so that the output matmul is tensor-core
-    # friendly; logits of the padding rows are cut off and never predicted.
-    pad_vocab_to: int = 64
+    """Dropout on embeddings, attention and residual branches."""
+    activation: Literal["gelu_tanh", "gelu"] = "gelu_tanh"
+    """The MLP's GELU (Hendrycks & Gimpel 2016): `gelu_tanh`, the tanh approximation GPT-2 trained with (the
+    paper's models); `gelu`, the exact form x * Phi(x) with the erf, which transformers' GPT-2 reads as
+    `activation_function: gelu`."""
+    pad_vocab_to: int = field(default=64, metadata={"option": False})
+    """The embedding table is padded to a multiple of this so that the output matmul is tensor-core friendly;
+    logits of the padding rows are cut off and never predicted. Not a config key."""
+
+    def __post_init__(self):
+        # ValueError, not seqwarm's ConfigError, so that the model imports nothing of the package;
+        # `ModelConfig` names the `model.` section in front of the message.
+        for name in ("n_layer", "n_head", "d_model", "max_seqlen", "vocab_size", "pad_vocab_to"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: {self.activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        if self.d_model % self.n_head:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -37,28 +73,30 @@ class GPTConfig:
         return (self.vocab_size + m - 1) // m * m
 
     def n_params(self, *, embeddings: bool = True) -> int:
-        """Parameter count (tied embeddings counted once). Matches `sum(p.numel())` of `GPT`."""
-        d, L = self.d_model, self.n_layer
-        per_block = 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
-        n = L * per_block + 2 * d  # blocks + final LayerNorm
-        if embeddings:
-            n += self.padded_vocab_size * d + self.max_seqlen * d
+        """Parameter count of the built model (tied embeddings counted once); without `embeddings`, the
+        token and position tables left out (the N of 6N, Kaplan et al. 2020, Section 2.1)."""
+        model = _meta_model(self)
+        n = sum(p.numel() for p in model.parameters())
+        if not embeddings:
+            n -= sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
         return n
 
     def flop_split(self, seqlen: int) -> dict[str, float]:
         """Training FLOPs per token (forward + backward) at a given length, by where they are spent.
 
-        `body`: 6 per non-embedding parameter (the blocks and the final LayerNorm), the matmuls of the
-        Transformer; `attention`: 12 * n_layer * d_model * seqlen for the attention scores and the
-        weighted values (PaLM, Appendix B), the only term that depends on the length; `output`: 6 per
-        weight of the output layer, the logits over the padded vocabulary (tied to the input embedding,
-        whose lookup costs no matmul). Every term is an integer below 2**53, so the sum is exact.
+        Counted on the built modules: `body`: 6 per non-embedding parameter (the blocks and the final
+        LayerNorm), the matmuls of the Transformer; `attention`: 12 * width * seqlen per attention module
+        for the attention scores and the weighted values (PaLM, Appendix B), the only term that depends on
+        the length; `output`: 6 per weight of the output layer, the logits over the padded vocabulary
+        (tied to the input embedding, whose lookup costs no matmul). Every term is an integer below 2**53,
+        so the sum is exact.
         """
-        d = self.d_model
+        model = _meta_model(self)
+        attention = sum(12 * m.width * seqlen for m in model.modules() if isinstance(m, CausalSelfAttention))
         return {
             "body": 6.0 * self.n_params(embeddings=False),
-            "attention": 12.0 * self.n_layer * d * seqlen,
-            "output": 6.0 * self.padded_vocab_size * d,
+            "attention": float(attention),
+            "output": 6.0 * model.output_weight().numel(),
         }
 
     def flops_per_token(self, seqlen: int) -> float:
@@ -72,24 +110,50 @@ class GPTConfig:
         return split["body"] + split["output"] + split["attention"]
 
 
+def model_options() -> list[Field]:
+    """The fields of `GPTConfig` that are config keys (`model.<name>`), in declaration order."""
+    return [f for f in fields(GPTConfig) if f.metadata.get("option", True)]
+
+
+@functools.cache
+def _meta_model(cfg: GPTConfig) -> GPT:
+    """The model built on the `meta` device (shapes, no memory, no random numbers drawn), once per config."""
+    with torch.device("meta"):
+        return GPT(cfg)
+
+
+def window_mask(T: int, window: torch.Tensor) -> torch.Tensor:
+    """(T, T) boolean: query i attends key j iff i - window < j <= i, a causal sliding window (Longformer,
+    Beltagy et al. 2020, Section 3.1; Mistral 7B). A window >= T is plain causal attention.
+
+    Built in the graph from the tensor `window` (0-dim int64), so a compiled model does not specialise on
+    its value. `window` must be >= 1 (a query with no key has no attention distribution).
+    """
+    pos = torch.arange(T, device=window.device)
+    back = pos[:, None] - pos[None, :]  # (T, T): how far key j lies behind query i
+    return (back >= 0) & (back < window)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         assert cfg.d_model % cfg.n_head == 0, "d_model must be divisible by n_head"
         self.n_head = cfg.n_head
+        self.width = cfg.d_model  # n_head x head size: what the attention FLOPs scale with (flop_split)
         self.dropout = cfg.dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.proj.residual = True  # scaled at init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`mask` (T, T), True where a query may attend a key (`window_mask`); None: plain causal attention."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, nh, T, hs)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=self.dropout if self.training else 0.0
         )  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.proj(y))
@@ -102,10 +166,11 @@ class MLP(nn.Module):
         self.proj = nn.Linear(4 * cfg.d_model, cfg.d_model)
         self.proj.residual = True
         self.dropout = nn.Dropout(cfg.dropout)
+        # GPT-2 uses the tanh approximation of GELU (`gelu_tanh`); `gelu` is the exact erf form.
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GPT-2 uses the tanh approximation of GELU.
-        return self.dropout(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+        return self.dropout(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):
@@ -116,8 +181,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -143,37 +208,70 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids (B, T), T <= max_seqlen -> final hidden states (B, T, C), before the output layer."""
+    def hidden(self, idx: torch.Tensor, window: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T), T <= max_seqlen -> final hidden states (B, T, C), before the output layer.
+
+        `window`: a 0-dim int64 tensor, a causal sliding window (`window_mask`) in every block; None: full
+        causal attention.
+        """
         B, T = idx.shape
         if T > self.cfg.max_seqlen:
             raise ValueError(f"input length {T} exceeds the model's max_seqlen {self.cfg.max_seqlen}")
         pos = torch.arange(T, device=idx.device)
+        mask = None if window is None else window_mask(T, window.to(idx.device))  # one for all blocks
         x = self.drop(self.wte(idx) + self.wpe(pos))  # (B, T, C)
         for block in self.blocks:
-            x = block(x)
+            x = block(x, mask)
         return self.ln_f(x)
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, ignore_index: int = IGNORE_INDEX
-    ) -> torch.Tensor:
-        """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size); with targets (B, T), the
-        summed cross-entropy over targets != ignore_index instead, without materializing the logits.
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        ignore_index: int = IGNORE_INDEX,
+        window: torch.Tensor | None = None,
+        diagnostics: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Token ids (B, T), T <= max_seqlen -> logits (B, T, vocab_size); with targets (B, T),
+        `(ce_sum, extras)` instead (`loss_terms`), without materializing the logits.
 
+        `window` and `diagnostics` are the step's inputs (the trainer's `train_step(inputs=...)`): an
+        attention window (`hidden`), and whether to compute the diagnostics, which cost time.
         Training goes through `forward` (not `hidden`) so that DDP and FSDP wrappers see every
         step: FSDP gathers the tied embedding for the output layer only inside its root forward.
         """
-        hidden = self.trunk(idx)
+        # Without a window, the trunk is called as before the window existed (wrappers of `hidden` keep working).
+        hidden = self.trunk(idx) if window is None else self.trunk(idx, window)
         if targets is not None:
-            return linear_cross_entropy(
-                hidden, self.wte.weight, targets, vocab_size=self.cfg.vocab_size, ignore_index=ignore_index
-            )
-        logits = F.linear(hidden, self.wte.weight)  # tied output embedding, (B, T, padded_vocab)
+            return self.loss_terms(hidden, targets, ignore_index=ignore_index, diagnostics=diagnostics)
+        logits = F.linear(hidden, self.output_weight())  # (B, T, padded_vocab)
         return logits[..., : self.cfg.vocab_size]
+
+    def loss_terms(
+        self, hidden: torch.Tensor, targets: torch.Tensor, *, ignore_index: int, diagnostics: bool
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The output layer and what it yields: `(ce_sum, extras)`.
+
+        `ce_sum`: the cross-entropy summed over targets != ignore_index, the loss that the loss ratio,
+        Table 1 and `val/loss` read. `extras`: auxiliary loss terms under `aux/<name>`, summed over the
+        same targets as `ce_sum` (the trainer adds them to the gradient, divided by the step's tokens, and
+        logs their mean per token), and diagnostics under `diag/<name>`, detached scalars (logged; a name
+        ending in `max` is max-reduced over micro-batches and processes, any other averaged). The model
+        ships none yet; this method is the seam where a z-loss or an output-logit statistic joins.
+        """
+        ce = linear_cross_entropy(
+            hidden, self.output_weight(), targets, vocab_size=self.cfg.vocab_size, ignore_index=ignore_index
+        )
+        return ce, {}
+
+    def output_weight(self) -> torch.Tensor:
+        """The output layer's weight (padded vocabulary x d_model): the input embedding, tied (GPT-2)."""
+        return self.wte.weight
 
     def compile_trunk(self, **kwargs) -> None:
         """torch.compile the Transformer (`hidden`); the chunked output layer and loss stay eager."""
-        self.trunk = torch.compile(self.hidden, **kwargs)
+        self.trunk = torch.compile(self.hidden, **kwargs)  # `window` is a tensor: one graph for all its values
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay matrices (linear weights, embeddings), not biases or LayerNorm gains."""
@@ -184,13 +282,14 @@ class GPT(nn.Module):
         ]
 
 
-# Sizes, as (n_layer, d_model, n_head, max_seqlen). The paper's models (Sections 3 and 5) and small
-# ones that train on a laptop CPU in minutes.
-PRESETS: dict[str, tuple[int, int, int, int]] = {
-    "gpt2-117m": (12, 768, 12, 1024),
-    "gpt2-1.5b": (48, 1600, 25, 1024),
-    "gpt3-125m": (12, 768, 12, 2048),
-    "gpt3-1.3b": (24, 2048, 16, 2048),
-    "cpu-small": (4, 128, 4, 256),
-    "tiny": (2, 64, 2, 128),
+# Named sizes: the options each sets (a config's `model.preset`; its other `model.` keys override them).
+# The paper's models (Sections 3 and 5) and small ones that train on a laptop CPU in minutes. Every
+# other option takes its default (`activation: gelu_tanh` for all of them).
+PRESETS: dict[str, dict[str, int]] = {
+    "gpt2-117m": dict(n_layer=12, d_model=768, n_head=12, max_seqlen=1024),
+    "gpt2-1.5b": dict(n_layer=48, d_model=1600, n_head=25, max_seqlen=1024),
+    "gpt3-125m": dict(n_layer=12, d_model=768, n_head=12, max_seqlen=2048),
+    "gpt3-1.3b": dict(n_layer=24, d_model=2048, n_head=16, max_seqlen=2048),
+    "cpu-small": dict(n_layer=4, d_model=128, n_head=4, max_seqlen=256),
+    "tiny": dict(n_layer=2, d_model=64, n_head=2, max_seqlen=128),
 }

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 from seqwarm.config import Config
 from seqwarm.curriculum import Curriculum
-from seqwarm.data.format import model_config
 from seqwarm.data.order import SequenceOrder
 from seqwarm.errors import ConfigError
+from seqwarm.model_config import model_config
 from seqwarm.schedule import StepPlan
 from seqwarm.tables import text_table
 
@@ -31,7 +31,7 @@ PARTS = {"body": "body (the blocks' matmuls)", "attention": "attention (scores a
 
 
 def step_plan(cfg: Config, processes: int = 1) -> StepPlan:
-    """The step plan a config's run follows (as `seqwarm.trainer.build` makes it), at a new clock."""
+    """The step plan a config's run follows (as `seqwarm.trainer_state.build` makes it), at a new clock."""
     t = cfg.train
     return StepPlan(
         Curriculum(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size * processes), t.lr_schedule()

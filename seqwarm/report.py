@@ -52,7 +52,6 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from seqwarm.config import load_config
-from seqwarm.data.format import model_config
 from seqwarm.errors import SeqwarmError
 from seqwarm.eval.results import EVAL_FILE, format_counts, format_value, metric_label, read_eval
 from seqwarm.external_logs import log_kind, read_external
@@ -67,6 +66,7 @@ from seqwarm.metrics import (
     read_metrics,
     train_rows,
 )
+from seqwarm.model_config import model_config
 from seqwarm.tables import Column, markdown_table
 
 REPORT = "report.md"

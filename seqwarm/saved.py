@@ -90,7 +90,7 @@ def open_saved(path: str | Path, *, doing: str = "using") -> SavedModel:
         state = json.loads(state_file.read_text())
         gpt = GPTConfig(**state["model"])
         clock = state.get("clock", {})
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError) as e:  # ValueError: JSON, or GPTConfig's checks
         raise SeqwarmError(f"{state_file}: no readable model shape (field 'model': {first_line(e)})") from None
     parent = checkpoint.parent
     run_dir = parent.parent if parent.name == "checkpoints" and CHECKPOINT_RE.match(checkpoint.name) else None

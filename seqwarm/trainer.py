@@ -1,6 +1,6 @@
 """The training loop: length -> batch -> forward/backward -> clip -> step -> log -> eval -> save.
 
-`build` makes a `Trainer` (the loop's state) and `fit` runs the loop; `seqwarm.lifecycle.train`
+`seqwarm.trainer_state.build` makes a `Trainer` (the loop's state) and `fit` runs the loop; `seqwarm.lifecycle.train`
 wraps them with the run directory's claim and the checkpoint to continue from. Every quantity that
 decides what a step does is a function of the clock:
 the SLW length of the step (pacing, Section 4), its learning rate (token-wise decay, Appendix A.2)
@@ -10,7 +10,6 @@ and whether training is over (token-wise termination, Section 5.1).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import signal
 import time
@@ -21,177 +20,19 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from seqwarm import __version__, distributed, rundir
 from seqwarm import checkpoint as ckpt
-from seqwarm.checkpoint import STATE_FORMAT, Checkpoint, rng_state, save_checkpoint, set_rng_state
+from seqwarm import distributed, rundir
+from seqwarm.checkpoint import save_checkpoint
 from seqwarm.config import Config
-from seqwarm.curriculum import Curriculum
-from seqwarm.data.format import SequenceIndex, TokenData
-from seqwarm.data.loader import Batch, TrainLoader
-from seqwarm.distributed import DistEnv
-from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
-from seqwarm.interrupt import Interrupted, StopRequest
+from seqwarm.curriculum import StepSpec
+from seqwarm.data.loader import Batch
+from seqwarm.errors import DivergedError, SeqwarmError
+from seqwarm.interrupt import Interrupted
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, run_summary
-from seqwarm.model import GPT
-from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
-from seqwarm.runtime import check_precision, keep_freed_memory, resolve_device, resolve_precision
-from seqwarm.schedule import Clock, StepPlan
-
-
-@dataclass
-class Trainer:
-    """Everything `fit` works on. `state_dict()` is the whole run's state, what a checkpoint holds."""
-
-    cfg: Config
-    run_dir: Path
-    device: torch.device
-    env: DistEnv  # this process's rank among world_size (rank 0 of 1 without torchrun)
-    model: GPT  # the parameters (sharded in place under FSDP)
-    engine: torch.nn.Module  # what runs forward/backward: the model, or DDP around it
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler
-    loader: TrainLoader
-    val: SequenceIndex
-    plan: StepPlan  # the curriculum's step (length, batch, ...) -> tokens -> LR -> tick; pure but for its clock
-    loss_ratio: LossRatio
-    guard: NonFiniteGuard
-    time_offset: float = 0.0  # wall seconds of earlier sessions of this run (resume)
-    session_start: float = field(default_factory=time.perf_counter)
-    stop: StopRequest | None = None  # set by a signal: save and stop after the current step
-    last_checkpoint: Path | None = None  # written or verified-and-loaded in this process
-
-    @property
-    def clock(self) -> Clock:
-        """The run's one token clock (held by the step plan)."""
-        return self.plan.clock
-
-    def wall_s(self) -> float:
-        """Wall seconds this run has trained, over all its sessions."""
-        return self.time_offset + time.perf_counter() - self.session_start
-
-    def _stateful(self) -> dict:
-        """The parts whose state.json entry is their own `state_dict()`; a new stateful part is added here only."""
-        parts = {"clock": self.clock, "loader": self.loader, "loss_ratio": self.loss_ratio, "guard": self.guard}
-        if self.plan.curriculum.stateful:  # closed-loop pacing: only then, so older checkpoints load as they did
-            parts["curriculum"] = self.plan.curriculum
-        return parts
-
-    def state_dict(self) -> Checkpoint:
-        """The run's whole state in the single-process layout (a collective under torchrun: call it on every rank).
-
-        Tensors are complete on rank 0 only; the JSON part describes the clock, the data position, the
-        monitors, the loss scaler, the elapsed time and the model's shape.
-        """
-        state = {"format": STATE_FORMAT, "seqwarm": __version__}
-        state |= {name: part.state_dict() for name, part in self._stateful().items()}
-        state["scaler"] = self.scaler.state_dict() if self.scaler.is_enabled() else None
-        state["time_s"] = self.wall_s()
-        state["model"] = self.model.cfg.__dict__  # the built shape: `vocab_size: auto` resolved from the data
-        return Checkpoint(
-            model=distributed.full_model_state(self.model),
-            optimizer=distributed.full_optimizer_state(self.model, self.optimizer),
-            rng=distributed.gather_dicts(rng_state(self.env.rank), self.env),  # each rank's dropout stream
-            state=state,
-        )
-
-    def load_state_dict(self, ck: Checkpoint) -> None:
-        """Continue from a checkpoint written by any number of processes (its tensors are unsharded)."""
-        state = ck.state
-        distributed.load_full_state(self.model, self.optimizer, ck.model, ck.optimizer)
-        if not set_rng_state(ck.rng, self.env.rank):
-            # More processes than wrote the checkpoint: a fresh dropout stream, still a function of the run.
-            torch.manual_seed(self.cfg.run.seed + self.env.rank + 7919 * state["clock"]["step"])
-        for name, part in self._stateful().items():
-            part.load_state_dict(state[name])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        self.time_offset = state["time_s"]
-        self.session_start = time.perf_counter()
-
-
-def check_parallel(cfg: Config, env: DistEnv) -> None:
-    """The global batch must split into whole micro-batches on every process (before anything starts)."""
-    t = cfg.train
-    unit = t.micro_batch_size * env.world_size
-    if t.global_batch_size % unit:
-        raise ConfigError(
-            f"train.global_batch_size ({t.global_batch_size}) must be a multiple of processes x train.micro_batch_size "
-            f"({env.world_size} x {t.micro_batch_size} = {unit})"
-        )
-    cfg.curriculum.check_batch(t.micro_batch_size, t.global_batch_size, env.world_size)
-
-
-def build(
-    cfg: Config, run_dir: Path, data: TokenData, env: DistEnv | None = None, device: torch.device | None = None
-) -> Trainer:
-    env = env or DistEnv()
-    device = device or resolve_device(cfg.train.device, env.local_rank)
-    cfg = with_resolved_precision(cfg, device)  # and checked against the device
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
-    if device.type == "cpu":
-        keep_freed_memory()
-    seqlen_end = cfg.curriculum.seqlen_end
-    train_index = data.sequences("train", seqlen_end)
-    val_index = data.sequences("val", seqlen_end)
-
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-    model = GPT(cfg.model.gpt(data.vocab_size)).to(device)  # `vocab_size: auto`: the data's tokenizer's
-    if cfg.train.compile:
-        # The Transformer is compiled; the chunked output layer + loss stays eager (a Python loop over
-        # chunks, matmul-bound). Static shapes; `_loss_sum` marks the length dynamic, so SLW compiles
-        # one graph for all lengths.
-        model.compile_trunk(dynamic=False)
-    t = cfg.train
-    engine = distributed.wrap(model, env, t.parallel, device)  # before the optimizer: FSDP replaces the parameters
-    if env.enabled:
-        torch.manual_seed(cfg.run.seed + env.rank)  # dropout: a different stream on each rank
-    optimizer = torch.optim.AdamW(
-        model.param_groups(t.weight_decay),
-        lr=t.lr,
-        betas=(t.adam_beta1, t.adam_beta2),
-        eps=t.adam_eps,
-        # The fused kernel updates each tensor in one pass, on the CPU too (torch >= 2.4): 3.8x faster than
-        # the default foreach path for 10M parameters on 2 idle cores, more on a busy machine
-        # (docs/PERFORMANCE.md). FSDP's sharded DTensors keep foreach on CPU.
-        fused=device.type == "cuda" or not (env.enabled and t.parallel == "fsdp"),
-    )
-    return Trainer(
-        cfg=cfg,
-        run_dir=run_dir,
-        device=device,
-        env=env,
-        model=model,
-        engine=engine,
-        optimizer=optimizer,
-        scaler=torch.amp.GradScaler(device.type, enabled=t.precision == "fp16"),
-        loader=TrainLoader(
-            train_index,
-            seed=cfg.run.seed,
-            drop_tail=cfg.curriculum.drop_tail,
-            rank=env.rank,
-            world_size=env.world_size,
-            pin_memory=device.type == "cuda",
-        ),
-        val=val_index,
-        plan=StepPlan(
-            Curriculum(cfg.curriculum, t.global_batch_size, unit=t.micro_batch_size * env.world_size),
-            t.lr_schedule(),
-        ),
-        loss_ratio=LossRatio(),
-        guard=NonFiniteGuard(cfg.monitor.on_nonfinite, cfg.monitor.max_consecutive_skips),
-    )
-
-
-def with_resolved_precision(cfg: Config, device: torch.device) -> Config:
-    """`cfg` with `train.precision: auto` replaced by what it means on `device` (`resolve_precision`);
-    ConfigError when the precision cannot run there (`check_precision`: the device `auto` became)."""
-    precision = resolve_precision(cfg.train.precision, device)
-    check_precision(precision, device.type)
-    if precision == cfg.train.precision:
-        return cfg
-    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+from seqwarm.monitor import ADAM_KEYS, adam_statistics, all_finite
+from seqwarm.schedule import Clock
+from seqwarm.trainer_state import Trainer, build, check_parallel, with_resolved_precision  # noqa: F401 (build, check_parallel, with_resolved_precision: re-exported, the loop's entry points)
 
 
 class FitHook:
@@ -256,7 +97,7 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
             with phase("lr"):
                 lr = plan.lr(batch.tokens)
             with phase("train_step"):
-                result = train_step(tr, batch, lr, autocast)
+                result = train_step(tr, batch, lr, autocast, step_inputs(tr, spec))
             with phase("tick"):
                 prev_tokens = clock.tokens
                 # A skipped update trained on nothing: the step counts (pacing moves on, the batch is
@@ -312,14 +153,24 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
 
 @dataclass(frozen=True)
 class StepResult:
-    loss: float  # mean over the global batch's target tokens
+    loss: float  # cross-entropy, mean over the global batch's target tokens (no auxiliary term in it)
     grad_norm: float  # global l2 norm before clipping
     applied: bool  # the update reached the weights
     overflow: bool  # fp16 loss-scale overflow: skipped by the scaler, which lowers its scale
     signalled: bool = False  # under torchrun: some rank had a stop signal by this step's all-reduce
+    aux: dict[str, float] = field(default_factory=dict)  # `aux/<name>`: each auxiliary loss, mean per target token
+    diagnostics: dict[str, float] = field(default_factory=dict)  # `diag/<name>`: max- or mean-reduced (GPT.loss_terms)
 
 
-def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
+def step_inputs(tr: Trainer, spec: StepSpec) -> dict | None:
+    """The model inputs of the curriculum's step: its attention window as a 0-dim int64 tensor (one compiled graph
+    for every window), or None for full causal attention (the model's plain path, exactly as without a window)."""
+    if spec.window is None:
+        return None
+    return {"window": torch.tensor(spec.window, dtype=torch.int64, device=tr.device)}
+
+
+def train_step(tr: Trainer, batch: Batch, lr: float, autocast, inputs: dict | None = None) -> StepResult:
     """One optimizer step over the global batch, accumulated over micro-batches (and processes).
 
     The loss is the mean over the global batch's target tokens (not the mean of micro-batch
@@ -328,31 +179,52 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
     is scaled by their number to make the sum over shares the single-process loss. The output
     layer and the loss are computed chunk by chunk (`linear_cross_entropy`), so the full logits of
     a micro-batch never exist in memory.
+
+    `inputs`: the step's model inputs (`GPT.forward`'s keywords, e.g. `{"window": tensor}`), given to
+    every micro-batch's forward. The model's auxiliary terms (`aux/<name>`, sums over the targets) join
+    the gradient, divided by the same token count; the returned `loss` is the cross-entropy alone.
     """
     t = tr.cfg.train
     for group in tr.optimizer.param_groups:
         group["lr"] = lr
-    inputs, targets = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
+    x_all, y_all = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
     # A melted step has `split` rows per sequence: a micro-batch keeps its tokens (OLMo-core raises its micro-batch
     # size likewise), and accumulates as many micro-batches as an unmelted step.
     rows = t.micro_batch_size * batch.split
-    micro = list(zip(inputs.split(rows), targets.split(rows)))
+    micro = list(zip(x_all.split(rows), y_all.split(rows)))
     total = torch.zeros((), device=tr.device)
+    extras: dict[str, torch.Tensor] = {}  # the micro-batches' aux terms and diagnostics, combined
     for i, (x, y) in enumerate(micro):
         # DDP's no_sync must cover the backward; autocast only the forward (as torch.amp advises).
         with _gradient_sync(tr, last=i == len(micro) - 1):
             with autocast:
-                loss = _loss_sum(tr, x, y) / batch.tokens
-            tr.scaler.scale(loss * tr.env.world_size if tr.env.enabled else loss).backward()
+                ce, terms = _loss_sum(tr, x, y, inputs)
+                loss = ce / batch.tokens
+                aux = [v for k, v in terms.items() if k.startswith("aux/")]
+                # Without auxiliary terms the objective is `loss` itself, the same arithmetic as before them.
+                objective = loss + sum(aux) / batch.tokens if aux else loss
+            tr.scaler.scale(objective * tr.env.world_size if tr.env.enabled else objective).backward()
         total += loss.detach()
+        _combine(extras, terms, batch.tokens, len(micro))
     # The global batch's mean loss, on every rank; a stop signal on any rank rides on the same
     # all-reduce, so that all ranks stop after the same step without a collective of its own.
+    # The aux terms (already means over the global batch's tokens) and mean diagnostics ride on it too.
     signal_flag = float(tr.env.enabled and tr.stop is not None and tr.stop.requested is not None)
-    reduced = distributed.all_reduce(torch.stack([total, torch.tensor(signal_flag, device=tr.device)]))
+    summed = sorted(k for k in extras if not _max_reduced(k))
+    maxed = sorted(k for k in extras if _max_reduced(k))
+    reduced = distributed.all_reduce(
+        torch.stack([total, torch.tensor(signal_flag, device=tr.device), *(extras[k] for k in summed)])
+    )
+    if maxed:
+        reduced = torch.cat([reduced, distributed.all_reduce(torch.stack([extras[k] for k in maxed]), op="max")])
     tr.scaler.unscale_(tr.optimizer)
     max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
     grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm))
-    loss, signalled, norm = torch.cat([reduced, grad_norm.float()[None]]).tolist()  # one host sync for all
+    loss, signalled, *values, norm = torch.cat([reduced, grad_norm.float()[None]]).tolist()  # one host sync for all
+    world = tr.env.world_size if tr.env.enabled else 1
+    read = dict(zip(summed + maxed, values))
+    aux = {k: v for k, v in read.items() if k.startswith("aux/")}
+    diagnostics = {k: v / world if k in summed else v for k, v in read.items() if k.startswith("diag/")}
     # A non-finite loss or gradient never reaches the weights. Under fp16 an infinite gradient with
     # a finite loss is a loss-scale overflow: the scaler skips that step itself and lowers its scale.
     # Both numbers are global, so every rank takes the same decision.
@@ -362,7 +234,28 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast) -> StepResult:
         tr.scaler.step(tr.optimizer)
     tr.scaler.update()
     tr.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, norm, applied, overflow, signalled > 0)
+    return StepResult(loss, norm, applied, overflow, signalled > 0, aux, diagnostics)
+
+
+def _max_reduced(key: str) -> bool:
+    """A diagnostic named `...max` is reduced by max over micro-batches and processes; any other by mean."""
+    return key.startswith("diag/") and key.endswith("max")
+
+
+def _combine(into: dict[str, torch.Tensor], terms: dict[str, torch.Tensor], tokens: int, n_micro: int) -> None:
+    """Add one micro-batch's `aux/` terms (as a mean over the step's tokens) and `diag/` values to `into`."""
+    for key, value in terms.items():
+        value = value.detach().float()
+        if key.startswith("aux/"):
+            value = value / tokens
+        elif not key.startswith("diag/"):
+            raise ValueError(f"model output {key!r}: extras are named aux/<name> or diag/<name>")
+        elif not _max_reduced(key):
+            value = value / n_micro
+        if key not in into:
+            into[key] = value
+        else:
+            into[key] = torch.maximum(into[key], value) if _max_reduced(key) else into[key] + value
 
 
 def _gradient_sync(tr: Trainer, last: bool):
@@ -377,8 +270,10 @@ def _gradient_sync(tr: Trainer, last: bool):
     return contextlib.nullcontext()
 
 
-def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Summed cross-entropy of the model on inputs x against targets y (IGNORE_INDEX skipped)."""
+def _loss_sum(
+    tr: Trainer, x: torch.Tensor, y: torch.Tensor, inputs: dict | None = None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The model on inputs x against targets y (IGNORE_INDEX skipped): `(ce_sum, extras)` (`GPT.loss_terms`)."""
     if tr.cfg.train.compile and tr.plan.curriculum.varies_length:
         # Only the length varies under SLW. Marking just that dimension dynamic (rather than
         # `dynamic=True`) keeps the batch size static, so dynamo cannot tie the two together when
@@ -387,7 +282,7 @@ def _loss_sum(tr: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         torch._dynamo.mark_dynamic(x, 1)
         if tr.plan.curriculum.varies_rows:  # melted steps: more, shorter rows per micro-batch
             torch._dynamo.mark_dynamic(x, 0)
-    return tr.engine(x, y, ignore_index=IGNORE_INDEX)
+    return tr.engine(x, y, ignore_index=IGNORE_INDEX, **(inputs or {}))
 
 
 def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, result: StepResult) -> dict:
@@ -404,6 +299,7 @@ def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, result: StepResu
         "grad_norm": result.grad_norm,
         "clipped": result.applied and 0 < t.grad_clip < result.grad_norm,
     }
+    row |= result.aux | result.diagnostics  # `aux/<name>`, `diag/<name>`: whatever the model returned
     if not result.applied:
         row["skipped"] = "fp16 overflow" if result.overflow else "non-finite"
     return row
@@ -440,7 +336,7 @@ def evaluate(tr: Trainer, autocast) -> float:
         rows = tr.val.rows(ids if len(ids) else [0]).to(tr.device)
         targets = rows[:, 1:] if len(ids) else torch.full_like(rows[:, 1:], IGNORE_INDEX)
         with autocast:
-            sums[0] += _loss_sum(tr, rows[:, :-1], targets).double()
+            sums[0] += _loss_sum(tr, rows[:, :-1], targets)[0].double()  # the cross-entropy alone
         sums[1] += (targets != IGNORE_INDEX).sum()
     tr.model.train()
     total, count = distributed.all_reduce(sums).tolist()

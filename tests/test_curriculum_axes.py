@@ -269,3 +269,34 @@ def test_melt_exports_to_olmo_cores_and_composers_non_truncating_modes_where_the
             with pytest.raises(ConfigError) as e:
                 export(load_config(name), framework)
             assert str(e.value).startswith(field), (name, framework)
+
+
+def test_the_trainer_gives_the_model_each_steps_window(tiny_cfg):
+    from seqwarm.trainer import build, training_steps
+
+    cfg = tiny_cfg(
+        "curriculum.length=none",
+        "curriculum.window=warmup",
+        "curriculum.window_start=4",
+        "curriculum.window_duration=12",
+        "eval.every_tokens=null",  # training forwards, then the final validation's
+    )
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True)
+    tr = build(cfg, run_dir, open_data(cfg, progress=False))
+    seen, forward = [], tr.engine.forward
+
+    def recording(x, y, **kw):
+        seen.append(None if kw.get("window") is None else (kw["window"].dtype, kw["window"].dim(), int(kw["window"])))
+        return forward(x, y, **kw)
+
+    tr.engine.forward = recording
+    rows = list(training_steps(tr, progress=False))
+    seen, validation = seen[: 2 * len(rows)], seen[2 * len(rows) :]
+    assert validation and set(validation) == {None}  # validation at full causal attention
+    per_step = seen[::2]  # two micro-batches a step, each given the step's window
+    assert per_step == seen[1::2]
+    planned = [r["window"] for r in plan_steps(cfg)]
+    assert [w and w[2] for w in per_step] == planned
+    assert {w[:2] for w in per_step if w} == {(torch.int64, 0)}  # a 0-dim tensor: one compiled graph for all
+    assert planned[0] == 4 and planned[-1] is None

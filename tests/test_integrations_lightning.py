@@ -77,7 +77,7 @@ class LitGPT(SLWModuleMixin, L.LightningModule):
         if self.widths is not None:
             self.widths.append((self.training, inputs.shape[1]))
         # A padding id (-100) in the inputs only ever predicts padding targets, which the loss skips.
-        return self.model(inputs.clamp(min=0), targets) / (targets != IGNORE_INDEX).sum()
+        return self.model(inputs.clamp(min=0), targets)[0] / (targets != IGNORE_INDEX).sum()
 
     def training_step(self, batch, batch_idx):
         inputs, targets = batch  # SLWModuleMixin cut the rows to this step's length

@@ -31,8 +31,7 @@ def test_flop_split_of_gpt2_117m_at_1024_by_hand():
 def test_flop_split_sums_exactly_to_flops_per_token(name, seqlen):
     from seqwarm.model import PRESETS
 
-    n_layer, d_model, n_head, max_seqlen = PRESETS[name]
-    gpt = GPTConfig(n_layer=n_layer, n_head=n_head, d_model=d_model, max_seqlen=max_seqlen)
+    gpt = GPTConfig(**PRESETS[name])
     split = gpt.flop_split(seqlen)
     assert sum(split.values()) == gpt.flops_per_token(seqlen)
     # Only attention depends on the length.

@@ -21,15 +21,13 @@ from seqwarm.config import PACKAGED_CONFIGS, load_config  # noqa: E402
 from seqwarm.data import prepare as prepare_module  # noqa: E402
 from seqwarm.data.builtin.names import builtin_name, builtin_tokenizer  # noqa: E402
 from seqwarm.data.corpus import open_data  # noqa: E402
-from seqwarm.data.format import (
-    TokenData,  # noqa: E402
-    model_config,  # noqa: E402
-)
+from seqwarm.data.format import TokenData  # noqa: E402
 from seqwarm.data.loader import TrainLoader  # noqa: E402
 from seqwarm.data.prepare import prepare, read_documents  # noqa: E402
 from seqwarm.data.split import assign_splits, chunk_documents  # noqa: E402
 from seqwarm.errors import ConfigError, DataError  # noqa: E402
 from seqwarm.files import file_sha256  # noqa: E402
+from seqwarm.model_config import model_config  # noqa: E402
 from seqwarm.saved import open_saved  # noqa: E402
 from seqwarm.tokenizer import (  # noqa: E402
     ENCODER_JSON_SHA256,

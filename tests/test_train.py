@@ -132,16 +132,17 @@ def test_nonfinite_loss_stops_without_touching_the_weights(tiny_cfg, monkeypatch
     import torch
 
     from seqwarm import trainer as train_mod
+    from seqwarm.model import GPT
 
     cfg = tiny_cfg("train.max_steps=6", "checkpoint.every_steps=2")
-    real_hidden = train_mod.GPT.hidden
+    real_hidden = GPT.hidden
 
     def poisoned(self, idx):
         out = real_hidden(self, idx)
         return out * float("nan") if self.training and poisoned.step >= 3 else out
 
     poisoned.step = 0
-    monkeypatch.setattr(train_mod.GPT, "hidden", poisoned)
+    monkeypatch.setattr(GPT, "hidden", poisoned)
     weights = {}
 
     def watch(clock):

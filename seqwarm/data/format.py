@@ -28,10 +28,6 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from seqwarm.config import Config
-    from seqwarm.model import GPTConfig
-
-from seqwarm.data.builtin.names import builtin_data_dir, builtin_tokenizer
 from seqwarm.errors import DataError, first_line
 from seqwarm.files import file_sha256
 from seqwarm.tokenizer import EOT_ID, VOCAB_SIZE, Tokenizer, tokenizer_from_meta
@@ -273,20 +269,3 @@ class TokenData:
                 f"shorter than one sequence of {seqlen + 1}"
             )
         return index
-
-
-def model_config(cfg: Config) -> GPTConfig:
-    """The model `cfg` would train, without opening the data: `vocab_size: auto` read from the
-    prepared corpus's meta.json when it is there, N for a `builtin-bpe<N>` not yet prepared, GPT-2's
-    otherwise (`builtin` is GPT-2's)."""
-    data_vocab = None
-    builtin = builtin_tokenizer(cfg.data.path)
-    meta = (builtin_data_dir(cfg.data.path) if builtin else Path(cfg.data.path)) / "meta.json"
-    if cfg.model.vocab_size == "auto" and builtin and builtin.startswith("bpe:") and not meta.is_file():
-        data_vocab = int(builtin.removeprefix("bpe:"))  # what its BPE will have once prepared
-    elif cfg.model.vocab_size == "auto" and builtin != "gpt2" and meta.is_file():
-        try:
-            data_vocab = data_vocab_size(json.loads(meta.read_text()))
-        except (OSError, ValueError, KeyError, TypeError):
-            pass  # an unreadable meta.json is open_data's error to report, when training starts
-    return cfg.model.gpt(data_vocab)
