@@ -300,3 +300,11 @@ def test_the_trainer_gives_the_model_each_steps_window(tiny_cfg):
     assert [w and w[2] for w in per_step] == planned
     assert {w[:2] for w in per_step if w} == {(torch.int64, 0)}  # a 0-dim tensor: one compiled graph for all
     assert planned[0] == 4 and planned[-1] is None
+
+
+def test_tune_probes_the_adaptive_configs_open_loop_bound():
+    from seqwarm.tune.search import with_curriculum
+
+    probe = with_curriculum(load_config("proxy-adaptive"), 16, 40).curriculum
+    assert (probe.seqlen_start, probe.duration) == (16, 40)
+    assert not probe.length_axis().adaptive  # linear at the T it tests: adaptive's fastest schedule
