@@ -97,7 +97,13 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
             with phase("lr"):
                 lr = plan.lr(batch.tokens)
             with phase("train_step"):
-                result = train_step(tr, batch, lr, autocast, step_inputs(tr, spec))
+                inputs = step_inputs(tr, spec)
+                # Only windowed steps pass inputs: wrappers of train_step's four arguments keep working.
+                result = (
+                    train_step(tr, batch, lr, autocast, inputs=inputs)
+                    if inputs
+                    else train_step(tr, batch, lr, autocast)
+                )
             with phase("tick"):
                 prev_tokens = clock.tokens
                 # A skipped update trained on nothing: the step counts (pacing moves on, the batch is
