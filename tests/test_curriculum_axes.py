@@ -308,3 +308,19 @@ def test_tune_probes_the_adaptive_configs_open_loop_bound():
     probe = with_curriculum(load_config("proxy-adaptive"), 16, 40).curriculum
     assert (probe.seqlen_start, probe.duration) == (16, 40)
     assert not probe.length_axis().adaptive  # linear at the T it tests: adaptive's fastest schedule
+
+
+def test_transformers_gpt2_trains_a_melted_dict_on_its_shift_labels():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        n_layer=1, n_embd=32, n_head=2, vocab_size=100, n_positions=64, bos_token_id=0, eos_token_id=0
+    )
+    model = transformers.GPT2LMHeadModel(cfg).eval()
+    ids = torch.randint(0, 100, (2, 17))
+    out = melt_dict({"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}, 4, 4)
+    with torch.no_grad():
+        loss = model(**out).loss
+        logits = model(input_ids=out["input_ids"], attention_mask=out["attention_mask"]).logits
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, 100), out["shift_labels"].reshape(-1))
+    assert torch.allclose(loss, expected)  # every piece's last position predicts the next piece's first token
