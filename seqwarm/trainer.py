@@ -24,6 +24,7 @@ from seqwarm import checkpoint as ckpt
 from seqwarm import distributed, rundir
 from seqwarm.checkpoint import save_checkpoint
 from seqwarm.config import Config
+from seqwarm.curriculum import StepSpec
 from seqwarm.data.loader import Batch
 from seqwarm.errors import DivergedError, SeqwarmError
 from seqwarm.interrupt import Interrupted
@@ -87,15 +88,22 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
             evaluate_and_log(tr, log, autocast)  # the curves start at the initial model
         while not plan.finished:
             with phase("data"):
-                spec = plan.spec()  # the curriculum's step: its length (Section 4), its batch, ...
-                batch = tr.loader.next_batch(spec.batch_size, spec.seqlen)
-                # The next batch is read in the background during this step (the same batch either way).
+                spec = plan.spec()  # the curriculum's step: its length (Section 4), its batch, packing, window
+                batch = tr.loader.next_batch(spec.batch_size, spec.seqlen, spec.split)
+                # The next batch is read in the background during this step (the same batch either way; a guess
+                # that closed-loop pacing makes wrong is read again).
                 nxt = plan.spec_after(batch.tokens)
-                tr.loader.prefetch(nxt.batch_size, nxt.seqlen)
+                tr.loader.prefetch(nxt.batch_size, nxt.seqlen, nxt.split)
             with phase("lr"):
                 lr = plan.lr(batch.tokens)
             with phase("train_step"):
-                result = train_step(tr, batch, lr, autocast)
+                inputs = step_inputs(tr, spec)
+                # Only windowed steps pass inputs: wrappers of train_step's four arguments keep working.
+                result = (
+                    train_step(tr, batch, lr, autocast, inputs=inputs)
+                    if inputs
+                    else train_step(tr, batch, lr, autocast)
+                )
             with phase("tick"):
                 prev_tokens = clock.tokens
                 # A skipped update trained on nothing: the step counts (pacing moves on, the batch is
@@ -103,6 +111,9 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                 plan.tick(batch.tokens if result.applied else 0)
             with phase("metrics"):
                 row = step_row(tr, batch, spec.seqlen, lr, result)
+                if spec.window is not None:
+                    row["window"] = spec.window
+                plan.observe(row)  # closed-loop pacing reads the step's loss ratio; open-loop axes ignore it
             with phase("adam"):
                 row |= adam_row(tr, result)
             with phase("log"):
@@ -157,6 +168,14 @@ class StepResult:
     diagnostics: dict[str, float] = field(default_factory=dict)  # `diag/<name>`: max- or mean-reduced (GPT.loss_terms)
 
 
+def step_inputs(tr: Trainer, spec: StepSpec) -> dict | None:
+    """The model inputs of the curriculum's step: its attention window as a 0-dim int64 tensor (one compiled graph
+    for every window), or None for full causal attention (the model's plain path, exactly as without a window)."""
+    if spec.window is None:
+        return None
+    return {"window": torch.tensor(spec.window, dtype=torch.int64, device=tr.device)}
+
+
 def train_step(tr: Trainer, batch: Batch, lr: float, autocast, inputs: dict | None = None) -> StepResult:
     """One optimizer step over the global batch, accumulated over micro-batches (and processes).
 
@@ -175,7 +194,10 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast, inputs: dict | No
     for group in tr.optimizer.param_groups:
         group["lr"] = lr
     x_all, y_all = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
-    micro = list(zip(x_all.split(t.micro_batch_size), y_all.split(t.micro_batch_size)))
+    # A melted step has `split` rows per sequence: a micro-batch keeps its tokens (OLMo-core raises its micro-batch
+    # size likewise), and accumulates as many micro-batches as an unmelted step.
+    rows = t.micro_batch_size * batch.split
+    micro = list(zip(x_all.split(rows), y_all.split(rows)))
     total = torch.zeros((), device=tr.device)
     extras: dict[str, torch.Tensor] = {}  # the micro-batches' aux terms and diagnostics, combined
     for i, (x, y) in enumerate(micro):
@@ -264,6 +286,8 @@ def _loss_sum(
         # they happen to be equal (batch 8 at seqlen 8) and recompile when they part.
         x = x.clone()  # not a view: dynamo would guard on the shape of its base
         torch._dynamo.mark_dynamic(x, 1)
+        if tr.plan.curriculum.varies_rows:  # melted steps: more, shorter rows per micro-batch
+            torch._dynamo.mark_dynamic(x, 0)
     return tr.engine(x, y, ignore_index=IGNORE_INDEX, **(inputs or {}))
 
 

@@ -60,7 +60,10 @@ class Trainer:
 
     def _stateful(self) -> dict:
         """The parts whose state.json entry is their own `state_dict()`; a new stateful part is added here only."""
-        return {"clock": self.clock, "loader": self.loader, "loss_ratio": self.loss_ratio, "guard": self.guard}
+        parts = {"clock": self.clock, "loader": self.loader, "loss_ratio": self.loss_ratio, "guard": self.guard}
+        if self.plan.curriculum.stateful:  # closed-loop pacing: only then, so older checkpoints load as they did
+            parts["curriculum"] = self.plan.curriculum
+        return parts
 
     def state_dict(self) -> Checkpoint:
         """The run's whole state in the single-process layout (a collective under torchrun: call it on every rank).
