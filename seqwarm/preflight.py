@@ -16,22 +16,18 @@ Not covered: Adam's moments, allocated at the first optimizer step (2 x the para
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import torch
 
 from seqwarm.errors import SeqwarmError
 from seqwarm.loss import IGNORE_INDEX
 
-if TYPE_CHECKING:
-    from seqwarm.trainer_state import Trainer
-
 
 class PreflightError(SeqwarmError):
     """The run's largest step does not fit in memory (exit 2, nothing written)."""
 
 
-def largest_length(tr: Trainer) -> int:
+def largest_length(tr) -> int:
     """The longest sequence the run's step plan reaches: the curriculum's full length (every length axis ends there)."""
     return tr.cfg.curriculum.seqlen_end
 
@@ -40,12 +36,14 @@ def is_out_of_memory(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e))
 
 
-def preflight(tr: Trainer, autocast, inputs: dict | None) -> None:
+def preflight(tr, autocast, inputs: dict | None) -> None:
     """One forward and backward of a micro-batch at the largest length, then everything restored (see the module)."""
     seqlen, micro = largest_length(tr), tr.cfg.train.micro_batch_size
     cpu_rng = torch.get_rng_state()
     cuda_rng = torch.cuda.get_rng_state_all() if tr.device.type == "cuda" else None
     x = torch.zeros((micro, seqlen), dtype=torch.long, device=tr.device)
+    if tr.cfg.train.compile and tr.plan.curriculum.varies_length:
+        torch._dynamo.mark_dynamic(x, 1)  # as the steps mark it (trainer._loss_sum): the one graph they reuse
     try:
         with _local(tr.engine):
             with autocast:

@@ -28,16 +28,12 @@ import copy
 import math
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from seqwarm import checkpoint as ckpt
 from seqwarm import distributed, rundir
 from seqwarm.checkpoint import read_checkpoint
 from seqwarm.metrics import METRICS, MetricsLog, read_metrics
 from seqwarm.schedule import Clock
-
-if TYPE_CHECKING:
-    from seqwarm.trainer_state import Trainer
 
 
 class Rewinder:
@@ -80,7 +76,7 @@ class Rewinder:
         self.records = [dict(r) for r in state["records"]]
 
 
-def rewind(tr: Trainer, log: MetricsLog, save: Callable[[Trainer], object]) -> bool:
+def rewind(tr, log: MetricsLog, save: Callable) -> bool:
     """Go back to the newest verified checkpoint before the current spike and skip its batches (see the module).
 
     Returns False, after a note, when there is no checkpoint before the spike (the run goes on as it is).
@@ -124,7 +120,7 @@ def rewind(tr: Trainer, log: MetricsLog, save: Callable[[Trainer], object]) -> b
     return True
 
 
-def _apply_skips(tr: Trainer) -> None:
+def _apply_skips(tr) -> None:
     """Every recorded rewind's data skip in the loader's order (a checkpoint older than a rewind lacks it)."""
     order = tr.loader.order
     have = [s["at"] for s in order.skips]
@@ -133,7 +129,7 @@ def _apply_skips(tr: Trainer) -> None:
             order.skip(rec["skip"]["at"], rec["skip"]["to"])
 
 
-def _log(tr: Trainer, log: MetricsLog, record: dict) -> None:
+def _log(tr, log: MetricsLog, record: dict) -> None:
     if tr.env.main:
         _write(tr, log, record, metrics=True, resumes=True)
         _note(
@@ -143,7 +139,7 @@ def _log(tr: Trainer, log: MetricsLog, record: dict) -> None:
         )
 
 
-def _write(tr: Trainer, log: MetricsLog, record: dict, *, metrics: bool, resumes: bool) -> None:
+def _write(tr, log: MetricsLog, record: dict, *, metrics: bool, resumes: bool) -> None:
     row = {k: v for k, v in record.items() if k != "skip"}
     if metrics:
         log.write({"step": record["step"], "tokens": record["tokens"], "time_s": tr.wall_s(), "event/rewind": row})
@@ -152,7 +148,7 @@ def _write(tr: Trainer, log: MetricsLog, record: dict, *, metrics: bool, resumes
         rundir.record_resume(tr.run_dir, Clock(record["step"], record["tokens"]), {}, rewind=row)
 
 
-def reconcile(tr: Trainer, log: MetricsLog) -> None:
+def reconcile(tr, log: MetricsLog) -> None:
     """On a resume: write the rewind rows of metrics.jsonl and resumes.jsonl that a kill cut off (see the module)."""
     if tr.rewinder is None or not tr.rewinder.records or not tr.env.main:
         return

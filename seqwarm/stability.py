@@ -12,26 +12,22 @@ Everything is off unless its switch is on; with all off, the trainer does exactl
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from seqwarm import distributed, instruments
+from seqwarm.data.format import TokenData
 from seqwarm.metrics import train_rows
 
-if TYPE_CHECKING:
-    from seqwarm.data.format import TokenData
-    from seqwarm.trainer_state import Trainer
 
-
-def instrumented(tr: Trainer, step: int) -> bool:
+def instrumented(tr, step: int) -> bool:
     """Whether step `step` (1-based, the row's `step`) logs the instruments (`monitor.instruments`, `monitor.every`)."""
     m = tr.cfg.monitor
     return m.instruments and step % m.every == 0
 
 
-def step_inputs(tr: Trainer, step: int) -> dict | None:
+def step_inputs(tr, step: int) -> dict | None:
     """The model's keyword inputs for step `step` (None when there are none: the forward is called as before)."""
     inputs = {}
     if tr.cfg.train.z_loss > 0:
@@ -43,7 +39,7 @@ def step_inputs(tr: Trainer, step: int) -> dict | None:
     return inputs or None
 
 
-def decide(tr: Trainer, loss: float, grad_norm: float) -> tuple[str | None, float | None]:
+def decide(tr, loss: float, grad_norm: float) -> tuple[str | None, float | None]:
     """(reason to skip the update or None, the max norm to clip the gradients to or None) for a finite step.
 
     Both read plain floats the step already brought to the host in its single sync, so neither adds one.
@@ -57,7 +53,7 @@ def decide(tr: Trainer, loss: float, grad_norm: float) -> tuple[str | None, floa
     return None, None
 
 
-def clip_to(tr: Trainer, max_norm: float, total_norm: torch.Tensor) -> None:
+def clip_to(tr, max_norm: float, total_norm: torch.Tensor) -> None:
     """Scale the gradients so that their global norm is `max_norm` (`total_norm`, still on the device, is theirs)."""
     params = [p for p in tr.model.parameters() if p.grad is not None]
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, total_norm)
@@ -145,7 +141,7 @@ def unigram_loss(data: TokenData) -> float | None:
     return instruments.unigram_entropy(np.asarray(val))
 
 
-def instrument_row(tr: Trainer) -> dict:
+def instrument_row(tr) -> dict:
     """Adam's variance max and l1 norm per parameter group (`adam/<group>/var_max`, `var_l1`), one read-back."""
     stats = instruments.adam_group_statistics(
         (name, distributed.local(v)) for name, v in instruments.named_adam_variances(tr.model, tr.optimizer)
@@ -163,7 +159,7 @@ def instrument_row(tr: Trainer) -> dict:
 # --- summary.json ---------------------------------------------------------------------------------
 
 
-def summary(tr: Trainer, rows: list[dict]) -> dict:
+def summary(tr, rows: list[dict]) -> dict:
     """The toolkit's record in summary.json: what each switch did, and the events (only the switches that are on)."""
     out = {}
     if tr.skip_guard is not None:
