@@ -98,16 +98,28 @@ def cmd_plan(args) -> None:
 
 def cmd_export_schedule(args) -> None:
     from seqwarm.config import load_config
-    from seqwarm.export_schedule import FRAMEWORKS, export, settings_text, table_text
+    from seqwarm.export_schedule import FRAMEWORKS, export, notes_text, settings_text, table_text
+    from seqwarm.files import atomic_write, check_writable
 
     if args.to is None:
         raise ConfigError(f"export-schedule: --to is required ({', '.join(FRAMEWORKS)})")
     config, overrides = split_config_args(args.items)
     if config is None:
         raise ConfigError("export-schedule: give a CONFIG file or the name of a shipped config")
+    if args.out is not None:
+        check_writable(args.out, "--out", directory=False)
     cfg = load_config(config, overrides)
     exp = export(cfg, args.to)
-    print(table_text(cfg, exp) if args.table else settings_text(exp), end="")
+    yaml_out = args.out is not None and Path(args.out).suffix in (".yaml", ".yml")
+    text = table_text(cfg, exp) if args.table else settings_text(exp, yaml_out=yaml_out)
+    # Only the document on stdout or in --out, so `> file` gives a file the framework reads; the notes on stderr.
+    if args.out is None:
+        print(text, end="")
+    else:
+        atomic_write(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if not args.table:
+        print(notes_text(exp), end="", file=sys.stderr)
 
 
 def cmd_demo(args) -> None:
@@ -262,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--to", metavar="|".join(("deepspeed", "megatron-deepspeed", "composer", "olmo-core")))
     s.add_argument(
         "--table", action="store_true", help="list the steps where the framework trains at another length than seqwarm"
+    )
+    s.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the settings to FILE instead of stdout (JSON, or YAML for a .yaml/.yml FILE, for deepspeed and "
+        "composer; bash for megatron-deepspeed; Python for olmo-core); notes always go to stderr",
     )
     s.set_defaults(func=cmd_export_schedule)
 
