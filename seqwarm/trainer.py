@@ -35,7 +35,7 @@ from seqwarm.loss import IGNORE_INDEX
 from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, run_summary
 from seqwarm.model import GPT
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics, all_finite
-from seqwarm.runtime import keep_freed_memory, resolve_device, resolve_precision
+from seqwarm.runtime import keep_freed_memory, resolve_device, resolve_precision, set_cpu_threads, threads_text
 from seqwarm.schedule import Clock, finished, learning_rate
 
 
@@ -128,8 +128,8 @@ def build(
     cfg = with_resolved_precision(cfg, device)
     if cfg.train.precision == "fp16" and device.type != "cuda":
         raise ConfigError("train.precision: fp16 needs CUDA (use bf16 or fp32 on cpu)")
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    if cfg.train.num_threads or device.type == "cpu":
+        set_cpu_threads(cfg.train.num_threads)  # unset: the cores other processes leave free (runtime.py)
     if device.type == "cpu":
         keep_freed_memory()
     seqlen_end = cfg.curriculum.seqlen_end
@@ -503,7 +503,8 @@ def _progress_bar(cfg: Config, clock: Clock, enabled: bool) -> tqdm:
         initial=clock.tokens if by_tokens else clock.step,
         unit="tok" if by_tokens else "step",
         unit_scale=True,
-        desc=Path(cfg.run.dir).name,
+        # on the CPU, the threads in the line: the first thing to check when a busy machine is slow (runtime.py)
+        desc=Path(cfg.run.dir).name + ("" if torch.cuda.is_initialized() else f" ({threads_text()})"),
         disable=not enabled,
         dynamic_ncols=True,
     )
