@@ -125,7 +125,7 @@ def cmd_export_schedule(args) -> None:
 def cmd_demo(args) -> None:
     from seqwarm.demo import run_demo
 
-    run_demo(Path(args.out), force=args.force, overrides=args.overrides)
+    run_demo(Path(args.out), force=args.force, overrides=args.overrides, jobs=args.jobs)
 
 
 def cmd_report(args) -> None:
@@ -283,11 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_export_schedule)
 
-    s = sub.add_parser("demo", help="train a tiny baseline and a tiny SLW model on the builtin corpus and compare")
-    s.add_argument("--out", default="runs/demo", help="directory for the two runs (default: runs/demo)")
+    s = sub.add_parser(
+        "demo",
+        help="train the small proxy GPT three times on the builtin corpus (aggressive LR without and with SLW, then "
+        "the stable LR) and compare",
+    )
+    s.add_argument("--out", default="runs/demo", help="directory for the three runs (default: runs/demo)")
     s.add_argument("--force", action="store_true", help="replace earlier demo runs in --out")
     s.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="applied to both runs, e.g. train.max_tokens=200000"
+        "--jobs",
+        type=int,
+        help="runs trained at once, one thread each (default: one per free CPU core, up to 3; 1: one after another)",
+    )
+    s.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="applied to all three runs, e.g. train.max_tokens=200000"
     )
     s.set_defaults(func=cmd_demo)
 
