@@ -102,6 +102,16 @@ def flop_shares(cfg: Config, rows: list[dict]) -> dict[str, float]:
     return {part: v / total for part, v in totals.items()}
 
 
+def _short_floats(obj):
+    """Floats to 12 significant digits, for --jsonl: an LR computed as 0.0006000000000000001 prints as 0.0006
+    (issue 27); 12 digits keep every value a user could set or compare, far above float noise."""
+    if isinstance(obj, float):
+        return float(f"{obj:.12g}")
+    if isinstance(obj, dict):
+        return {k: _short_floats(v) for k, v in obj.items()}
+    return obj
+
+
 def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, out=None) -> dict:
     """Print the plan (a table, or JSONL with every step) and return its totals."""
     out = out or sys.stdout
@@ -122,8 +132,8 @@ def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, ou
     }
     if jsonl:
         for r in shown:
-            out.write(json.dumps(r) + "\n")
-        out.write(json.dumps({"summary": summary}) + "\n")
+            out.write(json.dumps(_short_floats(r)) + "\n")
+        out.write(json.dumps(_short_floats({"summary": summary})) + "\n")
         return summary
     table = [["step", "seqlen", "batch", "tokens", "lr", "flops"]]
     for r in shown:

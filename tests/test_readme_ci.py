@@ -92,3 +92,12 @@ def test_a_failure_in_the_first_half_of_a_line_fails_ci(tmp_path):
     script.write_text("set -euo pipefail\n" + function + "run_block \"$(printf 'x=1 && true\\necho ok $x\\n')\"\n")
     r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "ok 1" in r.stdout
+
+
+def test_readme_and_contributing_quote_the_same_test_times():
+    def times(path):
+        lines = [line for line in (ROOT / path).read_text().splitlines() if "Test times:" in line]
+        assert len(lines) == 1, f"{path}: expected one 'Test times:' line"
+        return lines[0][lines[0].index("Test times:") :]
+
+    assert times("README.md") == times("CONTRIBUTING.md")
