@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--jobs",
         type=int,
-        help="runs trained at once, one thread each (default: one per free CPU core, up to 3; 1: one after another)",
+        help="runs trained at once, one thread each (default: all 3 when 2 or more CPU cores are free, else 1; "
+        "1: one after another)",
     )
     s.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="applied to all three runs, e.g. train.max_tokens=200000"

@@ -93,13 +93,18 @@ def run_demo(out: Path, *, force: bool = False, overrides: list[str] = (), jobs:
 
 
 def demo_jobs(configs: dict, overrides: list[str]) -> int:
-    """How many runs train at once: one per free core (one thread each) on the CPU; 1 when the user chose the threads
-    (train.num_threads, OMP_NUM_THREADS), on a GPU, or with fewer than two cores free."""
+    """How many runs train at once: all of them, one thread each, with two or more CPU cores free; 1 when the user
+    chose the threads (train.num_threads, OMP_NUM_THREADS), on a GPU, or with fewer than two cores free.
+
+    All three at once even on 2 cores: single-threaded processes share cores without OpenMP's spinning, and the
+    proxy measured 8.8K tokens/s for two one-thread runs side by side against 7.2K for one two-thread run
+    (docs/PERFORMANCE.md, "The proxy"), so three runs take about 3/8.8 of the time against 3/7.2 back to back; two
+    at a time would leave the third alone on one thread, which gains almost nothing."""
     if any(o.startswith("train.num_threads=") for o in overrides) or "OMP_NUM_THREADS" in os.environ:
         return 1
     if any(cfg.train.device != "cpu" for cfg in configs.values()):
         return 1
-    return min(len(configs), default_num_threads()) if default_num_threads() >= 2 else 1
+    return len(configs) if default_num_threads() >= 2 else 1
 
 
 def _train_arm(config: Path, overrides: list[str], force: bool, log: Path) -> dict:

@@ -52,7 +52,7 @@ def test_demo_runs_side_by_side_only_on_free_cores_and_when_threads_are_not_chos
 
     configs = {name: load_config("demo-baseline") for name in ("baseline", "slw", "stable-lr")}
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    for free, jobs in ((1, 1), (2, 2), (3, 3), (16, 3)):
+    for free, jobs in ((1, 1), (2, 3), (3, 3), (16, 3)):
         monkeypatch.setattr(demo, "default_num_threads", lambda free=free: free)
         assert demo.demo_jobs(configs, []) == jobs
     assert demo.demo_jobs(configs, ["train.num_threads=2"]) == 1
