@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("path", metavar="RUN_DIR|CHECKPOINT_DIR")
     s.add_argument(
         "--tasks",
-        help="comma-separated, from val,test,wikitext,lambada (default: val,test,lambada, about a minute for the demo's "
+        help="comma-separated, from val,test,wikitext,lambada (default: val,test,lambada, under a minute for the demo's "
         "model on 2 cores; wikitext too when --wikitext is given; none with --lm-eval). wikitext is opt-in because "
         "its stride-32 windows are slow: about 40 min for the demo's model on 2 cores (a larger --stride is faster)",
     )
