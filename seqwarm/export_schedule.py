@@ -512,7 +512,8 @@ def export_olmo(cfg: Config) -> Export:
     settings = {
         "SequenceLengthSchedulerCallback": args,
         "NumpyFSLDataset": {"sequence_length": hi},
-        "Trainer": {"max_duration": f"Duration.steps({n})"},
+        # Plain values (OLMo-core's Duration is a value and a unit); settings_text writes them as Python.
+        "Trainer": {"max_duration": {"value": n, "unit": "steps"}},
     }
 
     def exported(k: int, keep: int = c.multiple_of) -> list[int]:
@@ -582,20 +583,68 @@ def table_text(cfg: Config, exp: Export) -> str:
     return "\n".join(out) + "\n"
 
 
-def settings_text(exp: Export) -> str:
-    """The settings as printed: JSON blocks, Megatron-DeepSpeed's flags one a line, then the notes."""
-    s = exp.settings
-    if exp.framework == "megatron-deepspeed":
-        text = " \\\n".join(s["flags"]) + "\n"
-        if "ds_config.json" in s:
-            text += (
-                "\n# ds_config.json (merge into your DeepSpeed config):\n"
-                + json.dumps(s["ds_config.json"], indent=2)
-                + "\n"
-            )
-    else:
-        text = json.dumps(s, indent=2) + "\n"
-    return text + "".join(f"# note: {n}\n" for n in exp.notes)
+# --- the settings as files their framework reads -------------------------------------------------------
+# stdout (or --out) carries only the document, so `export-schedule ... > file` is a valid file for the framework;
+# the notes go to stderr (issue 27: a JSON followed by "# note:" lines is not JSON).
+
+DOCUMENT_KIND = {"deepspeed": "json", "composer": "json", "megatron-deepspeed": "bash", "olmo-core": "python"}
+
+
+def settings_text(exp: Export, *, yaml_out: bool = False) -> str:
+    """The settings as one document: JSON for DeepSpeed and Composer (YAML with `yaml_out`), a bash fragment for
+    Megatron-DeepSpeed (it writes ds_config.json and sets an argument array), Python for OLMo-core (whose settings are
+    Python objects). The notes are not in it: `notes_text`."""
+    kind = DOCUMENT_KIND[exp.framework]
+    if kind == "bash":
+        return _megatron_bash(exp.settings)
+    if kind == "python":
+        return _olmo_python(exp.settings)
+    if yaml_out:
+        import yaml
+
+        return yaml.safe_dump(exp.settings, sort_keys=False)
+    return json.dumps(exp.settings, indent=2) + "\n"
+
+
+def notes_text(exp: Export) -> str:
+    """What the settings cannot reproduce, one `note:` line each (for stderr)."""
+    return "".join(f"note: {n}\n" for n in exp.notes)
+
+
+def _megatron_bash(s: dict) -> str:
+    import shlex
+
+    lines = ["# Megatron-DeepSpeed settings from seqwarm export-schedule (docs/EXPORT.md). Source it, then run"]
+    lines.append('#   python pretrain_gpt.py "${SEQWARM_ARGS[@]}" ...your model and data flags...')
+    if "ds_config.json" in s:
+        # A quoted heredoc: the JSON is written as is, no shell expansion inside it.
+        lines.append("# It writes ds_config.json: merge its data_efficiency block into your DeepSpeed config.")
+        lines.append("cat > ds_config.json <<'SEQWARM_JSON'")
+        lines.append(json.dumps(s["ds_config.json"], indent=2))
+        lines.append("SEQWARM_JSON")
+    lines.append("SEQWARM_ARGS=(")
+    lines += ["  " + " ".join(shlex.quote(w) for w in flag.split()) for flag in s["flags"]]
+    lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def _olmo_python(s: dict) -> str:
+    cb = s["SequenceLengthSchedulerCallback"]
+    d = s["Trainer"]["max_duration"]
+    args = "".join(f"    {k}={v!r},\n" for k, v in cb.items())
+    return (
+        "# OLMo-core settings from seqwarm export-schedule (docs/EXPORT.md): import these names into your training\n"
+        "# script. Notes on what OLMo-core cannot reproduce went to stderr.\n"
+        "from olmo_core.train import Duration\n"
+        "from olmo_core.train.callbacks import SequenceLengthSchedulerCallback\n"
+        "\n"
+        "# NumpyFSLDatasetConfig(sequence_length=SEQUENCE_LENGTH, ...)\n"
+        f"SEQUENCE_LENGTH = {s['NumpyFSLDataset']['sequence_length']!r}\n"
+        "# TrainerConfig(max_duration=MAX_DURATION, ...)\n"
+        f"MAX_DURATION = Duration.{d['unit']}({d['value']!r})\n"
+        "# one of the trainer's callbacks\n"
+        f"SEQUENCE_LENGTH_SCHEDULER = SequenceLengthSchedulerCallback(\n{args})\n"
+    )
 
 
 __all__ = [
@@ -612,6 +661,7 @@ __all__ = [
     "differences",
     "export",
     "megatron_flags",
+    "notes_text",
     "olmo_split_seqlen",
     "olmo_truncated_seqlen",
     "run_steps",

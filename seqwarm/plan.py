@@ -146,6 +146,16 @@ def _step_tokens(rows: list[dict], r: dict) -> int:
     return r["tokens"] - (rows[i - 1]["tokens"] if i else 0)
 
 
+def _short_floats(obj):
+    """Floats to 12 significant digits, for --jsonl: an LR computed as 0.0006000000000000001 prints as 0.0006
+    (issue 27); 12 digits keep every value a user could set or compare, far above float noise."""
+    if isinstance(obj, float):
+        return float(f"{obj:.12g}")
+    if isinstance(obj, dict):
+        return {k: _short_floats(v) for k, v in obj.items()}
+    return obj
+
+
 def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, out=None) -> dict:
     """Print the plan (a table, or JSONL with every step) and return its totals."""
     out = out or sys.stdout
@@ -175,8 +185,8 @@ def print_plan(cfg: Config, *, every: int | None = None, jsonl: bool = False, ou
         }
     if jsonl:
         for r in shown:
-            out.write(json.dumps(r) + "\n")
-        out.write(json.dumps({"summary": summary}) + "\n")
+            out.write(json.dumps(_short_floats(r)) + "\n")
+        out.write(json.dumps(_short_floats({"summary": summary})) + "\n")
         return summary
     table = [["step", "seqlen", "batch", "tokens", "lr", "flops"]]
     # The columns of the axes in use only, so a plan without them prints as it always did.

@@ -31,6 +31,7 @@ from seqwarm.interrupt import Interrupted
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, run_summary
 from seqwarm.monitor import ADAM_KEYS, adam_statistics, all_finite
+from seqwarm.runtime import threads_text
 from seqwarm.schedule import Clock
 from seqwarm.trainer_state import Trainer, build, check_parallel, with_resolved_precision  # noqa: F401 (build, check_parallel, with_resolved_precision: re-exported, the loop's entry points)
 
@@ -456,7 +457,8 @@ def _progress_bar(cfg: Config, clock: Clock, enabled: bool) -> tqdm:
         initial=clock.tokens if by_tokens else clock.step,
         unit="tok" if by_tokens else "step",
         unit_scale=True,
-        desc=Path(cfg.run.dir).name,
+        # on the CPU, the threads in the line: the first thing to check when a busy machine is slow (runtime.py)
+        desc=Path(cfg.run.dir).name + ("" if torch.cuda.is_initialized() else f" ({threads_text()})"),
         disable=not enabled,
         dynamic_ncols=True,
     )

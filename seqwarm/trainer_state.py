@@ -25,7 +25,7 @@ from seqwarm.interrupt import StopRequest
 from seqwarm.model import GPT
 from seqwarm.monitor import LossRatio, NonFiniteGuard
 from seqwarm.rewind import Rewinder
-from seqwarm.runtime import check_precision, keep_freed_memory, resolve_device, resolve_precision
+from seqwarm.runtime import check_precision, keep_freed_memory, resolve_device, resolve_precision, set_cpu_threads
 from seqwarm.schedule import Clock, StepPlan
 from seqwarm.stability import Events, unigram_loss
 
@@ -129,8 +129,8 @@ def build(
     env = env or DistEnv()
     device = device or resolve_device(cfg.train.device, env.local_rank)
     cfg = with_resolved_precision(cfg, device)  # and checked against the device
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    if cfg.train.num_threads or device.type == "cpu":
+        set_cpu_threads(cfg.train.num_threads)  # unset: the cores other processes leave free (runtime.py)
     if device.type == "cpu":
         keep_freed_memory()
     seqlen_end = cfg.curriculum.seqlen_end
