@@ -83,6 +83,9 @@ def test_the_import_command_continues_training_an_export(tmp_path, corpus_dir, c
     assert imported.keys() == exported.keys() and all(torch.equal(imported[k], exported[k]) for k in imported)
     summary = train(load_config(run / "config.yaml", [f"run.dir={run}"]), resume=True, progress=False)
     assert summary["steps"] > 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tasks", "val", "--no-progress"]) == 0  # the native scorers read it too
+    assert "val" in capsys.readouterr().out
     # the options config.json sets cannot be chosen on the command line
     assert main(["import-hf", str(hf_dir), "--out", str(tmp_path / "r2"), "tiny-slw", "model.qk_norm=false"]) == 2
     assert "model.qk_norm: set by" in capsys.readouterr().err

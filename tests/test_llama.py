@@ -216,3 +216,17 @@ def test_a_tiny_llama_slw_run_killed_midway_resumes_bit_exactly(corpus_dir, tmp_
     assert "blocks.0.attn.q_norm.weight" in a and "wpe.weight" not in a
     rows = {r["step"]: r["loss"] for r in read_metrics(run / "metrics.jsonl") if "loss" in r}
     assert sorted(rows) == list(range(1, 11)) and rows[10] < rows[1]
+
+
+def test_bf16_autocast_trains_the_family_close_to_fp32():
+    """Under CPU bf16 autocast (train.precision: bf16) the norms compute in fp32 and the rotation in the
+    activations' dtype, as transformers' Llama does: the loss stays within bf16's precision of fp32's and
+    every parameter gets a finite gradient."""
+    model = randomised(GPTConfig(**TINY | {"qk_norm": True, "n_kv_head": 2}))
+    x, y = torch.randint(0, V, (4, 32)), torch.randint(0, V, (4, 32))
+    fp32 = model(x, y)[0].item() / y.numel()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ce, _ = model(x, y)
+    (ce / y.numel()).backward()
+    assert abs(ce.item() / y.numel() - fp32) < 0.05 * fp32
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
