@@ -98,22 +98,34 @@ def cmd_plan(args) -> None:
 
 def cmd_export_schedule(args) -> None:
     from seqwarm.config import load_config
-    from seqwarm.export_schedule import FRAMEWORKS, export, settings_text, table_text
+    from seqwarm.export_schedule import FRAMEWORKS, export, notes_text, settings_text, table_text
+    from seqwarm.files import atomic_write, check_writable
 
     if args.to is None:
         raise ConfigError(f"export-schedule: --to is required ({', '.join(FRAMEWORKS)})")
     config, overrides = split_config_args(args.items)
     if config is None:
         raise ConfigError("export-schedule: give a CONFIG file or the name of a shipped config")
+    if args.out is not None:
+        check_writable(args.out, "--out", directory=False)
     cfg = load_config(config, overrides)
     exp = export(cfg, args.to)
-    print(table_text(cfg, exp) if args.table else settings_text(exp), end="")
+    yaml_out = args.out is not None and Path(args.out).suffix in (".yaml", ".yml")
+    text = table_text(cfg, exp) if args.table else settings_text(exp, yaml_out=yaml_out)
+    # Only the document on stdout or in --out, so `> file` gives a file the framework reads; the notes on stderr.
+    if args.out is None:
+        print(text, end="")
+    else:
+        atomic_write(args.out, text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    if not args.table:
+        print(notes_text(exp), end="", file=sys.stderr)
 
 
 def cmd_demo(args) -> None:
     from seqwarm.demo import run_demo
 
-    run_demo(Path(args.out), force=args.force, overrides=args.overrides)
+    run_demo(Path(args.out), force=args.force, overrides=args.overrides, jobs=args.jobs)
 
 
 def cmd_report(args) -> None:
@@ -264,13 +276,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--table", action="store_true", help="list the steps where the framework trains at another length than seqwarm"
     )
+    s.add_argument(
+        "--out",
+        metavar="FILE",
+        help="write the settings to FILE instead of stdout (JSON, or YAML for a .yaml/.yml FILE, for deepspeed and "
+        "composer; bash for megatron-deepspeed; Python for olmo-core); notes always go to stderr",
+    )
     s.set_defaults(func=cmd_export_schedule)
 
-    s = sub.add_parser("demo", help="train a tiny baseline and a tiny SLW model on the builtin corpus and compare")
-    s.add_argument("--out", default="runs/demo", help="directory for the two runs (default: runs/demo)")
+    s = sub.add_parser(
+        "demo",
+        help="train the small proxy GPT three times on the builtin corpus (aggressive LR without and with SLW, then "
+        "the stable LR) and compare",
+    )
+    s.add_argument("--out", default="runs/demo", help="directory for the three runs (default: runs/demo)")
     s.add_argument("--force", action="store_true", help="replace earlier demo runs in --out")
     s.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="applied to both runs, e.g. train.max_tokens=200000"
+        "--jobs",
+        type=int,
+        help="runs trained at once, one thread each (default: all 3 when 2 or more CPU cores are free, else 1; "
+        "1: one after another)",
+    )
+    s.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="applied to all three runs, e.g. train.max_tokens=200000"
     )
     s.set_defaults(func=cmd_demo)
 
@@ -298,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("path", metavar="RUN_DIR|CHECKPOINT_DIR")
     s.add_argument(
-        "--tasks", help="comma-separated, from val,test,wikitext,lambada (default: all; none with --lm-eval)"
+        "--tasks",
+        help="comma-separated, from val,test,wikitext,lambada (default: val,test,lambada, under a minute for the demo's "
+        "model on 2 cores; wikitext too when --wikitext is given; none with --lm-eval). wikitext is opt-in because "
+        "its stride-32 windows are slow: about 40 min for the demo's model on 2 cores (a larger --stride is faster)",
     )
     s.add_argument(
         "--wikitext",

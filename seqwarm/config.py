@@ -25,6 +25,7 @@ from seqwarm.files import atomic_write
 from seqwarm.model import PRESETS, GPTConfig, model_options
 from seqwarm.runtime import check_precision
 from seqwarm.schedule import LRSchedule
+from seqwarm.stability_config import MonitorStability, TrainStability
 from seqwarm.tokenizer import VOCAB_SIZE
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -145,7 +146,7 @@ ModelConfig = _model_config_class()
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainStability):
     global_batch_size: int = 32
     """Sequences per optimizer step, over all processes and micro-batches."""
     micro_batch_size: int | None = None
@@ -238,6 +239,7 @@ class TrainConfig:
             raise ConfigError(f"train.dist_timeout_s: must be positive, got {self.dist_timeout_s}")
         if self.num_threads is not None and self.num_threads <= 0:
             raise ConfigError(f"train.num_threads: must be positive, got {self.num_threads}")
+        self.check_stability()
 
     def lr_schedule(self) -> LRSchedule:
         """The LR schedule and stopping rule of this section, as the method's own type."""
@@ -264,7 +266,7 @@ class TrainConfig:
 
 
 @dataclass
-class MonitorConfig:
+class MonitorConfig(MonitorStability):
     adam_every_steps: int = 1
     """Record Adam's variance/momentum statistics every this many steps (Section 3); raise it for huge models."""
     on_nonfinite: Literal["stop", "skip"] = "stop"
@@ -277,6 +279,8 @@ class MonitorConfig:
             raise ConfigError(f"monitor.adam_every_steps: must be positive, got {self.adam_every_steps}")
         if self.max_consecutive_skips <= 0:
             raise ConfigError(f"monitor.max_consecutive_skips: must be positive, got {self.max_consecutive_skips}")
+        check_finite(self, "monitor")
+        self.check_stability()
 
 
 @dataclass
@@ -368,6 +372,8 @@ class Config:
         check_precision(self.train.precision, self.train.device)
         if self.eval.batch_size is None:
             self.eval.batch_size = self.train.micro_batch_size
+        if self.monitor.rewind and not self.checkpoint.every_steps:
+            raise ConfigError("monitor.rewind: needs checkpoint.every_steps (a rewind goes back to a checkpoint)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from seqwarm.config import Config
-from seqwarm.curriculum import LengthAxis, Linear, Root, SeqlenSchedule, Stages
+from seqwarm.curriculum import LengthAxis, Linear, Root, Stages
 from seqwarm.errors import ConfigError
 from seqwarm.plan import plan_steps, step_plan
 from seqwarm.tables import text_table
@@ -170,8 +170,7 @@ def run_steps(cfg: Config) -> int:
         return sum(1 for _ in plan_steps(cfg))
     plan = step_plan(cfg)
     while not plan.finished:
-        spec = plan.spec()
-        plan.tick(spec.batch_size * spec.seqlen)
+        plan.tick(plan.spec().full_tokens)  # batch x length, or x the full length when melted
     return plan.clock.step
 
 
@@ -208,8 +207,35 @@ class Export:
     """The exported setup first; then other setups of the framework worth comparing."""
 
 
-def _slw(cfg: Config, framework: str) -> LengthAxis:
-    """The config's length axis, or a ConfigError when it has no length schedule to export."""
+def _exportable(cfg: Config, framework: str, *, melt: bool = False) -> None:
+    """A ConfigError naming the field when the curriculum uses an axis `framework` cannot represent: an attention
+    window, the tokens-matched batch, closed-loop pacing, or melt (unless `melt`: its exporter maps it)."""
+    c = cfg.curriculum
+    if c.window_axis().varies:
+        raise ConfigError(
+            f"curriculum.window: {framework} has no attention-window schedule; a window warmup is not exported"
+        )
+    if c.batch_axis().matched:
+        raise ConfigError(
+            f"curriculum.batch: the tokens-matched batch (full-length rows, batch from SLW's tokens) has no {framework} "
+            "equivalent; it is not exported"
+        )
+    if c.length_axis().adaptive:
+        raise ConfigError(
+            f"curriculum.pacing: adaptive pacing follows the run's loss ratio, which {framework}'s schedule cannot; "
+            f"export its open-loop bound with curriculum.pacing=linear"
+        )
+    if c.melts and not melt:
+        raise ConfigError(
+            f"curriculum.packing: melt (rows split at constant tokens per step) has no {framework} equivalent; "
+            "olmo-core exports it (composer where its lengths divide seqlen_end), or use packing truncate"
+        )
+
+
+def _slw(cfg: Config, framework: str, *, melt: bool = False) -> LengthAxis:
+    """The config's length axis, or a ConfigError when it has no length schedule to export (or uses an axis the
+    framework cannot represent: `_exportable`)."""
+    _exportable(cfg, framework, melt=melt)
     c = cfg.curriculum
     axis = c.length_axis()
     if not axis.varies:
@@ -334,6 +360,7 @@ def megatron_flags(cfg: Config, steps: int) -> list[str]:
 
 
 def export_megatron(cfg: Config) -> Export:
+    _exportable(cfg, "megatron-deepspeed")
     t, c = cfg.train, cfg.curriculum
     if c.batch_axis().warmup_tokens is not None:
         raise ConfigError(
@@ -382,7 +409,7 @@ def composer_duration(total_batches: int, warmup_batches: int) -> float:
 
 
 def export_composer(cfg: Config) -> Export:
-    _linear_only(_slw(cfg, "composer"), "Composer's SeqLengthWarmup")
+    _linear_only(_slw(cfg, "composer", melt=True), "Composer's SeqLengthWarmup")
     c, t = cfg.curriculum, cfg.train
     n = run_steps(cfg)
     if c.duration > n:
@@ -395,11 +422,13 @@ def export_composer(cfg: Config) -> Export:
         "min_seq_length": c.seqlen_start,
         "max_seq_length": c.seqlen_end,
         "step_size": c.multiple_of,
-        "truncate": True,
+        "truncate": not c.melts,
         "preserve_end_of_sequence": False,
     }
     rule = dict(min_seq_length=c.seqlen_start, max_seq_length=c.seqlen_end, step_size=c.multiple_of)
     composer_seqlen(0, **rule, warmup_batches=c.duration)  # its division by zero, as a ConfigError, now
+    if c.melts:
+        _composer_melts(c, rule)
     notes = [
         "Composer's warmup is a staircase: one increment of step_size every W // K batches (K increments), "
         "so it reaches max_seq_length at batch K * (W // K), before T when K does not divide T.",
@@ -411,6 +440,11 @@ def export_composer(cfg: Config) -> Export:
         notes.append(f"max_duration {n}ba is the step at which seqwarm reaches max_tokens {t.max_tokens:,}.")
     if not c.drop_tail:
         notes.append("drop_tail: false (serving the truncated tails later) has no Composer equivalent.")
+    if c.melts:
+        notes.append(
+            "truncate=False reshapes rows of inputs and the model shifts inside each short row: a row of seqlen_end "
+            "trains seqlen_end - k targets when split in k (seqwarm keeps all seqlen_end), and the batch grows k-fold."
+        )
     settings = {"SeqLengthWarmup": args, "Trainer": {"max_duration": f"{n}ba"}}
     variants = [
         Variant("composer", lambda k: [composer_seqlen(b, **rule, warmup_batches=c.duration) for b in range(k)])
@@ -418,8 +452,33 @@ def export_composer(cfg: Config) -> Export:
     return Export("composer", settings, notes, variants)
 
 
+def _composer_melts(c, rule: dict) -> None:
+    """Composer's truncate=False equals melt only where each of its staircase lengths divides seqlen_end (then its
+    reshape of the flattened batch splits every row whole); otherwise a ConfigError naming the first that does not."""
+    for b in range(c.duration):
+        length = composer_seqlen(b, **rule, warmup_batches=c.duration)
+        if c.seqlen_end % length:
+            raise ConfigError(
+                f"curriculum.packing: Composer's SeqLengthWarmup(truncate=False) trains its staircase length {length} "
+                f"at batch {b}, which does not divide seqlen_end ({c.seqlen_end}): it would join rows and drop a "
+                "remainder, not melt; export melt to olmo-core"
+            )
+
+
+def _olmo_melts(c) -> None:
+    """OLMo-core's truncate=False trains seqlen_start x 2^j only; melt's lengths (divisors of seqlen_end that are
+    multiples of multiple_of) must be that set, or a ConfigError naming one that is not."""
+    ours = {d for d in range(c.seqlen_start, c.seqlen_end + 1) if c.seqlen_end % d == 0 and d % c.multiple_of == 0}
+    extra = sorted(ours - {c.seqlen_start << j for j in range(c.seqlen_end.bit_length())})
+    if extra:
+        raise ConfigError(
+            f"curriculum.packing: melt trains length {extra[0]} here, which OLMo-core's truncate=False (seqlen_start x "
+            "a power of 2) never does; no OLMo-core equivalent"
+        )
+
+
 def export_olmo(cfg: Config) -> Export:
-    _linear_only(_slw(cfg, "olmo-core"), "OLMo-core's SequenceLengthSchedulerCallback")
+    _linear_only(_slw(cfg, "olmo-core", melt=True), "OLMo-core's SequenceLengthSchedulerCallback")
     c = cfg.curriculum
     lo, hi, w = c.seqlen_start, c.seqlen_end, c.duration
     ratio = hi // lo if hi % lo == 0 else 0
@@ -431,6 +490,9 @@ def export_olmo(cfg: Config) -> Export:
         )
     n = run_steps(cfg)
     args = {"min_sequence_length": lo, "warmup_steps": w, "truncate": True, "keep_multiple_of": c.multiple_of}
+    if c.melts:
+        _olmo_melts(c)
+        args = {"min_sequence_length": lo, "warmup_steps": w, "truncate": False}
     notes = [
         "OLMo-core's step counts from 1, so it trains at seqwarm's next length one step early; keep_multiple_of "
         f"{c.multiple_of} replaces its default 128, which floors every length below 128 to 0.",
@@ -441,28 +503,36 @@ def export_olmo(cfg: Config) -> Export:
     ]
     if not c.drop_tail:
         notes.append("drop_tail: false (serving the truncated tails later) has no OLMo-core equivalent.")
+    if c.melts:
+        notes[0] = "OLMo-core's step counts from 1, so it trains at seqwarm's next length one step early."
+        notes.append(
+            "truncate=False melts rows of inputs and shifts inside each piece: a row split in k trains k - 1 "
+            "targets fewer than seqwarm's melt, which keeps every target; both raise the micro-batch k-fold."
+        )
     settings = {
         "SequenceLengthSchedulerCallback": args,
         "NumpyFSLDataset": {"sequence_length": hi},
-        "Trainer": {"max_duration": f"Duration.steps({n})"},
+        # Plain values (OLMo-core's Duration is a value and a unit); settings_text writes them as Python.
+        "Trainer": {"max_duration": {"value": n, "unit": "steps"}},
     }
 
     def exported(k: int, keep: int = c.multiple_of) -> list[int]:
         kw = dict(min_sequence_length=lo, max_sequence_length=hi, warmup_steps=w, keep_multiple_of=keep)
         return [olmo_truncated_seqlen(s + 1, **kw) for s in range(k)]
 
+    split = dict(min_sequence_length=lo, max_sequence_length=hi, warmup_steps=w)
+    melted = Variant(
+        "olmo-core truncate=False (its default: power-of-two split)",
+        lambda k: [olmo_split_seqlen(s + 1, **split) for s in range(k)],
+    )
+    if c.melts:
+        return Export("olmo-core", settings, notes, [melted])
     variants = [Variant(f"olmo-core truncate=True, keep_multiple_of={c.multiple_of}", exported)]
     if c.multiple_of != 128:
         variants.append(
             Variant("olmo-core truncate=True, keep_multiple_of=128 (its default)", lambda k: exported(k, 128))
         )
-    split = dict(min_sequence_length=lo, max_sequence_length=hi, warmup_steps=w)
-    variants.append(
-        Variant(
-            "olmo-core truncate=False (its default: power-of-two split)",
-            lambda k: [olmo_split_seqlen(s + 1, **split) for s in range(k)],
-        )
-    )
+    variants.append(melted)
     return Export("olmo-core", settings, notes, variants)
 
 
@@ -499,8 +569,8 @@ def differences(ours: Sequence[int], theirs: Sequence[int]) -> list[tuple[int, i
 def table_text(cfg: Config, exp: Export) -> str:
     """For each variant: how many of the run's steps differ from seqwarm's length, and those steps' ranges."""
     n = run_steps(cfg)
-    schedule = SeqlenSchedule(cfg.curriculum)
-    ours = [schedule(s) for s in range(n)]
+    curriculum = step_plan(cfg).curriculum  # its lengths: truncated or melted
+    ours = [curriculum.at(s, 0).seqlen for s in range(n)]
     out = []
     for v in exp.variants:
         runs = differences(ours, v.lengths(n))
@@ -513,20 +583,68 @@ def table_text(cfg: Config, exp: Export) -> str:
     return "\n".join(out) + "\n"
 
 
-def settings_text(exp: Export) -> str:
-    """The settings as printed: JSON blocks, Megatron-DeepSpeed's flags one a line, then the notes."""
-    s = exp.settings
-    if exp.framework == "megatron-deepspeed":
-        text = " \\\n".join(s["flags"]) + "\n"
-        if "ds_config.json" in s:
-            text += (
-                "\n# ds_config.json (merge into your DeepSpeed config):\n"
-                + json.dumps(s["ds_config.json"], indent=2)
-                + "\n"
-            )
-    else:
-        text = json.dumps(s, indent=2) + "\n"
-    return text + "".join(f"# note: {n}\n" for n in exp.notes)
+# --- the settings as files their framework reads -------------------------------------------------------
+# stdout (or --out) carries only the document, so `export-schedule ... > file` is a valid file for the framework;
+# the notes go to stderr (issue 27: a JSON followed by "# note:" lines is not JSON).
+
+DOCUMENT_KIND = {"deepspeed": "json", "composer": "json", "megatron-deepspeed": "bash", "olmo-core": "python"}
+
+
+def settings_text(exp: Export, *, yaml_out: bool = False) -> str:
+    """The settings as one document: JSON for DeepSpeed and Composer (YAML with `yaml_out`), a bash fragment for
+    Megatron-DeepSpeed (it writes ds_config.json and sets an argument array), Python for OLMo-core (whose settings are
+    Python objects). The notes are not in it: `notes_text`."""
+    kind = DOCUMENT_KIND[exp.framework]
+    if kind == "bash":
+        return _megatron_bash(exp.settings)
+    if kind == "python":
+        return _olmo_python(exp.settings)
+    if yaml_out:
+        import yaml
+
+        return yaml.safe_dump(exp.settings, sort_keys=False)
+    return json.dumps(exp.settings, indent=2) + "\n"
+
+
+def notes_text(exp: Export) -> str:
+    """What the settings cannot reproduce, one `note:` line each (for stderr)."""
+    return "".join(f"note: {n}\n" for n in exp.notes)
+
+
+def _megatron_bash(s: dict) -> str:
+    import shlex
+
+    lines = ["# Megatron-DeepSpeed settings from seqwarm export-schedule (docs/EXPORT.md). Source it, then run"]
+    lines.append('#   python pretrain_gpt.py "${SEQWARM_ARGS[@]}" ...your model and data flags...')
+    if "ds_config.json" in s:
+        # A quoted heredoc: the JSON is written as is, no shell expansion inside it.
+        lines.append("# It writes ds_config.json: merge its data_efficiency block into your DeepSpeed config.")
+        lines.append("cat > ds_config.json <<'SEQWARM_JSON'")
+        lines.append(json.dumps(s["ds_config.json"], indent=2))
+        lines.append("SEQWARM_JSON")
+    lines.append("SEQWARM_ARGS=(")
+    lines += ["  " + " ".join(shlex.quote(w) for w in flag.split()) for flag in s["flags"]]
+    lines.append(")")
+    return "\n".join(lines) + "\n"
+
+
+def _olmo_python(s: dict) -> str:
+    cb = s["SequenceLengthSchedulerCallback"]
+    d = s["Trainer"]["max_duration"]
+    args = "".join(f"    {k}={v!r},\n" for k, v in cb.items())
+    return (
+        "# OLMo-core settings from seqwarm export-schedule (docs/EXPORT.md): import these names into your training\n"
+        "# script. Notes on what OLMo-core cannot reproduce went to stderr.\n"
+        "from olmo_core.train import Duration\n"
+        "from olmo_core.train.callbacks import SequenceLengthSchedulerCallback\n"
+        "\n"
+        "# NumpyFSLDatasetConfig(sequence_length=SEQUENCE_LENGTH, ...)\n"
+        f"SEQUENCE_LENGTH = {s['NumpyFSLDataset']['sequence_length']!r}\n"
+        "# TrainerConfig(max_duration=MAX_DURATION, ...)\n"
+        f"MAX_DURATION = Duration.{d['unit']}({d['value']!r})\n"
+        "# one of the trainer's callbacks\n"
+        f"SEQUENCE_LENGTH_SCHEDULER = SequenceLengthSchedulerCallback(\n{args})\n"
+    )
 
 
 __all__ = [
@@ -543,6 +661,7 @@ __all__ = [
     "differences",
     "export",
     "megatron_flags",
+    "notes_text",
     "olmo_split_seqlen",
     "olmo_truncated_seqlen",
     "run_steps",

@@ -218,7 +218,12 @@ def unigram_entropy(tokens: np.ndarray | Sequence[int], vocab_size: int | None =
     first steps (learning the frequencies is easy), and goes below it only as it learns to use context;
     a run that stays near it is on the plateau. `prepare` can record it per corpus and split.
     """
-    counts = np.bincount(np.asarray(tokens, dtype=np.int64).reshape(-1), minlength=vocab_size or 0)
+    return counts_entropy(np.bincount(np.asarray(tokens, dtype=np.int64).reshape(-1), minlength=vocab_size or 0))
+
+
+def counts_entropy(counts: np.ndarray) -> float:
+    """`unigram_entropy` from token counts (summed over shards by `prepare`, so no split is read whole)."""
+    counts = np.asarray(counts)
     n = counts.sum()
     if n == 0:
         raise ValueError("unigram_entropy: no tokens")

@@ -20,9 +20,11 @@ from seqwarm.data.corpus import open_data
 from seqwarm.distributed import DistEnv
 from seqwarm.errors import ConfigError, SeqwarmError
 from seqwarm.interrupt import graceful_stop
+from seqwarm.preflight import preflight
 from seqwarm.runtime import resolve_device
 from seqwarm.schedule import Clock
-from seqwarm.trainer import FitHook, build, check_parallel, fit, with_resolved_precision
+from seqwarm.stability import step_inputs
+from seqwarm.trainer import FitHook, _autocast, build, check_parallel, fit, with_resolved_precision
 
 
 def train(
@@ -70,6 +72,8 @@ def train(
                 data = open_data(cfg, progress=False)
             trainer = build(cfg, run_dir, data, env, device)
             trainer.stop = stop
+            if cfg.train.preflight:  # before anything is written: an out-of-memory leaves the run directory as it was
+                preflight(trainer, _autocast(device, cfg.train.precision), step_inputs(trainer, cfg.monitor.every))
             if checkpoint is not None:
                 trainer.load_state_dict(loaded[0] if loaded else read_checkpoint(checkpoint))
                 trainer.last_checkpoint = checkpoint

@@ -78,6 +78,19 @@ class MetricsLog:
             # An eval row at the step of a train row joins that step's W&B history row.
             self.wandb.log(scalars, step=row["step"])
 
+    def truncate(self, step: int) -> None:
+        """Drop the rows after `step`, as a resume from that step's checkpoint does (a rewind, `seqwarm.rewind`).
+
+        TensorBoard and W&B keep what they were sent: they cannot drop events mid-run.
+        """
+        if self.file is None:
+            return
+        self.file.close()
+        path = Path(self.file.name)
+        keep = [r for r in read_metrics(path) if r["step"] <= step]
+        atomic_write(path, "".join(json.dumps(r) + "\n" for r in keep))
+        self.file = open_append(path)
+
     def flush(self) -> None:
         if self.file is not None:
             self.file.flush()

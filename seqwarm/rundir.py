@@ -53,6 +53,7 @@ RESUMABLE = {
     "train.parallel": "how the processes share the work",
     "train.dist_timeout_s": "how long a collective waits",
     "data.verify": "how the data is checked",
+    "train.preflight": "whether a memory check runs before step 1 (it changes nothing)",
 }
 RESUMABLE_SECTIONS = {"eval", "log", "checkpoint", "monitor"}  # observation and cadence
 WHY_NOT = {
@@ -135,14 +136,17 @@ def resume_changes(saved: Config, new: Config) -> dict[str, tuple]:
     return changes
 
 
-def record_resume(run_dir: Path, clock: Clock, changes: dict[str, tuple]) -> None:
-    """Append one line to resumes.jsonl: when (step, tokens, wall time) and what changed."""
+def record_resume(run_dir: Path, clock: Clock, changes: dict[str, tuple], *, rewind: dict | None = None) -> None:
+    """Append one line to resumes.jsonl: when (step, tokens, wall time) and what changed; or, with `rewind`, a
+    rewind-and-skip that continued the run from an earlier checkpoint (`seqwarm.rewind`)."""
     row = {
         "step": clock.step,
         "tokens": clock.tokens,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "changes": {k: {"old": a, "new": b} for k, (a, b) in changes.items()},
     }
+    if rewind is not None:
+        row["rewind"] = rewind
     append_line(Path(run_dir) / RESUMES, json.dumps(row))
 
 

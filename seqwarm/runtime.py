@@ -5,11 +5,18 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
+import os
+import statistics
 import sys
+import time
 
 import torch
 
 from seqwarm.errors import ConfigError
+
+# torch's own default (the physical cores, or OMP_NUM_THREADS), read before anything here changes it.
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
@@ -88,3 +95,70 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if device.type == "cpu" and cpu_bf16_units() else "fp32"
+
+
+# --- CPU threads ------------------------------------------------------------------------------------------------
+# OpenMP threads spin while they wait for each other. On a machine that other processes keep busy, one thread per
+# core then fights them for every core: a 30-step slice of the demo took 73 s at torch's default against 16 s at one
+# thread, at load ~2 on 2 cores (issue 27; docs/PERFORMANCE.md, "Threads on a busy machine"). So when neither
+# train.num_threads nor OMP_NUM_THREADS says otherwise, training takes the cores that other processes leave free.
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: taskset, cgroup cpusets), not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def other_load(samples: int = 5, interval_s: float = 0.02) -> float:
+    """How many cores other processes keep busy: the smaller of the 1-minute load average and the median of a few
+    instantaneous counts of runnable tasks, this process's own excluded.
+
+    The load average alone remembers this process's own earlier work (a run just finished on both cores reads as
+    load 2 for a minute); the instantaneous count alone misses bursty neighbours. Each errs pessimistic in one of
+    those cases, so the smaller is taken. 0 where neither can be read."""
+    try:
+        average = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return 0.0
+    counts = []
+    for i in range(samples):
+        try:
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return average
+        counts.append(max(0, running - 1))  # this process, running while it reads
+        if i + 1 < samples:
+            time.sleep(interval_s)
+    return min(average, statistics.median(counts))
+
+
+def default_num_threads(cores: int | None = None, load: float | None = None, local_processes: int = 1) -> int:
+    """Threads for one training process when train.num_threads is unset: its share of the usable cores that other
+    processes leave free, at least 1 and at most torch's own default (physical cores), so it never oversubscribes."""
+    cores = usable_cores() if cores is None else cores
+    load = other_load() if load is None else load
+    share = max(1, cores // max(1, local_processes))
+    free = math.floor(cores - load + 0.5)  # a core busy half the time or less counts as free
+    return max(1, min(share, free, _TORCH_DEFAULT_THREADS))
+
+
+def set_cpu_threads(num_threads: int | None) -> int:
+    """Set torch's intra-op threads: `num_threads` when given; else, unless OMP_NUM_THREADS is set (torchrun sets
+    it to 1 per process), `default_num_threads`. Returns the threads in use; the progress line shows them against
+    the usable cores (`threads_text`), not stderr, which carries errors only."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+        torch.set_num_threads(default_num_threads(local_processes=local))
+    return torch.get_num_threads()
+
+
+def threads_text() -> str:
+    """`2 threads` on an idle machine, `1 thread of 2 cores` when fewer threads than usable cores run."""
+    threads, cores = torch.get_num_threads(), usable_cores()
+    text = f"{threads} thread{'s' if threads > 1 else ''}"
+    return text if threads >= cores else f"{text} of {cores} cores"

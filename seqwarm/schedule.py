@@ -105,7 +105,8 @@ class StepPlan:
     the LR of its update (`learning_rate(clock.after(tokens))`) -> the clock's tick.
 
     The trainer, `seqwarm plan` and `SequenceLengthWarmup` each drive one, so a step's length, batch,
-    tokens and LR are computed by the same code in all three (`tests/test_step_plan.py`).
+    tokens and LR are computed by the same code in all three (`tests/test_step_plan.py`). With closed-loop pacing
+    each also calls `observe` after the tick with the step's loss ratio (`seqwarm plan` with a stable one).
     """
 
     def __init__(self, curriculum: Curriculum, schedule: LRSchedule, clock: Clock | None = None):
@@ -127,6 +128,11 @@ class StepPlan:
     def tick(self, tokens: int) -> None:
         """Close the step: it trained `tokens` tokens (0 for an update that was not applied)."""
         self.clock.tick(tokens, self.schedule)
+
+    def observe(self, signals: dict) -> None:
+        """After the tick, the step's signals (`loss_ratio`, ...) for closed-loop pacing; the next `spec()` follows
+        them. The curriculum's only state (`Curriculum.state_dict`), saved beside the clock."""
+        self.curriculum.observe(signals)
 
     @property
     def finished(self) -> bool:

@@ -21,6 +21,10 @@ from scipy import stats as _scipy
 CONFIDENCE = 0.95
 RESAMPLES = 9999  # scipy.stats.bootstrap's default
 SEED = 0
+# Fewest values with an interval: the percentile bootstrap of 2 values spans little more than their min and max
+# (every resample mean lies between them), which is no 95% interval (issue 27 read "[8.967, 9.081] (n=2)").
+MIN_INTERVAL_N = 3
+SIGNIFICANCE = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,7 @@ def _values(sample: Sequence[float], name: str) -> np.ndarray:
 def bootstrap_ci(
     sample: Sequence[float], *, confidence: float = CONFIDENCE, resamples: int = RESAMPLES, seed: int = SEED
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean; None for fewer than 2 values.
+    """Percentile bootstrap interval of the mean; None for fewer than MIN_INTERVAL_N values.
 
     The same draws as `scipy.stats.bootstrap(..., method="percentile", rng=np.random.default_rng(seed))`:
     `resamples` rows of n indices drawn with replacement, the mean of each row, and the
@@ -64,7 +68,7 @@ def bootstrap_ci(
     if not 0 < confidence < 1:
         raise ValueError(f"confidence: expected a level in (0, 1), got {confidence}")
     x = _values(sample, "bootstrap_ci")
-    if len(x) < 2:
+    if len(x) < MIN_INTERVAL_N:
         return None
     rng = np.random.default_rng(seed)
     means = x[rng.integers(0, len(x), (resamples, len(x)))].mean(axis=1)
@@ -80,6 +84,19 @@ def mean_ci(sample: Sequence[float], **kw) -> Estimate:
     return Estimate(len(x), float(x.mean()) if len(x) else None, *(ci or (None, None)))
 
 
+def smallest_wilcoxon_p(n: int, alternative: str = "two-sided") -> float:
+    """The smallest p the exact signed-rank test can give with n nonzero differences: every difference with one sign
+    has probability 0.5**n under the null; two-sided counts both signs."""
+    one = 0.5**n
+    return one if alternative in ("less", "greater") else min(1.0, 2 * one)
+
+
+def too_few_pairs(n: int, alternative: str = "two-sided") -> str:
+    """A note when n pairs cannot reach p < SIGNIFICANCE whatever they are, else ''."""
+    floor = smallest_wilcoxon_p(n, alternative)
+    return f"n too small: p >= {floor:.3g} whatever the data" if floor > SIGNIFICANCE else ""
+
+
 def paired_comparison(
     method: Sequence[float], baseline: Sequence[float], *, alternative: str = "two-sided", **kw
 ) -> Paired:
@@ -91,7 +108,7 @@ def paired_comparison(
     and no ties, the smallest two-sided p is 2 / 2**n (0.0625 for 5 seeds, 0.002 for 10): fewer
     seeds cannot reach p < 0.05 two-sided; one-sided, 5 seeds reach 1 / 32 = 0.031 when every
     difference has the predicted sign. Undefined, and None with a note, for fewer than 2 pairs or
-    when every difference is zero.
+    when every difference is zero; where n cannot reach p < 0.05 the p is kept and the note says "n too small".
     """
     a, b = _values(method, "paired_comparison"), _values(baseline, "paired_comparison")
     if a.shape != b.shape:
@@ -105,4 +122,4 @@ def paired_comparison(
     p = float(_scipy.wilcoxon(d, alternative=alternative).pvalue)
     if math.isnan(p):
         return Paired(len(d), diff, None, "Wilcoxon's p is undefined for these differences")
-    return Paired(len(d), diff, p)
+    return Paired(len(d), diff, p, too_few_pairs(int(np.count_nonzero(d)), alternative))

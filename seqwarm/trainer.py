@@ -21,15 +21,17 @@ import torch
 from tqdm import tqdm
 
 from seqwarm import checkpoint as ckpt
-from seqwarm import distributed, rundir
+from seqwarm import distributed, rewind, rundir, stability
 from seqwarm.checkpoint import save_checkpoint
 from seqwarm.config import Config
+from seqwarm.curriculum import StepSpec
 from seqwarm.data.loader import Batch
 from seqwarm.errors import DivergedError, SeqwarmError
 from seqwarm.interrupt import Interrupted
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.metrics import METRICS, MetricsLog, WandbSettings, read_metrics, run_summary
 from seqwarm.monitor import ADAM_KEYS, adam_statistics, all_finite
+from seqwarm.runtime import threads_text
 from seqwarm.schedule import Clock
 from seqwarm.trainer_state import Trainer, build, check_parallel, with_resolved_precision  # noqa: F401 (build, check_parallel, with_resolved_precision: re-exported, the loop's entry points)
 
@@ -83,19 +85,26 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
         wandb=wandb if cfg.log.wandb else None,
     )
     try:
+        rewind.reconcile(tr, log)  # a rewind's rows that a kill cut off (monitor.rewind)
         if clock.step == 0 and cfg.eval.every_tokens is not None:
             evaluate_and_log(tr, log, autocast)  # the curves start at the initial model
         while not plan.finished:
             with phase("data"):
-                spec = plan.spec()  # the curriculum's step: its length (Section 4), its batch, ...
-                batch = tr.loader.next_batch(spec.batch_size, spec.seqlen)
-                # The next batch is read in the background during this step (the same batch either way).
+                before = tr.loader.order.position() if tr.rewinder else None  # where a spike's batches would start
+                spec = plan.spec()  # the curriculum's step: its length (Section 4), its batch, packing, window
+                batch = tr.loader.next_batch(spec.batch_size, spec.seqlen, spec.split)
+                # The next batch is read in the background during this step (the same batch either way; a guess
+                # that closed-loop pacing makes wrong is read again).
                 nxt = plan.spec_after(batch.tokens)
-                tr.loader.prefetch(nxt.batch_size, nxt.seqlen)
+                tr.loader.prefetch(nxt.batch_size, nxt.seqlen, nxt.split)
             with phase("lr"):
                 lr = plan.lr(batch.tokens)
+                if tr.rewinder is not None:  # lowered for a while after a rewind (monitor.rewind_lr_factor)
+                    lr *= tr.rewinder.lr_factor(clock.step + 1)
             with phase("train_step"):
-                result = train_step(tr, batch, lr, autocast)
+                # The step's model inputs: the curriculum's window, the toolkit's z-loss and instruments.
+                inputs = {**(step_inputs(tr, spec) or {}), **(stability.step_inputs(tr, clock.step + 1) or {})}
+                result = train_step(tr, batch, lr, autocast, inputs or None)
             with phase("tick"):
                 prev_tokens = clock.tokens
                 # A skipped update trained on nothing: the step counts (pacing moves on, the batch is
@@ -103,13 +112,18 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                 plan.tick(batch.tokens if result.applied else 0)
             with phase("metrics"):
                 row = step_row(tr, batch, spec.seqlen, lr, result)
+                if spec.window is not None:
+                    row["window"] = spec.window
+                plan.observe(row)  # closed-loop pacing reads the step's loss ratio; open-loop axes ignore it
             with phase("adam"):
                 row |= adam_row(tr, result)
             with phase("log"):
+                if tr.events is not None:
+                    row |= tr.events.observe(row)  # attention collapse, the plateau's end
                 row["time_s"] = tr.wall_s()
                 log.write(row)
-            # A loss-scale overflow is fp16's normal way to find its scale, not a failure.
-            reason = None if result.overflow else tr.guard.observe(result.applied)
+            # A loss-scale overflow is fp16's normal way to find its scale, not a failure; nor is a skipped spike.
+            reason = None if result.overflow else tr.guard.observe(result.applied or result.spike is not None)
             if reason:
                 last = tr.last_checkpoint
                 where = f"the last checkpoint, {last.name}, holds finite weights" if last else "no checkpoint written"
@@ -117,6 +131,12 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                     f"step {clock.step}: loss {result.loss}, gradient norm {result.grad_norm}; the update was not "
                     f"applied; stopping: {reason} ({where})"
                 )
+            if (
+                tr.rewinder
+                and tr.rewinder.observe(row, before, tr.loader.order.position())
+                and rewind.rewind(tr, log, save)
+            ):
+                continue  # the clock is the checkpoint's: no eval, save or progress for the step rewound over
 
             if _crossed(prev_tokens, clock.tokens, cfg.eval.every_tokens) or plan.finished:
                 log.flush()
@@ -126,8 +146,14 @@ def training_steps(tr: Trainer, *, progress: bool = True, hook: FitHook | None =
                 save(tr)
             bar.update(clock.tokens - prev_tokens if t.max_tokens else 1)
             if clock.step % cfg.log.every_steps == 0:
+                events = tr.events.postfix() if tr.events else {}
                 bar.set_postfix(
-                    step=clock.step, seqlen=spec.seqlen, loss=f"{result.loss:.3f}", lr=f"{lr:.2e}", refresh=False
+                    step=clock.step,
+                    seqlen=spec.seqlen,
+                    loss=f"{result.loss:.3f}",
+                    lr=f"{lr:.2e}",
+                    **events,
+                    refresh=False,
                 )
             hook.on_step(clock)
             yield row
@@ -153,8 +179,18 @@ class StepResult:
     applied: bool  # the update reached the weights
     overflow: bool  # fp16 loss-scale overflow: skipped by the scaler, which lowers its scale
     signalled: bool = False  # under torchrun: some rank had a stop signal by this step's all-reduce
+    spike: str | None = None  # why skip-step dropped this finite update (monitor.skip_spikes), else None
+    clip: float | None = None  # the norm ZClip clipped the gradients to (train.grad_clip_mode: zscore), else None
     aux: dict[str, float] = field(default_factory=dict)  # `aux/<name>`: each auxiliary loss, mean per target token
     diagnostics: dict[str, float] = field(default_factory=dict)  # `diag/<name>`: max- or mean-reduced (GPT.loss_terms)
+
+
+def step_inputs(tr: Trainer, spec: StepSpec) -> dict | None:
+    """The model inputs of the curriculum's step: its attention window as a 0-dim int64 tensor (one compiled graph
+    for every window), or None for full causal attention (the model's plain path, exactly as without a window)."""
+    if spec.window is None:
+        return None
+    return {"window": torch.tensor(spec.window, dtype=torch.int64, device=tr.device)}
 
 
 def train_step(tr: Trainer, batch: Batch, lr: float, autocast, inputs: dict | None = None) -> StepResult:
@@ -175,7 +211,10 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast, inputs: dict | No
     for group in tr.optimizer.param_groups:
         group["lr"] = lr
     x_all, y_all = batch.inputs.to(tr.device, non_blocking=True), batch.targets.to(tr.device, non_blocking=True)
-    micro = list(zip(x_all.split(t.micro_batch_size), y_all.split(t.micro_batch_size)))
+    # A melted step has `split` rows per sequence: a micro-batch keeps its tokens (OLMo-core raises its micro-batch
+    # size likewise), and accumulates as many micro-batches as an unmelted step.
+    rows = t.micro_batch_size * batch.split
+    micro = list(zip(x_all.split(rows), y_all.split(rows)))
     total = torch.zeros((), device=tr.device)
     extras: dict[str, torch.Tensor] = {}  # the micro-batches' aux terms and diagnostics, combined
     for i, (x, y) in enumerate(micro):
@@ -202,8 +241,12 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast, inputs: dict | No
     if maxed:
         reduced = torch.cat([reduced, distributed.all_reduce(torch.stack([extras[k] for k in maxed]), op="max")])
     tr.scaler.unscale_(tr.optimizer)
-    max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
-    grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm))
+    if tr.zclip is None:
+        max_norm = t.grad_clip if t.grad_clip > 0 else math.inf
+        total_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), max_norm)
+    else:  # ZClip's threshold depends on the norm: measured now, clipped after the sync below (no second sync)
+        total_norm = torch.nn.utils.get_total_norm([p.grad for p in tr.model.parameters() if p.grad is not None])
+    grad_norm = distributed.full(total_norm)
     loss, signalled, *values, norm = torch.cat([reduced, grad_norm.float()[None]]).tolist()  # one host sync for all
     world = tr.env.world_size if tr.env.enabled else 1
     read = dict(zip(summed + maxed, values))
@@ -214,11 +257,19 @@ def train_step(tr: Trainer, batch: Batch, lr: float, autocast, inputs: dict | No
     # Both numbers are global, so every rank takes the same decision.
     applied = math.isfinite(loss) and math.isfinite(norm)
     overflow = tr.scaler.is_enabled() and math.isfinite(loss) and not applied
+    # Skip-step and ZClip decide on the host values above, before the optimizer step (seqwarm.stability.decide).
+    spike, clip = stability.decide(tr, loss, norm) if applied else (None, None)
+    if spike is not None:
+        applied = False  # no optimizer step: the weights, Adam's moments and its step count stay as they were
+    elif clip is not None:
+        stability.clip_to(tr, clip, total_norm)
     if applied or overflow:
         tr.scaler.step(tr.optimizer)
     tr.scaler.update()
     tr.optimizer.zero_grad(set_to_none=True)
-    return StepResult(loss, norm, applied, overflow, signalled > 0, aux, diagnostics)
+    return StepResult(
+        loss, norm, applied, overflow, signalled > 0, aux=aux, diagnostics=diagnostics, spike=spike, clip=clip
+    )
 
 
 def _max_reduced(key: str) -> bool:
@@ -264,6 +315,8 @@ def _loss_sum(
         # they happen to be equal (batch 8 at seqlen 8) and recompile when they part.
         x = x.clone()  # not a view: dynamo would guard on the shape of its base
         torch._dynamo.mark_dynamic(x, 1)
+        if tr.plan.curriculum.varies_rows:  # melted steps: more, shorter rows per micro-batch
+            torch._dynamo.mark_dynamic(x, 0)
     return tr.engine(x, y, ignore_index=IGNORE_INDEX, **(inputs or {}))
 
 
@@ -279,26 +332,34 @@ def step_row(tr: Trainer, batch: Batch, seqlen: int, lr: float, result: StepResu
         "loss": result.loss,
         "loss_ratio": tr.loss_ratio(result.loss),
         "grad_norm": result.grad_norm,
-        "clipped": result.applied and 0 < t.grad_clip < result.grad_norm,
+        "clipped": result.applied and (result.clip is not None if tr.zclip else 0 < t.grad_clip < result.grad_norm),
     }
     row |= result.aux | result.diagnostics  # `aux/<name>`, `diag/<name>`: whatever the model returned
     if not result.applied:
-        row["skipped"] = "fp16 overflow" if result.overflow else "non-finite"
+        row["skipped"] = "fp16 overflow" if result.overflow else "spike" if result.spike else "non-finite"
+    if result.spike:
+        row["skip_reason"] = result.spike
+    if result.clip is not None:
+        row["clip_norm"] = result.clip
     return row
 
 
 def adam_row(tr: Trainer, result: StepResult) -> dict:
-    """Adam's variance/momentum statistics, on the steps `monitor.adam_every_steps` selects."""
-    if not result.applied or tr.clock.step % tr.cfg.monitor.adam_every_steps:
+    """Adam's variance/momentum statistics, on the steps `monitor.adam_every_steps` selects; per parameter group
+    on the instrumented steps (`monitor.instruments`)."""
+    if not result.applied:
         return {}
+    groups = stability.instrument_row(tr) if stability.instrumented(tr, tr.clock.step) else {}
+    if tr.clock.step % tr.cfg.monitor.adam_every_steps:
+        return groups
     stats = adam_statistics(tr.optimizer)
     if stats is None:
-        return {}
+        return groups
     if distributed.is_sharded(tr.model):  # each rank holds a shard of the state: combine them
         stats = torch.cat([distributed.all_reduce(stats[[0, 2]]), distributed.all_reduce(stats[1:2], op="max")])[
             [0, 2, 1]
         ]
-    return dict(zip(ADAM_KEYS, stats.tolist()))  # one read-back for all three
+    return groups | dict(zip(ADAM_KEYS, stats.tolist()))  # one read-back for all three
 
 
 @torch.no_grad()
@@ -364,13 +425,15 @@ def _stop_requested(tr: Trainer, result: StepResult) -> bool:
 
 def write_summary(tr: Trainer) -> dict:
     """summary.json: the run's totals, its validation results and its stability record (Section 3)."""
+    rows = read_metrics(tr.run_dir / METRICS)
     summary = {
         "run_dir": str(tr.run_dir),
         "steps": tr.clock.step,
         "tokens": tr.clock.tokens,
         "wall_s": tr.wall_s(),
         "params": sum(p.numel() for p in tr.model.parameters()),
-        **run_summary(read_metrics(tr.run_dir / METRICS)),
+        **run_summary(rows),
+        **stability.summary(tr, rows),  # the stability toolkit's switches and events, those that are on
     }
     rundir.write_summary(tr.run_dir, summary)
     return summary
@@ -394,7 +457,8 @@ def _progress_bar(cfg: Config, clock: Clock, enabled: bool) -> tqdm:
         initial=clock.tokens if by_tokens else clock.step,
         unit="tok" if by_tokens else "step",
         unit_scale=True,
-        desc=Path(cfg.run.dir).name,
+        # on the CPU, the threads in the line: the first thing to check when a busy machine is slow (runtime.py)
+        desc=Path(cfg.run.dir).name + ("" if torch.cuda.is_initialized() else f" ({threads_text()})"),
         disable=not enabled,
         dynamic_ncols=True,
     )

@@ -20,11 +20,16 @@ from seqwarm.data.format import SequenceIndex, TokenData
 from seqwarm.data.loader import TrainLoader
 from seqwarm.distributed import DistEnv
 from seqwarm.errors import ConfigError
+from seqwarm.guards import SkipStepGuard, ZClip
 from seqwarm.interrupt import StopRequest
 from seqwarm.model import GPT, build_model
 from seqwarm.monitor import LossRatio, NonFiniteGuard
-from seqwarm.runtime import check_precision, keep_freed_memory, resolve_device, resolve_precision
+from seqwarm.rewind import Rewinder
+from seqwarm.runtime import check_precision, keep_freed_memory, resolve_device, resolve_precision, set_cpu_threads
 from seqwarm.schedule import Clock, StepPlan
+from seqwarm.stability import Events, unigram_loss
+
+OPTIONAL = ("skip_guard", "zclip", "rewinder", "events")  # the parts a checkpoint may lack: their switch was off
 
 
 @dataclass
@@ -48,6 +53,11 @@ class Trainer:
     session_start: float = field(default_factory=time.perf_counter)
     stop: StopRequest | None = None  # set by a signal: save and stop after the current step
     last_checkpoint: Path | None = None  # written or verified-and-loaded in this process
+    # The stability toolkit (seqwarm.stability, docs/STABILITY.md), each None when its switch is off:
+    skip_guard: SkipStepGuard | None = None  # monitor.skip_spikes
+    zclip: ZClip | None = None  # train.grad_clip_mode: zscore
+    rewinder: Rewinder | None = None  # monitor.rewind
+    events: Events | None = None  # monitor.instruments: the collapse and plateau events
 
     @property
     def clock(self) -> Clock:
@@ -60,7 +70,11 @@ class Trainer:
 
     def _stateful(self) -> dict:
         """The parts whose state.json entry is their own `state_dict()`; a new stateful part is added here only."""
-        return {"clock": self.clock, "loader": self.loader, "loss_ratio": self.loss_ratio, "guard": self.guard}
+        parts = {"clock": self.clock, "loader": self.loader, "loss_ratio": self.loss_ratio, "guard": self.guard}
+        if self.plan.curriculum.stateful:  # closed-loop pacing: only then, so older checkpoints load as they did
+            parts["curriculum"] = self.plan.curriculum
+        toolkit = {"skip_guard": self.skip_guard, "zclip": self.zclip, "rewinder": self.rewinder, "events": self.events}
+        return parts | {name: part for name, part in toolkit.items() if part is not None}
 
     def state_dict(self) -> Checkpoint:
         """The run's whole state in the single-process layout (a collective under torchrun: call it on every rank).
@@ -88,7 +102,9 @@ class Trainer:
             # More processes than wrote the checkpoint: a fresh dropout stream, still a function of the run.
             torch.manual_seed(self.cfg.run.seed + self.env.rank + 7919 * state["clock"]["step"])
         for name, part in self._stateful().items():
-            part.load_state_dict(state[name])
+            # A toolkit part switched on at a resume (monitor.* may change then) starts afresh.
+            if name in state or name not in OPTIONAL:
+                part.load_state_dict(state[name])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         self.time_offset = state["time_s"]
@@ -113,8 +129,8 @@ def build(
     env = env or DistEnv()
     device = device or resolve_device(cfg.train.device, env.local_rank)
     cfg = with_resolved_precision(cfg, device)  # and checked against the device
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
+    if cfg.train.num_threads or device.type == "cpu":
+        set_cpu_threads(cfg.train.num_threads)  # unset: the cores other processes leave free (runtime.py)
     if device.type == "cpu":
         keep_freed_memory()
     seqlen_end = cfg.curriculum.seqlen_end
@@ -166,6 +182,23 @@ def build(
         ),
         loss_ratio=LossRatio(),
         guard=NonFiniteGuard(cfg.monitor.on_nonfinite, cfg.monitor.max_consecutive_skips),
+        skip_guard=cfg.monitor.skip_guard(),
+        zclip=t.zclip(),
+        rewinder=_rewinder(cfg),
+        events=Events(unigram_loss(data)) if cfg.monitor.instruments else None,
+    )
+
+
+def _rewinder(cfg: Config) -> Rewinder | None:
+    m = cfg.monitor
+    if not m.rewind:
+        return None
+    return Rewinder(
+        limit=m.rewind,
+        after=m.rewind_after,
+        ratio=m.rewind_ratio,
+        lr_factor=m.rewind_lr_factor,
+        lr_steps=m.rewind_lr_steps,
     )
 
 

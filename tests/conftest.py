@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
+import torch
+
+# A fixed thread count for the whole suite, this process and the ones it starts. Without it, runs whose config leaves
+# train.num_threads unset would take seqwarm's load-dependent default (seqwarm.runtime.default_num_threads), and two
+# runs a test compares (a resume against an uninterrupted run) could use different thread counts on a busy machine,
+# so different summation orders: a failure only under load. torch's own default is what the suite always ran with;
+# tests/test_runtime_threads.py tests the default itself.
+os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
 
 from seqwarm.config import PACKAGED_CONFIGS, load_config
 from seqwarm.data.prepare import prepare

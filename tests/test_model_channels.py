@@ -152,3 +152,35 @@ def test_the_trunk_runs_without_the_instruments_when_diagnostics_is_off(monkeypa
     assert calls == []
     model(x, x, diagnostics=True)
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_trainer_logs_the_real_models_terms(tiny_cfg, family):
+    """The trainer's side of issue 25 (train.z_loss, monitor.instruments) with the real model of each family:
+    aux/z_loss on every step, the attention and output instruments on the instrumented steps only."""
+    from pathlib import Path
+
+    from seqwarm.lifecycle import train
+    from seqwarm.metrics import read_metrics
+
+    cfg = tiny_cfg(
+        f"model.family={family}",
+        "model.qk_norm=true",
+        "train.z_loss=1e-4",
+        "monitor.instruments=true",
+        "monitor.every=2",
+        "train.max_steps=6",
+        "eval.every_tokens=null",
+    )
+    train(cfg, progress=False)
+    rows = [r for r in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(r["aux/z_loss"] > 0 for r in rows)
+    for r in rows:
+        on = r["step"] % 2 == 0
+        assert all((f"diag/attn/{i}/{w}" in r) == on for i in range(2) for w in ("logit_max", "entropy"))
+        assert ("diag/output/logz_max" in r) == on
+        if on:
+            assert 0 < r["diag/attn/1/entropy"] <= 1 and r["diag/output/logz_max"] >= r["diag/output/logz_mean"]
+            # the mean per token of 1e-4 x (log Z)^2, at log Z's mean up to its spread over the tokens
+            assert r["aux/z_loss"] == pytest.approx(1e-4 * r["diag/output/logz_mean"] ** 2, rel=0.05)

@@ -54,7 +54,7 @@ def poison(monkeypatch, bad_steps, where="loss"):
     real_step = train_mod.train_step
     calls = {"n": 0}
 
-    def step(tr, batch, lr, autocast):
+    def step(tr, batch, lr, autocast, inputs=None):
         calls["n"] += 1
         if calls["n"] in bad_steps:
             if where == "loss":

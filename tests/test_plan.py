@@ -120,3 +120,36 @@ def test_the_longest_shipped_config_is_within_the_plan_bound():
 
     configs = [load_config(p) for p in PACKAGED_CONFIGS.glob("gpt*.yaml")]
     assert max(min_steps(c) for c in configs) == 300_000 and 3 * 300_000 < MAX_PLAN_STEPS
+
+
+def test_jsonl_floats_are_short(capsys):
+    """`plan --jsonl` printed 0.0006000000000000001 (issue 27): 12 significant digits at most, values unchanged."""
+    from seqwarm.plan import plan_steps
+
+    assert main(["plan", "tiny-slw", "--jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert '"lr": 0.0006,' in lines[0]
+    for line, exact in zip(lines, plan_steps(load_config("tiny-slw"))):
+        assert json.loads(line)["lr"] == pytest.approx(exact["lr"], rel=1e-11)
+        assert all(len(repr(v)) <= 20 for v in json.loads(line).values() if isinstance(v, float))
+
+
+def test_tiny_configs_share_a_token_budget_and_can_train_equal_tokens():
+    """The paper compares at equal tokens. The tiny configs share max_tokens (the LR decays over the same 8,000
+    tokens), but the baseline's 512-token steps end at 8,192 and SLW's at 8,000, as their comments say; the
+    overrides their comments give make both train exactly 8,192 tokens."""
+    from seqwarm.plan import plan_steps
+
+    def trained(name, overrides=()):
+        rows = list(plan_steps(load_config(name, list(overrides))))
+        return rows[-1]["tokens"], len(rows)
+
+    assert load_config("tiny-baseline").train.max_tokens == load_config("tiny-slw").train.max_tokens == 8000
+    assert trained("tiny-baseline") == (8192, 16) and trained("tiny-slw") == (8000, 20)
+    assert trained("tiny-baseline", ["train.max_tokens=8192"])[0] == 8192
+    assert trained("tiny-slw", ["train.max_tokens=8192", "curriculum.duration=14"])[0] == 8192
+    from seqwarm.config import PACKAGED_CONFIGS
+
+    for name in ("tiny-baseline", "tiny-slw"):
+        text = (PACKAGED_CONFIGS / f"{name}.yaml").read_text()
+        assert "train.max_tokens=8192" in text and "8,192" in text, f"{name}.yaml: the equal-tokens note is gone"

@@ -44,8 +44,36 @@ def test_split_rule_is_deterministic_and_independent_of_the_listing_order():
 
 
 def test_split_rule_refuses_a_corpus_too_small_to_split():
-    with pytest.raises(DataError, match="corpus too small to split"):
+    with pytest.raises(DataError, match="corpus too small to split") as e:
         assign_splits(chunk_documents(DOCS[:2], 100_000), 0.01, 0.01)
+    # The way out, in the message: the minimum at these fractions, and the options that change them (issue 27).
+    assert "give at least 51 chunks" in str(e.value) and "--val-fraction 0.01 and --test-fraction 0.01" in str(e.value)
+
+
+@pytest.mark.parametrize("fraction, minimum", [(0.01, 51), (0.1, 6), (0.5, 2), (0.003, 167)])
+def test_min_chunks_is_where_a_fraction_first_rounds_to_one(fraction, minimum):
+    from seqwarm.data.split import min_chunks
+
+    assert round(minimum * fraction) == 1 and round((minimum - 1) * fraction) == 0
+    assert min_chunks(fraction) == minimum
+
+
+def test_the_suggested_fractions_split_the_corpus(tmp_path):
+    """Following the message's advice works: the fractions it names give each held-out split one chunk."""
+    import re
+
+    from seqwarm.data.split import CutFinder, scan_chunks
+
+    docs = list(DOCS[:12])
+    finder = CutFinder(0.01, 0.01)
+    finder.add(*scan_chunks(docs, 100_000))
+    with pytest.raises(DataError) as e:
+        finder.cuts()
+    message = str(e.value)
+    assert len(message.splitlines()) == 1 and "--val-fraction and --test-fraction to" in message
+    suggested = float(re.search(r"--test-fraction to ([0-9.]+)", message).group(1))
+    units = assign_splits(chunk_documents(docs, 100_000), suggested, suggested)
+    assert sorted(split for _, _, split in units).count("val") == 1
 
 
 def write_docs(directory, docs):

@@ -21,7 +21,7 @@ def scipy_percentile_ci(sample, seed=stats.SEED, confidence=stats.CONFIDENCE):
     return res.confidence_interval.low, res.confidence_interval.high
 
 
-@pytest.mark.parametrize("sample", [BASELINE, SLW, [0, 3, 1, 0, 7], [1.5, -2.0]])
+@pytest.mark.parametrize("sample", [BASELINE, SLW, [0, 3, 1, 0, 7], [1.5, -2.0, 0.25]])
 @pytest.mark.parametrize("seed", [0, 11])
 def test_bootstrap_ci_draws_as_scipy_does(sample, seed):
     assert stats.bootstrap_ci(sample, seed=seed) == pytest.approx(scipy_percentile_ci(sample, seed), rel=1e-12)
@@ -89,3 +89,24 @@ def test_paired_comparison_that_cannot_be_tested_says_why():
     assert some.n == 4 and some.p_value == pytest.approx(scipy_stats.wilcoxon([0, 0, -1, -2]).pvalue)
     with pytest.raises(ValueError, match="pairs need one of each"):
         stats.paired_comparison([1, 2], [1])
+
+
+def test_two_values_have_no_interval_since_the_bootstrap_spans_their_min_and_max():
+    # What scipy's percentile bootstrap gives for 2 values: their min and max, not a 95% interval (issue 27).
+    assert scipy_percentile_ci([1.5, -2.0], 0) == pytest.approx((-2.0, 1.5))
+    assert stats.bootstrap_ci([1.5, -2.0]) is None and stats.mean_ci([1.5, -2.0]).mean == pytest.approx(-0.25)
+    assert stats.bootstrap_ci([1.5, -2.0, 0.25]) is not None
+
+
+@pytest.mark.parametrize(
+    "n, alternative, floor, too_small",
+    [(2, "two-sided", 0.5, True), (5, "two-sided", 0.0625, True), (6, "two-sided", 0.03125, False),
+     (4, "less", 0.0625, True), (5, "less", 0.03125, False)],
+)  # fmt: skip
+def test_wilcoxon_says_when_the_seeds_cannot_reach_significance(n, alternative, floor, too_small):
+    assert stats.smallest_wilcoxon_p(n, alternative) == floor
+    # The floor is what scipy's exact test gives when every difference has the same sign.
+    d = -np.arange(1.0, n + 1)
+    assert scipy_stats.wilcoxon(d, alternative=alternative).pvalue == pytest.approx(floor)
+    cmp = stats.paired_comparison(d, np.zeros(n), alternative=alternative)
+    assert cmp.p_value == pytest.approx(floor) and cmp.note.startswith("n too small") == too_small

@@ -465,7 +465,9 @@ def test_render_markdown_adds_the_seed_statistics_and_keeps_the_rest():
     d = np.subtract(SPIKES[(1e-2, "slw")], SPIKES[(1e-2, "baseline")])
     lo, hi = stats.bootstrap_ci(d)
     p = stats.paired_comparison(SPIKES[(1e-2, "slw")], SPIKES[(1e-2, "baseline")]).p_value
-    assert f"| 0.01 | slw | 5 | -6.2 | [{lo:+.1f}, {hi:+.1f}] | {p:.3g} |" in text
+    # 5 seeds, two-sided: p = 0.0625 at best, so the table says so instead of a p that looks like a result
+    assert p == pytest.approx(0.0625)
+    assert f"| 0.01 | slw | 5 | -6.2 | [{lo:+.1f}, {hi:+.1f}] | n too small: p >= 0.0625 whatever the data |" in text
     # The new sections sit after the mean ± std one, before LR sensitivity; those around them are as before.
     order = [
         "## Final validation loss, mean ± std over seeds",
@@ -528,3 +530,17 @@ def test_sweep_writes_the_statistics_csv_beside_an_unchanged_sweep_csv(corpus_di
     )
     assert float(stats_rows[3]["p_value"]) == pytest.approx(0.25)  # 3 pairs, all one way: 2 / 2^3
     assert "## Paired comparison with none over seeds" in (tmp_path / "out" / sm.REPORT).read_text()
+
+
+def test_two_seeds_say_n_too_small_instead_of_an_interval_and_a_p():
+    """Issue 27: `9.024 [8.967, 9.081] (n=2)` was the min and max, beside a Wilcoxon p of 0.5."""
+    from seqwarm import stats
+
+    est = stats.mean_ci([8.967, 9.081])
+    row = {"n": est.n, "ci_low": est.low, "ci_high": est.high}
+    assert sm._interval(row, "{:.3f}") == "n too small"
+    cmp = stats.paired_comparison([1.0, 2.0], [0.0, 0.0])
+    assert cmp.p_value == pytest.approx(0.5)
+    assert sm._p_text({"p_value": cmp.p_value, "note": cmp.note}) == "n too small: p >= 0.5 whatever the data"
+    est = stats.mean_ci([8.967, 9.081, 9.0])
+    assert sm._interval({"n": 3, "ci_low": est.low, "ci_high": est.high}, "{:.3f}").startswith("[8.")

@@ -149,9 +149,9 @@ def test_nonfinite_loss_stops_without_touching_the_weights(tiny_cfg, monkeypatch
         poisoned.step = clock.step
 
     def snapshot_before_step(orig):
-        def wrapped(tr, batch, lr, autocast):
+        def wrapped(tr, batch, lr, autocast, inputs=None):
             weights["before"] = [p.detach().clone() for p in tr.model.parameters()]
-            out = orig(tr, batch, lr, autocast)
+            out = orig(tr, batch, lr, autocast, inputs)
             weights["after"] = [p.detach().clone() for p in tr.model.parameters()]
             return out
 

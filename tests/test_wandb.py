@@ -50,9 +50,10 @@ def records(path: Path):
             parts = b""
 
 
-def complete_records(file: Path, timeout_s: float = 60.0) -> list:
+def complete_records(file: Path, timeout_s: float = 240.0) -> list:
     """The records once the run's `exit` record is on disk: wandb-core writes the file from its own process,
-    and `finish()` was seen to return before the records were there."""
+    and `finish()` was seen to return before the records were there. The wait ends as soon as the record is
+    there; the deadline only bounds a broken run, so it is generous (a busy machine delays wandb-core's process)."""
     deadline = time.monotonic() + timeout_s
     while True:
         found = list(records(file))

@@ -6,6 +6,7 @@ Pure functions of the step; no torch, no config. The paper's linear pacing (Sect
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -95,4 +96,33 @@ class Stages:
         return self.stages[-1][0]
 
 
-Pacing = Linear | Root | Stages
+@dataclass(frozen=True)
+class Sine:
+    """start + (end - start) * sin(pi/2 * min(t/T, 1)): fast early, slow late (one of the shapes SkyLadder, 2025,
+    compares for its context window; the formula is ours, as its released code implements the linear rule only)."""
+
+    duration: int
+
+    def __call__(self, step: int, start: int, end: int) -> float:
+        return start + (end - start) * math.sin(0.5 * math.pi * min(step / self.duration, 1.0))
+
+    @property
+    def end_step(self) -> int:
+        return self.duration
+
+
+@dataclass(frozen=True)
+class Cosine:
+    """start + (end - start) * (1 - cos(pi * min(t/T, 1))) / 2: slow at both ends (SkyLadder's cosine shape; ours)."""
+
+    duration: int
+
+    def __call__(self, step: int, start: int, end: int) -> float:
+        return start + (end - start) * 0.5 * (1.0 - math.cos(math.pi * min(step / self.duration, 1.0)))
+
+    @property
+    def end_step(self) -> int:
+        return self.duration
+
+
+Pacing = Linear | Root | Stages | Sine | Cosine

@@ -9,7 +9,8 @@ both at once. No torch here: a schedule is integer arithmetic.
 
 from __future__ import annotations
 
-from seqwarm.curriculum.axes import BatchAxis, LengthAxis, batch_size_warmup
+from seqwarm.curriculum.adaptive import Adaptive
+from seqwarm.curriculum.axes import BatchAxis, LengthAxis, WindowAxis, batch_size_warmup
 from seqwarm.curriculum.config import CurriculumConfig
 from seqwarm.curriculum.pacing import Linear, Pacing, Root, Stages, round_seqlen
 
@@ -26,6 +27,8 @@ class SeqlenSchedule:
 
     def __init__(self, spec):
         self.axis: LengthAxis = spec if isinstance(spec, LengthAxis) else spec.length_axis()
+        # Adaptive pacing is the paper's linear pacing at a virtual step that `Curriculum` computes from the run.
+        self._curve = _open_loop(self.axis.pacing)
 
     @classmethod
     def linear(cls, *, seqlen_start: int, seqlen_end: int, duration: int, multiple_of: int = 8) -> SeqlenSchedule:
@@ -50,11 +53,13 @@ class SeqlenSchedule:
         """Every step at full length: the baseline."""
         return cls(LengthAxis(seqlen_end=seqlen))
 
-    def __call__(self, step: int) -> int:
+    def __call__(self, step: float) -> int:
         a = self.axis
         if a.pacing is None:
             return a.seqlen_end
-        return round_seqlen(a.pacing(step, a.seqlen_start, a.seqlen_end), a.multiple_of, a.seqlen_start, a.seqlen_end)
+        return round_seqlen(
+            self._curve(step, a.seqlen_start, a.seqlen_end), a.multiple_of, a.seqlen_start, a.seqlen_end
+        )
 
     @property
     def full_length_step(self) -> int:
@@ -76,6 +81,26 @@ def _checked(pacing: Pacing, seqlen_start: int, seqlen_end: int, multiple_of: in
     return cfg.length_axis()
 
 
+def _open_loop(pacing):
+    return Linear(pacing.duration) if isinstance(pacing, Adaptive) else pacing
+
+
+class WindowSchedule:
+    """The attention window at each step: `schedule(step) -> int` tokens, from window_start to seqlen_end by the
+    axis's pacing, rounded down to a whole token (a mask takes any integer, so there is no multiple to keep);
+    seqlen_end from the end of the pacing on. Pure, as `SeqlenSchedule`."""
+
+    def __init__(self, spec):
+        self.axis: WindowAxis = spec if isinstance(spec, WindowAxis) else spec.window_axis()
+        self._curve = _open_loop(self.axis.pacing)
+
+    def __call__(self, step: float) -> int:
+        a = self.axis
+        if a.pacing is None:
+            return a.seqlen_end
+        return round_seqlen(self._curve(step, a.window_start, a.seqlen_end), 1, a.window_start, a.seqlen_end)
+
+
 class BatchSchedule:
     """The global batch size of the step that starts at `tokens` trained tokens. Pure; no state to save."""
 
@@ -95,10 +120,10 @@ class BatchSchedule:
 
     @property
     def varies(self) -> bool:
-        return self.axis.warmup_tokens is not None
+        return self.axis.warmup_tokens is not None or self.axis.matched
 
     def __call__(self, tokens: int) -> int:
         a = self.axis
-        if not self.varies:
+        if a.warmup_tokens is None:  # constant; the matched control is `Curriculum.at`'s (it needs the length)
             return self.global_batch_size
         return batch_size_warmup(tokens, a.batch_size_start, self.global_batch_size, a.warmup_tokens, self.unit)

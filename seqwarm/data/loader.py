@@ -3,7 +3,9 @@
 `SequenceIndex` cuts a split into full-length sequences of `seqlen_end + 1` tokens (the paper's
 indexing, Section 4; see `seqwarm.data.order`). `TrainLoader` asks a `SequenceOrder` which
 segments the next global batch trains on, reads their tokens and truncates them to the step's
-pacing length, padding a last tail shorter than that (its padding targets are ignored).
+pacing length, padding a last tail shorter than that (its padding targets are ignored). A melted
+step (`curriculum.packing: melt`, `split` > 1) draws full-length sequences and splits each into
+`split` rows of the step's length (`seqwarm.curriculum.melt`): every token of the sequence is trained.
 
 `prefetch(batch_size, seqlen)` reads the next batch's tokens in a background thread while the
 current step runs, from a copy of the order: `next_batch` still draws its segments from the order
@@ -33,7 +35,8 @@ class Batch:
     targets: torch.Tensor  # (rows, seqlen) int64, IGNORE_INDEX on padding
     tokens: int  # target tokens of the whole global batch (the clock's increment)
     starts: np.ndarray  # corpus position of each row of the global batch
-    served: np.ndarray  # target tokens of each row of the global batch
+    served: np.ndarray  # target tokens of each drawn sequence (segment) of the global batch
+    split: int = 1  # rows per drawn sequence (melted steps): inputs has len(starts) / world_size x split rows
 
 
 class TrainLoader:
@@ -58,45 +61,53 @@ class TrainLoader:
         self.rank, self.world_size = rank, world_size
         self.pin_memory = pin_memory  # page-locked rows, so that .to(cuda, non_blocking=True) is asynchronous
         self._pool: ThreadPoolExecutor | None = None
-        self._ahead: tuple[int, int, Future] | None = None
+        self._ahead: tuple[int, int, int, Future] | None = None
         self.prefetch_hits = 0
 
-    def next_batch(self, batch_size: int, seqlen: int) -> Batch:
-        starts, served = self.order.next_segments(batch_size, seqlen)
+    def next_batch(self, batch_size: int, seqlen: int, split: int = 1) -> Batch:
+        """`batch_size` sequences of the global batch, each served for `seqlen x split` targets, as rows of `seqlen`."""
+        starts, served = self.order.next_segments(batch_size, seqlen * split)
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[:2] == (batch_size, seqlen):
-            p_starts, p_served, inputs, targets = ahead[2].result()
+        if ahead is not None and ahead[:3] == (batch_size, seqlen, split):
+            p_starts, p_served, inputs, targets = ahead[3].result()
             if np.array_equal(p_starts, starts) and np.array_equal(p_served, served):
                 self.prefetch_hits += 1
-                return Batch(inputs, targets, tokens=int(served.sum()), starts=starts, served=served)
+                return Batch(inputs, targets, int(served.sum()), starts, served, split)
         elif ahead is not None:
-            ahead[2].result()  # a guess that missed (a skipped step changed the batch size): let it finish
-        inputs, targets = self._rows(starts, served, seqlen)
-        return Batch(inputs, targets, tokens=int(served.sum()), starts=starts, served=served)
+            ahead[3].result()  # a guess that missed (a skipped or held step changed the batch): let it finish
+        inputs, targets = self._rows(starts, served, seqlen, split)
+        return Batch(inputs, targets, int(served.sum()), starts, served, split)
 
-    def prefetch(self, batch_size: int, seqlen: int) -> None:
-        """Start reading the batch that `next_batch(batch_size, seqlen)` would return next, in the background."""
+    def prefetch(self, batch_size: int, seqlen: int, split: int = 1) -> None:
+        """Start reading the batch that `next_batch(batch_size, seqlen, split)` would return next, in the background."""
         if self._ahead is not None:
-            self._ahead[2].result()
+            self._ahead[3].result()
         order = copy.deepcopy(self.order)  # integers only: the pool of tails at most, never tokens
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="seqwarm-prefetch")
 
         def work():
-            starts, served = order.next_segments(batch_size, seqlen)
-            return (starts, served, *self._rows(starts, served, seqlen))
+            starts, served = order.next_segments(batch_size, seqlen * split)
+            return (starts, served, *self._rows(starts, served, seqlen, split))
 
-        self._ahead = (batch_size, seqlen, self._pool.submit(work))
+        self._ahead = (batch_size, seqlen, split, self._pool.submit(work))
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool, self._ahead = None, None
 
-    def _rows(self, starts: np.ndarray, served: np.ndarray, seqlen: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows(
+        self, starts: np.ndarray, served: np.ndarray, seqlen: int, split: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The processes share out drawn sequences, then each melts its own: a sequence's rows stay on one process.
         share = len(starts) // self.world_size
         mine = slice(self.rank * share, (self.rank + 1) * share)
-        inputs, targets = self.read(starts[mine], served[mine], seqlen)
+        inputs, targets = self.read(starts[mine], served[mine], seqlen * split)
+        if split > 1:
+            # `melt` of the full rows: piece i of a row is inputs[i*L:(i+1)*L] and the targets beside them, the
+            # same tokens (padding targets stay ignored, though melted steps draw full sequences only).
+            inputs, targets = inputs.reshape(-1, seqlen), targets.reshape(-1, seqlen)
         if self.pin_memory:
             inputs, targets = inputs.pin_memory(), targets.pin_memory()
         return inputs, targets
@@ -119,6 +130,6 @@ class TrainLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if self._ahead is not None:
-            self._ahead[2].result()
+            self._ahead[3].result()
             self._ahead = None  # read from the state being replaced
         self.order.load_state_dict(state)

@@ -101,6 +101,20 @@ class SequenceOrder:
         self.consumed = 0  # fresh full-length sequences drawn so far
         self.tail_starts = np.empty(0, dtype=np.int64)
         self.tail_lengths = np.empty(0, dtype=np.int64)
+        # Batches never to train on (rewind-and-skip, `seqwarm.rewind`): {"at": position, "to": state}. When the
+        # order reaches `at` it continues from `to`, the state after the last skipped batch, as BigScience's
+        # --skip-train-iteration-range skips iterations; a resumed or replayed run skips exactly those batches.
+        self.skips: list[dict] = []
+
+    def position(self) -> list[int]:
+        """Where the order is, as two integers that grow with every batch drawn: fresh sequences drawn, and
+        target tokens served (every drawn target is served or pending in the pool), so a batch of tails only
+        still moves it."""
+        return [self.consumed, self.consumed * self.seqlen - int(self.tail_lengths.sum())]
+
+    def skip(self, at: list[int], to: dict) -> None:
+        """From now on, on reaching position `at`, continue from state `to` (a `state_dict` of this order)."""
+        self.skips.append({"at": list(at), "to": {k: v for k, v in to.items() if k != "skips"}})
 
     def next_segments(self, batch_size: int, seqlen: int) -> tuple[np.ndarray, np.ndarray]:
         """(starts, served) of the next global batch, truncated to `seqlen`: a share of pending tails, then fresh ones.
@@ -109,6 +123,12 @@ class SequenceOrder:
         `seqlen`; less for a last tail). The tails taken are a pseudo-random subset of the pool, in
         pool order; the pool keeps the others and receives the tails of this batch.
         """
+        if self.skips:
+            here = self.position()
+            for skip in self.skips:
+                if skip["at"] == here:
+                    self._set(skip["to"])
+                    break
         L = self.seqlen
         pending = len(self.tail_starts)
         k = tail_share(pending, batch_size, POOL_BATCHES * batch_size) if pending else 0
@@ -153,17 +173,25 @@ class SequenceOrder:
         return out
 
     def state_dict(self) -> dict:
-        """The data position a checkpoint stores (state.json's `loader`); its keys are part of the format."""
-        return {
+        """The data position a checkpoint stores (state.json's `loader`); its keys are part of the format
+        (`skips` only once a rewind recorded one, so a run without rewinds writes what it always did)."""
+        state = {
             "seed": self.seed,
             "consumed": self.consumed,
             "tail_starts": self.tail_starts.tolist(),
             "tail_lengths": self.tail_lengths.tolist(),
         }
+        if self.skips:
+            state["skips"] = [dict(s) for s in self.skips]
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed:
             raise DataError(f"run.seed {self.seed} differs from the checkpoint's data order seed {state['seed']}")
+        self._set(state)
+        self.skips = [dict(s) for s in state.get("skips", [])]
+
+    def _set(self, state: dict) -> None:
         self.consumed = int(state["consumed"])
         self.tail_starts = np.asarray(state["tail_starts"], dtype=np.int64)
         self.tail_lengths = np.asarray(state["tail_lengths"], dtype=np.int64)

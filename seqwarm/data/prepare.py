@@ -50,6 +50,7 @@ from seqwarm.data.sources import (
 from seqwarm.data.split import CutFinder, split_units
 from seqwarm.errors import DataError
 from seqwarm.files import atomic_write, check_writable, directory_lock, file_sha256
+from seqwarm.instruments import counts_entropy
 from seqwarm.tokenizer import (
     TOKENIZER_FILE,
     TOKENIZER_NAME,
@@ -441,6 +442,8 @@ def _publish(out, state, tok, base, sources, heldout, extra_meta, split_rule) ->
         top = max((x.get("max_id", -1) for x in shards), default=-1)  # shards appended by an older prepare: -1
         splits[s] = {"tokens": sum(x["tokens"] for x in shards), "sha256": digest.hexdigest(), "shards": shards}
         splits[s]["max_id"] = top
+        if splits[s]["tokens"]:  # the plateau's reference (docs/STABILITY.md): one more pass, over memory-mapped shards
+            splits[s]["unigram_loss"] = unigram_loss(out, shards, token_dtype(tok.vocab_size))
     if state["cuts"]["needs"] and not all(splits[s]["tokens"] for s in state["cuts"]["needs"]):
         raise DataError(f"{out}: a split came out empty")
     for name, held in heldout.items():
@@ -479,6 +482,15 @@ def _publish(out, state, tok, base, sources, heldout, extra_meta, split_rule) ->
         }
     atomic_write(out / "meta.json", json.dumps(meta, indent=2) + "\n")
     (out / PROGRESS).unlink()
+
+
+def unigram_loss(out: Path, shards: list[dict], dtype) -> float:
+    """The split's unigram entropy in nats (`instruments.unigram_entropy`), from token counts summed shard by shard."""
+    counts = np.zeros(0, dtype=np.int64)
+    for shard in shards:
+        c = np.bincount(np.memmap(out / shard["file"], dtype=dtype, mode="r"))
+        counts = np.pad(counts, (0, max(0, len(c) - len(counts)))) + np.pad(c, (0, max(0, len(counts) - len(c))))
+    return counts_entropy(counts)
 
 
 def _feed(digest, f, block: int = 1 << 22) -> None:

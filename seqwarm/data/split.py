@@ -44,6 +44,30 @@ def chunk_documents(docs: Iterable[Document], chunk_chars: int) -> Iterator[tupl
                 chunk, size, index = [], 0, index + 1
 
 
+def min_chunks(fraction: float) -> int:
+    """The fewest chunks of which `round(n * fraction)` is at least 1 (Python rounds 0.5 to 0)."""
+    n = max(1, int(0.5 / fraction))
+    while round(n * fraction) < 1:
+        n += 1
+    return n
+
+
+def too_small_to_split(n: int, chars: int, val_fraction: float, test_fraction: float) -> DataError:
+    """The error for a held-out fraction that rounds to no chunk, with the two ways out: more text, or larger
+    fractions (issue 27: the bare chunk count left a new user guessing)."""
+    given = [(o, f) for o, f in (("--val-fraction", val_fraction), ("--test-fraction", test_fraction)) if f]
+    need = max(min_chunks(f) for _, f in given)
+    per_chunk = chars // max(n, 1)
+    fractions = " and ".join(f"{o} {f:g}" for o, f in given)
+    fix = f"give at least {need:,} chunks (about {need * per_chunk:,} characters)"
+    if n > len(given):  # one chunk for each held-out split still leaves training text
+        fix += f", or raise {' and '.join(o for o, _ in given)} to {1 / n:.3g} (one chunk each)"
+    return DataError(
+        f"corpus too small to split: {n:,} chunks of about {per_chunk:,} characters (cut at paragraph breaks), and "
+        f"{fractions} of them round to no chunk; {fix}"
+    )
+
+
 def assign_splits(
     chunks: Iterable[tuple[str, str, bool]], val_fraction: float, test_fraction: float
 ) -> list[tuple[str, bool, str]]:
@@ -56,7 +80,7 @@ def assign_splits(
     n_val = round(len(chunks) * val_fraction)
     n_test = round(len(chunks) * test_fraction)
     if val_fraction and not n_val or test_fraction and not n_test:
-        raise DataError(f"corpus too small to split: {len(chunks)} chunks of {len(chunks[0][1])}+ characters")
+        raise too_small_to_split(len(chunks), sum(len(c[1]) for c in chunks), val_fraction, test_fraction)
     split = {i: "val" for i in order[:n_val]} | {i: "test" for i in order[n_val : n_val + n_test]}
     return [(text if ends else text + "\n\n", ends, split.get(i, "train")) for i, (_, text, ends) in enumerate(chunks)]
 
@@ -120,7 +144,7 @@ class CutFinder:
         n = self.n
         n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
         if n and (self.val_fraction and not n_val or self.test_fraction and not n_test):
-            raise DataError(f"corpus too small to split: {n} chunks")
+            raise too_small_to_split(n, self.chars, self.val_fraction, self.test_fraction)
         self._prune(1 << 64 if self.keep_all else _bound(self.frac, max(n, 1)))
         kept = sorted(bytes(row) for row in self._kept[0])
         if len(kept) < n_val + n_test:

@@ -39,11 +39,16 @@ from seqwarm.eval.scoring import lambada_hits, safe_exp, split_nll, window_nll
 from seqwarm.eval.texts import Cloze, Text, builtin_heldout, load_lambada, load_wikitext, word_count
 from seqwarm.files import check_writable, file_sha256
 from seqwarm.model import GPT
-from seqwarm.runtime import keep_freed_memory, resolve_device
+from seqwarm.runtime import keep_freed_memory, resolve_device, set_cpu_threads
 from seqwarm.saved import SavedModel, open_saved
 from seqwarm.tokenizer import TOKENIZER_NAME, Tokenizer
 
 TASKS = ("val", "test", "wikitext", "lambada")
+# What `seqwarm eval RUN` runs: the tasks that take about a minute for the demo's model on 2 CPU cores. WikiText at
+# Megatron's stride 32 scores the text in ~18,700 overlapping windows (for the builtin sample: 2,341 batches of 8, about
+# 40 minutes for the demo's model on a 2-core AMD EPYC, issue 27), so it runs only when asked for: by --tasks, or by
+# --wikitext naming a file.
+DEFAULT_TASKS = ("val", "test", "lambada")
 # Megatron-LM's zero-shot script evaluates WikiText-103 with `--overlapping-eval 32`.
 MEGATRON_STRIDE = 32
 
@@ -204,6 +209,7 @@ def run_eval(plan: Plan) -> list[TaskResult]:
     """Load the model once and run the planned tasks in order, each timed."""
     if plan.device.type == "cpu":
         keep_freed_memory()  # every batch allocates ~50 MB chunks of logits again: keep them (1.7x faster)
+        set_cpu_threads(None)  # as training: the cores other processes leave free, unless OMP_NUM_THREADS says
     model = plan.saved.model(plan.device)
     results = []
     for task in plan.tasks:
@@ -219,6 +225,13 @@ def run_eval(plan: Plan) -> list[TaskResult]:
     return results
 
 
+def default_tasks(lm_eval_tasks: Sequence[str] = (), wikitext: str | None = None) -> list[str]:
+    """The tasks of `seqwarm eval` without --tasks: the quick ones, plus wikitext when its file was given."""
+    if lm_eval_tasks:
+        return []
+    return [t for t in TASKS if t in DEFAULT_TASKS or (t == "wikitext" and wikitext is not None)]
+
+
 def main_eval(
     path: str | Path,
     tasks: Sequence[str] | None = None,
@@ -230,10 +243,10 @@ def main_eval(
 ) -> tuple[list[TaskResult], dict, Path]:
     """`seqwarm eval`: check everything, evaluate, merge into the eval JSON. Returns (results, document, its path).
 
-    Without --tasks, the builtin tasks run unless only lm-eval tasks were asked for.
+    Without --tasks: DEFAULT_TASKS (with wikitext when --wikitext names a file), none when lm-eval tasks were asked for.
     """
     if tasks is None:
-        tasks = [] if lm_eval_tasks else list(TASKS)
+        tasks = default_tasks(lm_eval_tasks, options.get("wikitext"))
     plan = plan_eval(path, tasks, **options)
     task_manager = None
     if lm_eval_tasks:

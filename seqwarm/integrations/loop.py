@@ -35,9 +35,10 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LRScheduler
 
 from seqwarm.config import Config, config_from_dict
-from seqwarm.curriculum import Curriculum, truncate
+from seqwarm.curriculum import Curriculum, StepSpec, melt, truncate
 from seqwarm.curriculum.config import length_warmup_section
 from seqwarm.errors import ConfigError, DataError, DivergedError
+from seqwarm.integrations.batches import melt_dict
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics
 from seqwarm.rundir import resume_changes
@@ -137,6 +138,7 @@ class SequenceLengthWarmup:
         self._pending: int | torch.Tensor | None = None  # target tokens counted for the open step
         self._resolved: int | None = None  # the same, summed over processes, once read
         self._scheduler_hook = None  # the optimizer pre-hook of the scheduler built last
+        self._last_seqlen: int | None = None  # the length the last closed step trained at
 
     # --- the step's length and its batch ------------------------------------------------------------
 
@@ -146,9 +148,20 @@ class SequenceLengthWarmup:
         return self.plan.clock
 
     @property
+    def spec(self) -> StepSpec:
+        """Everything the step about to run trains: `seqlen`, `batch_size` (sequences drawn), `split` (rows per
+        sequence when melted), `window` (the attention window to give the model; None: full causal attention)."""
+        return self.plan.spec()
+
+    @property
     def seqlen(self) -> int:
         """The length of the step about to run: `schedule(clock.step)`, a pure function of the step."""
         return self.plan.spec().seqlen
+
+    @property
+    def window(self) -> int | None:
+        """The attention window of the step about to run (`curriculum.window: warmup`); None: full causal attention."""
+        return self.plan.spec().window
 
     @property
     def batch_size(self) -> int:
@@ -170,18 +183,20 @@ class SequenceLengthWarmup:
         A tensor of full-length rows `(B, seqlen_end + 1)` gives `(inputs, targets)`; a dict gives a dict
         (the module docstring has both conventions).
         """
-        seqlen = self.seqlen
+        spec = self.plan.spec()
+        seqlen = spec.seqlen
         if isinstance(batch, torch.Tensor):
             need = self.config.curriculum.seqlen_end + 1
             if batch.dim() != 2 or batch.shape[1] < need:
                 raise DataError(
                     f"batch: expected rows of seqlen_end + 1 = {need} tokens (B, {need}), got shape {tuple(batch.shape)}"
                 )
-            inputs, targets = truncate(batch, seqlen)
+            # Melted (packing: melt): split x more rows, every target of the full row kept.
+            inputs, targets = melt(batch[:, :need], seqlen) if spec.split > 1 else truncate(batch, seqlen)
             self.count((targets != IGNORE_INDEX).sum())
             return inputs, targets
         if isinstance(batch, Mapping):
-            out = truncate_dict(batch, seqlen)
+            out = melt_dict(batch, seqlen, spec.split) if spec.split > 1 else truncate_dict(batch, seqlen)
             self.count(dict_target_tokens(out))
             return out
         raise DataError(f"batch: expected a tensor of token rows or a dict with input_ids, got {type(batch).__name__}")
@@ -229,6 +244,7 @@ class SequenceLengthWarmup:
     def step(self, applied: bool = True) -> None:
         """Close the step: the clock ticks by its tokens, or by 0 if its update was not applied (a skipped
         non-finite or fp16-overflow step counts as a step, its tokens do not)."""
+        self._last_seqlen = self.plan.spec().seqlen
         self.plan.tick(self.step_tokens if applied else 0)
         self._pending = self._resolved = None
 
@@ -238,6 +254,7 @@ class SequenceLengthWarmup:
         applied by then, so the caller saves nothing after the error: its last checkpoint is the last
         finite state."""
         ratio = self.loss_ratio(loss)
+        self.plan.observe({"loss_ratio": ratio})  # closed-loop pacing (`pacing: adaptive`) grows on stable steps
         reason = self.guard.observe(math.isfinite(loss))
         if reason is not None:
             raise DivergedError(f"step {step}: {reason}; stopped before any save of this step's weights")
@@ -261,7 +278,9 @@ class SequenceLengthWarmup:
 
     def metrics(self) -> dict[str, int]:
         """The clock after the last step and that step's length, for a log row."""
-        last = self.schedule(self.clock.step - 1) if self.clock.step else None  # the length is a function of the step
+        last = self._last_seqlen
+        if last is None and self.clock.step:  # restored from a state: the length is a function of the step
+            last = self.plan.curriculum.at(self.clock.step - 1, self.clock.tokens).seqlen
         return {"step": self.clock.step, "tokens": self.clock.tokens, "seqlen": last}
 
     # --- state -------------------------------------------------------------------------------------------
@@ -282,6 +301,7 @@ class SequenceLengthWarmup:
             "clock": self.clock.state_dict(),
             "loss_ratio": self.loss_ratio.state_dict(),
             "guard": self.guard.state_dict(),
+            "curriculum": self.plan.curriculum.state_dict(),  # closed-loop pacing's controller; {} otherwise
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -297,6 +317,7 @@ class SequenceLengthWarmup:
         self.clock.load_state_dict(state["clock"])
         self.loss_ratio.load_state_dict(state["loss_ratio"])
         self.guard.load_state_dict(state["guard"])
+        self.plan.curriculum.load_state_dict(state.get("curriculum", {}))  # absent from states before 0.3
         self._pending = self._resolved = None
 
 

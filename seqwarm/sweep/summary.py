@@ -30,7 +30,7 @@ from seqwarm.files import atomic_write
 from seqwarm.metrics import METRICS, eval_rows, loss_ratio_table, read_metrics
 from seqwarm.report import fmt, write_csv, write_report
 from seqwarm.rundir import SUMMARY
-from seqwarm.stats import CONFIDENCE, RESAMPLES, mean_ci, paired_comparison
+from seqwarm.stats import CONFIDENCE, MIN_INTERVAL_N, RESAMPLES, mean_ci, paired_comparison
 from seqwarm.sweep import sensitivity
 from seqwarm.sweep.grid import CURRICULUM_KEYS, METHOD, Cell, format_value
 from seqwarm.sweep.sensitivity import lr_sensitivity  # noqa: F401 (re-exported: callers and tests name it here)
@@ -259,7 +259,16 @@ def seed_statistics(results: list[dict], layout: Layout) -> list[dict]:
 
 
 def _interval(row: dict, spec: str) -> str:
-    return "n/a" if row["ci_low"] is None else f"[{spec.format(row['ci_low'])}, {spec.format(row['ci_high'])}]"
+    if row["ci_low"] is None:
+        return "n too small" if 0 < row["n"] < MIN_INTERVAL_N else "n/a"
+    return f"[{spec.format(row['ci_low'])}, {spec.format(row['ci_high'])}]"
+
+
+def _p_text(row: dict) -> str:
+    """Wilcoxon's p, or, where the seeds cannot reach p < 0.05, that instead of a p that only looks like a result."""
+    if row["note"].startswith("n too small"):
+        return row["note"]
+    return fmt(row["p_value"], "{:.3g}") + (f" ({row['note']})" if row["note"] else "")
 
 
 def _seed_ci_section(results: list[dict], layout: Layout, stats: list[dict]) -> list[str]:
@@ -270,7 +279,8 @@ def _seed_ci_section(results: list[dict], layout: Layout, stats: list[dict]) -> 
     def cell(key: tuple, m: str) -> str:
         s = cells.get((key, m))
         n = s["n"] if s else 0
-        notes = ([f"n={n}"] if n else []) + ([f"{diverged[(key, m)]} diverged"] if (key, m) in diverged else [])
+        seeds = f"n={n}" + (": too few seeds for an interval" if 0 < n < MIN_INTERVAL_N else "")
+        notes = ([seeds] if n else []) + ([f"{diverged[(key, m)]} diverged"] if (key, m) in diverged else [])
         text = "-" if not n else f"{s['mean']:.3f}" + ("" if s["ci_low"] is None else f" {_interval(s, '{:.3f}')}")
         return text + (f" ({', '.join(notes)})" if notes else "")
 
@@ -281,7 +291,7 @@ def _seed_ci_section(results: list[dict], layout: Layout, stats: list[dict]) -> 
         f"## Final validation loss over seeds, mean [{CONFIDENCE:.0%} CI] (finished runs)",
         "",
         f"Percentile bootstrap of the mean over the seeds ({RESAMPLES:,} resamples, seeded); n: the finished",
-        "seeds. One seed has no interval.",
+        f"seeds. Fewer than {MIN_INTERVAL_N} seeds have no interval (the bootstrap of 2 spans their min and max).",
         "",
         markdown_table(columns, keys),
         "",
@@ -297,7 +307,8 @@ def _paired_sections(layout: Layout, stats: list[dict]) -> list[str]:
         "The same seed gives every method the same initial weights and data order, so each method is compared",
         f"with {base} seed by seed: the mean of (method - {base}) over the seeds both have, its {CONFIDENCE:.0%}",
         "percentile-bootstrap interval, and the two-sided Wilcoxon signed-rank p-value (scipy). Negative is",
-        "better for both metrics. With n nonzero differences p cannot go below 2 / 2^n (0.0625 at 5, 0.002 at 10).",
+        "better for both metrics. With n nonzero differences p cannot go below 2 / 2^n (0.0625 at 5, 0.002 at 10):",
+        'where that is above 0.05 the table says "n too small" instead of a p.',
         "",
     ]
     for metric, (title, states) in PAIRED.items():
@@ -309,7 +320,7 @@ def _paired_sections(layout: Layout, stats: list[dict]) -> list[str]:
             ("pairs", lambda s: str(s["n"])),
             ("difference", lambda s, spec=spec: fmt(s["mean"], spec)),
             (f"{CONFIDENCE:.0%} CI", lambda s, spec=spec: _interval(s, spec)),
-            ("Wilcoxon p", lambda s: fmt(s["p_value"], "{:.3g}") + (f" ({s['note']})" if s["note"] else "")),
+            ("Wilcoxon p", _p_text),
         ]
         lines += [
             f"### {title[0].upper() + title[1:]}, method - {base}",

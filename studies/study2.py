@@ -1,0 +1,566 @@
+"""Study 2 (docs/STUDY2.md, pre-registered): its runs, one CSV row each, and its tables from the rows.
+
+    python studies/study2.py run --stage calibration|screen128|screen512|confirm [--jobs 2] [--limit N]
+    python studies/study2.py tables > study2.md
+
+`run` trains the stage's runs that `studies/study2/rows.csv` does not hold yet (by config hash), `--jobs`
+at a time with one thread each, and appends each finished run's row (config hash, commit, CPU, seed,
+every measure the hypotheses use) at once, so that a later session continues the grid instead of redoing
+it. seqwarm's sweep runs a Cartesian grid and resumes from run directories; this study's stages are not
+Cartesian (the screen's arms differ by context) and its record must outlive the run directories, so the
+runs are driven here, each a `seqwarm train` of the proxy with the arm's overrides. The calibration
+stage also writes `thresholds.json` by the protocol's rule; the other stages read it.
+
+`tables` rebuilds every Study 2 table of docs/RESULTS.md from the committed rows and applies the
+protocol's verdict rules (`s1` ... `s6`), written here once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent / "study2"
+ROWS = HERE / "rows.csv"
+THRESHOLDS = HERE / "thresholds.json"
+RUNS = Path(os.environ.get("SEQWARM_STUDY2_RUNS", "runs/study2"))
+
+# --- the protocol's grid (docs/STUDY2.md), written once ----------------------------------------------------
+
+STEPS = 100
+COMMON = [
+    "train.warmup_steps=10",
+    "train.min_lr=1e-4",
+    "train.num_threads=1",
+    "curriculum.seqlen_start=8",
+    "curriculum.duration=40",
+    "monitor.instruments=true",
+    "monitor.every=1",
+    "eval.max_sequences=32",
+    "checkpoint.every_steps=null",
+    "log.progress=false",
+]
+CONTEXTS = {
+    "c128": ["curriculum.seqlen_end=128", "model.max_seqlen=128", "train.global_batch_size=32"]
+    + ["train.micro_batch_size=32", f"train.max_tokens={STEPS * 32 * 128}", f"eval.every_tokens={4 * 32 * 128}"],
+    "c512": ["curriculum.seqlen_end=512", "model.max_seqlen=512", "train.global_batch_size=16"]
+    + ["train.micro_batch_size=16", f"train.max_tokens={STEPS * 16 * 512}", f"eval.every_tokens={4 * 16 * 512}"],
+}
+SLW = ["curriculum.length=slw"]
+QK = ["model.qk_norm=true"]
+LLAMA = ["model.family=llama"]
+ARMS: dict[str, list[str]] = {
+    "baseline": [],
+    "long-warmup": ["train.warmup_steps=40"],
+    "slw": SLW,
+    "slw-melt": [*SLW, "curriculum.packing=melt"],
+    "batch-matched": ["curriculum.batch=matched"],
+    "window": ["curriculum.window=warmup"],
+    "slw-adaptive": [*SLW, "curriculum.pacing=adaptive"],
+    "qk-norm": QK,
+    "z-loss": ["train.z_loss=1e-4"],
+    "skip-step": ["monitor.skip_spikes=true"],
+    "zclip": ["train.grad_clip_mode=zscore"],
+    "slw+qk-norm": [*SLW, *QK],
+    "llama": LLAMA,
+    "llama-slw": [*LLAMA, *SLW],
+    "llama-qk-norm": [*LLAMA, *QK],
+}
+AGGRESSIVE = (1e-2, 3e-2, 1e-1)
+CONFIRM_LR = {"c128": 3e-2, "c512": 1e-2}
+CONFIRM_SEEDS = {"c128": tuple(range(11, 18)), "c512": tuple(range(11, 16))}
+ALWAYS_CONFIRMED = {
+    "c128": ("baseline", "slw", "slw-melt", "qk-norm", "slw+qk-norm", "llama", "llama-slw"),
+    "c512": ("baseline", "slw", "slw-melt", "qk-norm", "batch-matched"),
+}
+PLATEAU_MARGIN = 0.3  # nats below the unigram loss
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Spec:
+    stage: str
+    context: str
+    arm: str
+    lr: float
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.context}__{self.arm}__lr={self.lr:g}__seed={self.seed}"
+
+    def overrides(self) -> list[str]:
+        return [*COMMON, *CONTEXTS[self.context], *ARMS[self.arm], f"train.lr={self.lr}", f"run.seed={self.seed}"]
+
+    def config_hash(self) -> str:
+        """What the run computes: the arm's overrides on the proxy, in order (not the stage or directory)."""
+        return hashlib.sha256("\n".join(["proxy", *self.overrides()]).encode()).hexdigest()[:16]
+
+
+def stage_specs(stage: str, rows: list[dict] | None = None) -> list[Spec]:
+    """The runs of a stage, in the order they are trained (seeds outermost: a cut-short stage has whole seeds)."""
+    if stage == "calibration":
+        return [Spec(stage, "c128", "baseline", lr, s) for s in (101, 102) for lr in (3e-3, 1e-1)]
+    if stage == "screen128":
+        specs = [Spec(stage, "c128", "baseline", 3e-3, s) for s in (1, 2)]
+        return specs + [Spec(stage, "c128", a, lr, s) for s in (1, 2) for lr in AGGRESSIVE for a in ARMS]
+    if stage == "screen512":
+        arms = ("baseline", "slw", "slw-melt", "batch-matched", "qk-norm")
+        return [Spec(stage, "c512", a, lr, s) for s in (1, 2) for lr in (3e-3, 1e-2) for a in arms]
+    if stage == "confirm":
+        carried = screen_selection(rows or [])
+        specs = []
+        for ctx in ("c128", "c512"):
+            arms = [*ALWAYS_CONFIRMED[ctx], *(carried if ctx == "c128" else [])]
+            specs += [Spec(stage, ctx, a, CONFIRM_LR[ctx], s) for s in CONFIRM_SEEDS[ctx] for a in dict.fromkeys(arms)]
+        return specs
+    raise SystemExit(f"--stage: {stage!r} is not one of calibration, screen128, screen512, confirm")
+
+
+def screen_selection(rows: list[dict]) -> list[str]:
+    """The protocol's rule: arms whose mean plateau at C128 (screen seeds, aggressive LRs) is >= 10% shorter
+    than the baseline's; of those, the two shortest. Arms confirmed anyway are not counted."""
+    screen = [r for r in rows if r["stage"] == "screen128" and float(r["lr"]) in AGGRESSIVE]
+    mean = {a: _mean([float(r["plateau_steps"]) for r in screen if r["arm"] == a]) for a in ARMS}
+    base = mean.get("baseline")
+    if base is None:
+        return []
+    better = [a for a, m in mean.items() if m is not None and a not in ALWAYS_CONFIRMED["c128"] and m <= 0.9 * base]
+    return sorted(better, key=lambda a: mean[a])[:2]
+
+
+# --- measures of one run -----------------------------------------------------------------------------------
+
+
+def measures(run_dir: Path, thresholds: dict | None, unigram: float) -> dict:
+    """Every measure the hypotheses use, from the run's metrics.jsonl and summary.json."""
+    from seqwarm.metrics import METRICS, eval_rows, read_metrics, train_rows
+
+    rows = read_metrics(run_dir / METRICS)
+    train, evals = train_rows(rows), eval_rows(rows)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    layers = sorted({int(k.split("/")[2]) for r in train for k in r if k.startswith("diag/attn/")})
+    logit = {layer: [r.get(f"diag/attn/{layer}/logit_max") for r in train] for layer in layers}
+    entropy = {layer: [r.get(f"diag/attn/{layer}/entropy") for r in train] for layer in layers}
+    out = {
+        "steps": len(train),
+        "final_val_loss": evals[-1]["val/loss"] if evals and len(train) >= 1 else None,
+        "initial_loss": train[0]["loss"] if train else None,
+        "plateau_steps": plateau_steps(evals, unigram, len(train)),
+        "max_loss_ratio": max((r["loss_ratio"] for r in train if _finite(r.get("loss_ratio"))), default=None),
+        "max_attn_logit": max((v for s in logit.values() for v in s if _finite(v)), default=None),
+        "min_attn_entropy": min((v for s in entropy.values() for v in s if _finite(v)), default=None),
+        "layer0_logit_median_20_80": _median(logit.get(0, [])[20:80]),
+        "layer0_entropy_median_20_80": _median(entropy.get(0, [])[20:80]),
+        "diverged": bool(summary.get("diverged", False)) or not train,
+        "wall_s": summary.get("wall_s"),
+    }
+    if thresholds:
+        onset, layer = collapse_onset(train, layers, thresholds)
+        out |= {"collapsed": onset is not None, "collapse_onset": onset, "collapse_layer": layer}
+        out |= {f"lead_{k}": v for k, v in lead_times(train, layers, thresholds, onset).items()}
+    return out
+
+
+def plateau_steps(evals: list[dict], unigram: float, steps: int) -> int:
+    """Training steps until validation loss is first PLATEAU_MARGIN below the unigram loss (censored at the run)."""
+    for r in evals:
+        if _finite(r.get("val/loss")) and r["val/loss"] <= unigram - PLATEAU_MARGIN:
+            return int(r["step"])
+    return max(steps, STEPS)
+
+
+def collapse_onset(train: list[dict], layers: list[int], th: dict) -> tuple[int | None, int | None]:
+    for r in train:
+        for layer in layers:
+            e, g = r.get(f"diag/attn/{layer}/entropy"), r.get(f"diag/attn/{layer}/logit_max")
+            if _finite(e) and _finite(g) and e < th["entropy"] and g > th["logit"]:
+                return int(r["step"]), layer
+    return None, None
+
+
+def lead_times(train: list[dict], layers: list[int], th: dict, onset: int | None) -> dict[str, int | None]:
+    """Steps from each instrument's first crossing of its threshold to the collapse onset (None: no collapse
+    or never crossed). The protocol's thresholds: logit > L*, entropy < E*, loss ratio > 1.2, Adam variance max
+    and gradient norm above 10x their running median (previous 10 steps)."""
+    if onset is None:
+        return dict.fromkeys(("logit", "entropy", "loss_ratio", "adam", "grad_norm"))
+
+    def first(pred) -> int | None:
+        step = next((int(r["step"]) for i, r in enumerate(train) if pred(i, r)), None)
+        return None if step is None else onset - step
+
+    def jump(key: str):
+        def pred(i, r):
+            past = [x[key] for x in train[max(0, i - 10) : i] if _finite(x.get(key))]
+            return len(past) >= 3 and _finite(r.get(key)) and r[key] > 10 * float(np.median(past))
+
+        return pred
+
+    attn = [(f"diag/attn/{layer}/logit_max", f"diag/attn/{layer}/entropy") for layer in layers]
+    return {
+        "logit": first(lambda i, r: any(_finite(r.get(g)) and r[g] > th["logit"] for g, _ in attn)),
+        "entropy": first(lambda i, r: any(_finite(r.get(e)) and r[e] < th["entropy"] for _, e in attn)),
+        "loss_ratio": first(lambda i, r: _finite(r.get("loss_ratio")) and r["loss_ratio"] > 1.2),
+        "adam": first(jump("adam/var_max")),
+        "grad_norm": first(jump("grad_norm")),
+    }
+
+
+def calibrate(rows: list[dict]) -> dict:
+    """The protocol's threshold rule from the calibration rows (docs/STUDY2.md, "Measures")."""
+    stable = [r for r in rows if r["stage"] == "calibration" and float(r["lr"]) == 3e-3]
+    failing = [r for r in rows if r["stage"] == "calibration" and float(r["lr"]) == 1e-1]
+    top = max(float(r["max_attn_logit"]) for r in stable)
+    low = min(float(r["min_attn_entropy"]) for r in stable)
+    fail_logit = float(np.median([float(r["layer0_logit_median_20_80"]) for r in failing]))
+    fail_entropy = float(np.median([float(r["layer0_entropy_median_20_80"]) for r in failing]))
+    if fail_logit > top and fail_entropy < low:
+        return {"logit": math.sqrt(top * fail_logit), "entropy": (low + fail_entropy) / 2, "source": "calibration"}
+    from seqwarm.instruments import COLLAPSE_ENTROPY, COLLAPSE_LOGIT
+
+    return {"logit": COLLAPSE_LOGIT, "entropy": COLLAPSE_ENTROPY, "source": "defaults (calibration did not separate)"}
+
+
+# --- running ------------------------------------------------------------------------------------------------
+
+
+def read_rows() -> list[dict]:
+    if not ROWS.exists():
+        return []
+    with open(ROWS, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(row: dict) -> None:
+    """One line appended (the file's header written first when new); rows are never rewritten."""
+    HERE.mkdir(parents=True, exist_ok=True)
+    new = not ROWS.exists()
+    fields = list(row) if new else next(csv.reader(open(ROWS)))
+    with open(ROWS, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            w.writeheader()
+        w.writerow(row)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def machine() -> tuple[str, str]:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = platform.processor() or "?"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return commit, cpu
+
+
+def unigram_loss() -> float:
+    """The corpus's unigram loss on its validation split (the best context-free model, train counts)."""
+    from seqwarm.config import load_config
+    from seqwarm.data.corpus import open_data
+    from seqwarm.instruments import unigram_entropy
+
+    data = open_data(load_config("proxy"), progress=True)
+    meta = getattr(data, "meta", {}) or {}
+    if "unigram_loss" in meta:
+        return float(meta["unigram_loss"]["val"] if isinstance(meta["unigram_loss"], dict) else meta["unigram_loss"])
+    # The entropy of the train split's unigram distribution: the loss of the best context-free predictor.
+    return float(unigram_entropy(np.asarray(data.splits["train"]), data.vocab_size))
+
+
+def train_one(spec: Spec) -> Path:
+    run_dir = RUNS / spec.name
+    cmd = [sys.executable, "-m", "seqwarm", "train", "proxy", *spec.overrides(), f"run.dir={run_dir}", "--force"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return run_dir
+
+
+def run_stage(stage: str, jobs: int, limit: int | None) -> None:
+    rows = read_rows()
+    done = {r["config_hash"] for r in rows}
+    todo = [s for s in stage_specs(stage, rows) if s.config_hash() not in done][:limit]
+    thresholds = json.loads(THRESHOLDS.read_text()) if THRESHOLDS.exists() else None
+    if stage != "calibration" and thresholds is None:
+        raise SystemExit("thresholds.json missing: run --stage calibration first (the protocol fixes them there)")
+    commit, cpu = machine()
+    unigram = unigram_loss()
+    print(f"{stage}: {len(todo)} runs to train ({jobs} at a time); unigram loss {unigram:.4f}", file=sys.stderr)
+
+    def one(spec: Spec) -> None:
+        run_dir = train_one(spec)
+        row = {
+            "stage": spec.stage,
+            "context": spec.context,
+            "arm": spec.arm,
+            "lr": spec.lr,
+            "seed": spec.seed,
+            "config_hash": spec.config_hash(),
+            "commit": commit,
+            "cpu": cpu,
+            "unigram_loss": round(unigram, 6),
+        } | measures(run_dir, thresholds, unigram)
+        append_row(row)
+        shutil.rmtree(run_dir, ignore_errors=True)  # run directories are never kept or committed
+        print(f"  {spec.name}: plateau {row['plateau_steps']}, final {row['final_val_loss']}", file=sys.stderr)
+
+    with ThreadPoolExecutor(jobs) as pool:  # each job is a subprocess: one core each
+        list(pool.map(one, todo))
+    if stage == "calibration" and len([r for r in read_rows() if r["stage"] == "calibration"]) == 4:
+        THRESHOLDS.write_text(json.dumps(calibrate(read_rows()), indent=1) + "\n")
+
+
+# --- tables and verdicts -----------------------------------------------------------------------------------
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return float(np.mean(xs)) if xs else None
+
+
+def _median(xs: list) -> float | None:
+    vals = [x for x in xs if _finite(x)]
+    return float(np.median(vals)) if vals else None
+
+
+def _num(row: dict, key: str) -> float | None:
+    try:
+        v = float(row[key])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
+def paired(rows: list[dict], ctx: str, lr: float, arm: str, base: str, key: str, stage: str = "confirm"):
+    """Per-seed values of `arm` and `base` (seeds both have), for `seqwarm.stats.paired_comparison`."""
+    pick = [r for r in rows if r["stage"] == stage and r["context"] == ctx and float(r["lr"]) == lr]
+    a = {int(r["seed"]): _num(r, key) for r in pick if r["arm"] == arm}
+    b = {int(r["seed"]): _num(r, key) for r in pick if r["arm"] == base}
+    # A diverged run has no final loss: it ranks worst (the protocol), here as +inf-like: the initial loss.
+    seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
+    return [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+def tables(rows: list[dict]) -> str:
+    from seqwarm.stats import paired_comparison
+    from seqwarm.tables import markdown_table
+
+    out = [f"Rows: {len(rows)} runs recorded in {ROWS.relative_to(HERE.parent.parent)}.", ""]
+    for stage in ("calibration", "screen128", "screen512", "confirm"):
+        srows = [r for r in rows if r["stage"] == stage]
+        out.append(f"## {stage}: {len(srows)} of {len(stage_specs(stage, rows))} runs")
+        if not srows:
+            out.append("")
+            continue
+        table = []
+        for r in sorted(srows, key=lambda r: (r["context"], r["arm"], float(r["lr"]), int(r["seed"]))):
+            table.append(
+                [
+                    r["context"],
+                    r["arm"],
+                    f"{float(r['lr']):g}",
+                    r["seed"],
+                    r["plateau_steps"],
+                    _fmt(_num(r, "final_val_loss")),
+                    r.get("collapsed", ""),
+                    _fmt(_num(r, "max_attn_logit"), ".1f"),
+                    _fmt(_num(r, "min_attn_entropy")),
+                    _fmt(_num(r, "max_loss_ratio")),
+                ]
+            )
+        header = ["ctx", "arm", "lr", "seed", "plateau", "final val", "collapsed", "max logit", "min H", "max ratio"]
+        out += [markdown_table(header, table), ""]
+    confirm = [r for r in rows if r["stage"] == "confirm"]
+    if confirm:
+        out.append("## Paired against the baseline (confirmation)")
+        table = []
+        for ctx in ("c128", "c512"):
+            for arm in sorted({r["arm"] for r in confirm if r["context"] == ctx} - {"baseline"}):
+                for key in ("plateau_steps", "final_val_loss"):
+                    a, b = paired(rows, ctx, CONFIRM_LR[ctx], arm, "baseline", key)
+                    p = paired_comparison(a, b, alternative="less")
+                    table.append([ctx, arm, key, str(len(a)), _fmt(p.diff.mean), _fmt(p.p_value, ".4f")])
+        out += [markdown_table(["ctx", "arm", "measure", "n", "mean diff", "one-sided p"], table), ""]
+    out.append("## Verdicts (the protocol's rules, confirmation stage)")
+    out += [f"- **{name}**: {verdict}" for name, verdict in verdicts(rows).items()]
+    return "\n".join(out)
+
+
+# --- the verdicts, by the rules docs/STUDY2.md wrote before the runs --------------------------------------
+
+
+def holm(pvalues: dict[str, float | None]) -> dict[str, float | None]:
+    """Holm's step-down adjusted p-values (None stays None and is not counted)."""
+    known = sorted((p, k) for k, p in pvalues.items() if p is not None)
+    out, running, m = dict.fromkeys(pvalues), 0.0, len(known)
+    for i, (p, k) in enumerate(known):
+        running = max(running, min(1.0, (m - i) * p))
+        out[k] = running
+    return out
+
+
+def _effects(rows, ctx, arm, base, key="plateau_steps") -> dict[int, float]:
+    """Per seed: base minus arm (positive: the arm lowers the measure)."""
+    pick = [r for r in rows if r["stage"] == "confirm" and r["context"] == ctx and float(r["lr"]) == CONFIRM_LR[ctx]]
+    a = {int(r["seed"]): _num(r, key) for r in pick if r["arm"] == arm}
+    b = {int(r["seed"]): _num(r, key) for r in pick if r["arm"] == base}
+    return {s: b[s] - a[s] for s in a if s in b and a[s] is not None and b[s] is not None}
+
+
+def _diff_ci(x: list[float], y: list[float], resamples: int = 10_000, seed: int = 0) -> tuple[float, float] | None:
+    """95% percentile bootstrap interval of mean(x) - mean(y), x and y resampled independently."""
+    if len(x) < 3 or len(y) < 3:
+        return None
+    rng = np.random.default_rng(seed)
+    xs, ys = np.asarray(x), np.asarray(y)
+    d = rng.choice(xs, (resamples, len(xs))).mean(1) - rng.choice(ys, (resamples, len(ys))).mean(1)
+    return float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))
+
+
+def verdicts(rows: list[dict]) -> dict[str, str]:
+    from seqwarm.stats import mean_ci, paired_comparison
+
+    v = {}
+    # S1: GPT-2-family arms against the baseline at C128, plateau length, Holm across the confirmed arms.
+    ctx, lr = "c128", CONFIRM_LR["c128"]
+    arms = sorted({r["arm"] for r in rows if r["stage"] == "confirm" and r["context"] == ctx})
+    arms = [a for a in arms if a != "baseline" and not a.startswith("llama")]
+    tests = {
+        a: paired_comparison(*paired(rows, ctx, lr, a, "baseline", "plateau_steps"), alternative="less") for a in arms
+    }
+    adjusted = holm({a: t.p_value for a, t in tests.items()})
+    for a, t in tests.items():
+        if t.n < 2:
+            v[f"S1 {a}"] = "not shown (no confirmation pairs yet)"
+        elif adjusted[a] is not None and adjusted[a] < ALPHA and t.diff.mean < 0:
+            v[f"S1 {a}"] = f"supported (mean {t.diff.mean:+.1f} steps, Holm p {adjusted[a]:.4f}, n={t.n})"
+        elif t.diff.low is not None and t.diff.low > 0:
+            v[f"S1 {a}"] = f"refuted (mean {t.diff.mean:+.1f} steps, interval above 0, n={t.n})"
+        else:
+            v[f"S1 {a}"] = f"not shown (mean {t.diff.mean:+.1f} steps, Holm p {_fmt(adjusted[a], '.4f')}, n={t.n})"
+    # S2: SLW's plateau effect larger at C512 than at C128.
+    e128, e512 = _effects(rows, "c128", "slw", "baseline"), _effects(rows, "c512", "slw", "baseline")
+    t512 = paired_comparison(
+        *paired(rows, "c512", CONFIRM_LR["c512"], "slw", "baseline", "plateau_steps"), alternative="less"
+    )
+    ci = _diff_ci(list(e512.values()), list(e128.values()))
+    if ci is None or t512.n < 2:
+        v["S2"] = "not shown (too few confirmation pairs)"
+    elif t512.p_value is not None and t512.p_value < ALPHA and ci[0] > 0:
+        v["S2"] = (
+            f"supported (effect C512 {np.mean(list(e512.values())):+.1f}, C128 {np.mean(list(e128.values())):+.1f} steps; difference interval [{ci[0]:.1f}, {ci[1]:.1f}])"
+        )
+    elif np.mean(list(e512.values())) <= 0 or ci[1] < 0:
+        v["S2"] = (
+            f"refuted (effect C512 {np.mean(list(e512.values())):+.1f} steps; difference interval [{ci[0]:.1f}, {ci[1]:.1f}])"
+        )
+    else:
+        v["S2"] = f"not shown (difference interval [{ci[0]:.1f}, {ci[1]:.1f}], C512 p {_fmt(t512.p_value, '.4f')})"
+    # S3: where SLW has an effect, melt (short context) against batch-matched (small early batch).
+    for ctx in ("c512", "c128"):
+        lr = CONFIRM_LR[ctx]
+        slw = paired_comparison(*paired(rows, ctx, lr, "slw", "baseline", "plateau_steps"), alternative="less")
+        if slw.p_value is None or slw.p_value >= ALPHA:
+            continue
+        melt = paired_comparison(*paired(rows, ctx, lr, "slw-melt", "baseline", "plateau_steps"), alternative="less")
+        match = paired_comparison(
+            *paired(rows, ctx, lr, "batch-matched", "baseline", "plateau_steps"), alternative="less"
+        )
+        m, b = (t.p_value is not None and t.p_value < ALPHA for t in (melt, match))
+        v["S3"] = f"at {ctx}: " + {(True, False): "the short context", (False, True): "the small early batch",
+                                    (True, True): "both", (False, False): "not shown"}[(m, b)]  # fmt: skip
+        break
+    else:
+        v["S3"] = "not shown (SLW has no supported effect at either context)"
+    # S4: SLW on top of QK-norm, final validation loss at C128.
+    t = paired_comparison(
+        *paired(rows, "c128", CONFIRM_LR["c128"], "slw+qk-norm", "qk-norm", "final_val_loss"), alternative="less"
+    )
+    if t.n < 2:
+        v["S4"] = "not shown (no confirmation pairs yet)"
+    elif t.p_value is not None and t.p_value < ALPHA:
+        v["S4"] = f"supported (mean {t.diff.mean:+.4f} nats, p {t.p_value:.4f}, n={t.n})"
+    elif t.diff.low is not None and t.diff.low > 0:
+        v["S4"] = f"refuted (mean {t.diff.mean:+.4f} nats, interval above 0, n={t.n})"
+    else:
+        v["S4"] = f"not shown (mean {t.diff.mean:+.4f} nats, p {_fmt(t.p_value, '.4f')}, n={t.n})"
+    # S5: which instrument precedes the collapse, over every collapsed run.
+    collapsed = [r for r in rows if str(r.get("collapsed")) == "True"]
+    if len(collapsed) < 5:
+        v["S5"] = f"not shown ({len(collapsed)} collapsed runs, fewer than 5)"
+    else:
+        leads = {
+            k: [_num(r, f"lead_{k}") for r in collapsed]
+            for k in ("logit", "entropy", "loss_ratio", "adam", "grad_norm")
+        }
+        ok = {k: float(np.median([x for x in xs if x is not None and x >= 0])) for k, xs in leads.items()
+              if sum(x is not None and x >= 0 for x in xs) >= 0.8 * len(collapsed)}  # fmt: skip
+        best = max(ok, key=ok.get) if ok else None
+        v["S5"] = (
+            "no instrument precedes 80% of the collapses"
+            if best is None
+            else (
+                f"{best} (median lead {ok[best]:.0f} steps over {len(collapsed)} collapsed runs); the loss ratio is "
+                + ("supported" if best == "loss_ratio" else "not supported")
+                + " as an early warning"
+            )
+        )
+    # S6: SLW's plateau effect with rotary positions against learned ones, paired by seed.
+    g, l6 = _effects(rows, "c128", "slw", "baseline"), _effects(rows, "c128", "llama-slw", "llama")
+    diffs = [l6[s] - g[s] for s in g if s in l6]
+    est = mean_ci(diffs)
+    if est.low is None:
+        v["S6"] = "not shown (too few pairs)"
+    elif est.low > 0 or est.high < 0:
+        v["S6"] = f"supported (llama minus gpt2 effect {est.mean:+.1f} steps, [{est.low:.1f}, {est.high:.1f}])"
+    else:
+        v["S6"] = f"not shown (llama minus gpt2 effect {est.mean:+.1f} steps, [{est.low:.1f}, {est.high:.1f}])"
+    return v
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--stage", required=True)
+    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--limit", type=int, default=None)
+    sub.add_parser("tables")
+    sub.add_parser("plan")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        run_stage(args.stage, args.jobs, args.limit)
+    elif args.cmd == "plan":
+        rows = read_rows()
+        for stage in ("calibration", "screen128", "screen512", "confirm"):
+            specs = stage_specs(stage, rows)
+            done = sum(s.config_hash() in {r["config_hash"] for r in rows} for s in specs)
+            print(f"{stage}: {len(specs)} runs, {done} recorded")
+    else:
+        print(tables(read_rows()))
+
+
+if __name__ == "__main__":
+    main()
