@@ -11,7 +11,12 @@ from seqwarm.model import GPTConfig, build_model
 
 V = 61
 SHAPE = dict(n_layer=2, n_head=2, d_model=32, max_seqlen=24, vocab_size=V)
-FAMILIES = [{"family": "gpt2"}, {"family": "llama"}, {"family": "llama", "n_kv_head": 1}]
+FAMILIES = [
+    {"family": "gpt2"},
+    {"family": "gpt2", "n_kv_head": 1, "tie_embeddings": False},
+    {"family": "llama"},
+    {"family": "llama", "n_kv_head": 1},
+]
 
 
 def model_of(seed=0, **options):
