@@ -112,10 +112,6 @@ def test_the_llama_family_under_ddp_and_fsdp2_takes_the_single_process_steps(cor
     """Issue 24: the Llama-style blocks (QK-norm, one KV head, an untied output layer) are DDP's and FSDP2's too;
     FSDP2 shards each block (`distributed.wrap`), the root holds the embedding, the final norm and lm_head."""
     llama = ["model.family=llama", "model.qk_norm=true", "model.n_kv_head=1", "model.tie_embeddings=false"]
-    # preflight off: on main at fdd71d9, with the preflight on, an FSDP2 run's losses leave the single process's
-    # from step 2 for either family (test_fsdp2_losses_equal_single_process_losses fails there); without it they
-    # are equal. This test is about the family, so it leaves that to the preflight's fix.
-    llama.append("train.preflight=false")
     common = ["tiny-slw", f"data.path={corpus_dir}", *ARGS, *llama]
     from seqwarm.config import load_config
 
