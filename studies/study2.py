@@ -67,12 +67,17 @@ ARMS: dict[str, list[str]] = {
     "long-warmup": ["train.warmup_steps=40"],
     "slw": SLW,
     "slw-melt": [*SLW, "curriculum.packing=melt"],
-    "batch-matched": ["curriculum.batch=matched"],
-    "window": ["curriculum.window=warmup"],
+    # The matched batch grows in whole micro-batches: micro-batches of 1 sequence let step 0 train SLW's tokens
+    # as closely as whole rows allow (2 rows of 128 = 256 = 8 x 32 at C128; 1 row of 512 >= 8 x 16 at C512).
+    "batch-matched": [*SLW, "curriculum.batch=matched", "train.micro_batch_size=1"],
+    # The window grows like SLW's length: from 8 over T = 40 steps, over full-length rows (SkyLadder-style).
+    "window": ["curriculum.window=warmup", "curriculum.window_start=8", "curriculum.window_duration=40"],
     "slw-adaptive": [*SLW, "curriculum.pacing=adaptive"],
     "qk-norm": QK,
     "z-loss": ["train.z_loss=1e-4"],
-    "skip-step": ["monitor.skip_spikes=true"],
+    # OLMo-core's rule (6 sigma on loss and gradient norm), its window and warm-up scaled to 100-step runs: its
+    # defaults (128, 64) would leave the guard off until after the probe's collapses (steps 4-8).
+    "skip-step": ["monitor.skip_spikes=both", "monitor.skip_window=32", "monitor.skip_warmup=10"],
     "zclip": ["train.grad_clip_mode=zscore"],
     "slw+qk-norm": [*SLW, *QK],
     "llama": LLAMA,
