@@ -275,17 +275,17 @@ def machine() -> tuple[str, str]:
 
 
 def unigram_loss() -> float:
-    """The corpus's unigram loss on its validation split (the best context-free model, train counts)."""
+    """The corpus's unigram loss on its validation split, as `prepare` records it (the trainer's summary reports
+    the same number)."""
     from seqwarm.config import load_config
     from seqwarm.data.corpus import open_data
     from seqwarm.instruments import unigram_entropy
 
     data = open_data(load_config("proxy"), progress=True)
-    meta = getattr(data, "meta", {}) or {}
-    if "unigram_loss" in meta:
-        return float(meta["unigram_loss"]["val"] if isinstance(meta["unigram_loss"], dict) else meta["unigram_loss"])
-    # The entropy of the train split's unigram distribution: the loss of the best context-free predictor.
-    return float(unigram_entropy(np.asarray(data.splits["train"]), data.vocab_size))
+    recorded = data.meta.get("splits", {}).get("val", {}).get("unigram_loss")  # `prepare` records it (issue 25)
+    if recorded is not None:
+        return float(recorded)
+    return float(unigram_entropy(np.asarray(data.splits["val"]), data.vocab_size))
 
 
 def train_one(spec: Spec) -> Path:
