@@ -15,14 +15,21 @@ trainer count the first step as 1, Composer as 0; each rule takes the framework'
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 from seqwarm.config import Config
 from seqwarm.curriculum import LengthAxis, Linear, Root, Stages
 from seqwarm.errors import ConfigError
+from seqwarm.export_documents import DOCUMENT_KIND, Export, Variant, notes_text, settings_text  # noqa: F401 (the command's API)
+from seqwarm.export_rules import (  # noqa: F401 (re-exported: tests and users name them here)
+    composer_seqlen,
+    deepspeed_fixed_discrete,
+    deepspeed_fixed_root,
+    deepspeed_lengths,
+    olmo_split_seqlen,
+    olmo_truncated_seqlen,
+)
 from seqwarm.plan import plan_steps, step_plan
 from seqwarm.tables import text_table
 
@@ -30,130 +37,6 @@ FRAMEWORKS = ("deepspeed", "megatron-deepspeed", "composer", "olmo-core")
 
 SEQLEN_METRIC = "seqlen_truncate"
 """The curriculum metric name Megatron-DeepSpeed's `data_post_process` (pretrain_gpt.py) truncates by."""
-
-
-# --- the frameworks' length rules ---------------------------------------------------------------------
-
-
-def deepspeed_fixed_root(
-    global_step: int,
-    *,
-    min_difficulty: int,
-    max_difficulty: int,
-    total_curriculum_step: int,
-    difficulty_step: int,
-    root_degree: float = 1.0,
-    floor_at_min: bool = True,
-) -> int:
-    """DeepSpeed's `fixed_root` / `fixed_linear` (root_degree 1) difficulty at its `global_step` (1 = first step).
-
-    From deepspeed/runtime/data_pipeline/curriculum_scheduler.py, `CurriculumScheduler.__fixed_root_get_difficulty`:
-    floor(min + (max - min) * (t / T) ** (1 / r)), less its remainder modulo difficulty_step, then at most
-    max. t / T is not clamped, so past T the raw value keeps growing: a max that is not a multiple of the
-    step is reached only once the raw value passes the next multiple. Since 0.19.8 the result is also
-    raised to the first multiple of the step at or above min (`floor_at_min`); before, it could fall below.
-    """
-    raw = (float(global_step) / total_curriculum_step) ** (1.0 / root_degree)
-    d = math.floor(raw * (max_difficulty - min_difficulty) + min_difficulty)
-    d -= d % difficulty_step
-    if floor_at_min:
-        d = max(d, -(-min_difficulty // difficulty_step) * difficulty_step)
-    return min(d, max_difficulty)
-
-
-def deepspeed_fixed_discrete(global_step: int, *, difficulty: Sequence[int], max_step: Sequence[int]) -> int:
-    """DeepSpeed's `fixed_discrete`: difficulty[i] while global_step <= max_step[i], then the last one.
-
-    From `CurriculumScheduler.__fixed_discrete_get_difficulty` (same file as above).
-    """
-    for d, until in zip(difficulty, max_step):
-        if global_step <= until:
-            return d
-    return difficulty[-1]
-
-
-def deepspeed_lengths(metric: dict, steps: int, *, floor_at_min: bool = True) -> list[int]:
-    """The lengths DeepSpeed's sampler sets for seqwarm steps 0..steps-1, from a `curriculum_metrics` entry.
-
-    `DeepSpeedDataSampler.get_next_global_batch` (deepspeed/runtime/data_pipeline/data_sampling/data_sampler.py)
-    adds 1 to its curriculum step before asking for a difficulty, so seqwarm's step s is DeepSpeed's s + 1.
-    `CurriculumScheduler.update_difficulty` starts at min_difficulty and stops updating once the
-    difficulty reaches max_difficulty: a later, shorter stage of a discrete schedule is never used.
-    `floor_at_min=False` gives the rule before 0.19.8.
-    """
-    sc = metric["schedule_config"]
-    lo, hi = metric["min_difficulty"], metric["max_difficulty"]
-    if metric["schedule_type"] == "fixed_discrete":
-
-        def rule(t: int) -> int:
-            return deepspeed_fixed_discrete(t, difficulty=sc["difficulty"], max_step=sc["max_step"])
-    else:
-        root = sc.get("root_degree", 1.0) if metric["schedule_type"] == "fixed_root" else 1.0
-
-        def rule(t: int) -> int:
-            return deepspeed_fixed_root(
-                t,
-                min_difficulty=lo,
-                max_difficulty=hi,
-                total_curriculum_step=sc["total_curriculum_step"],
-                difficulty_step=sc["difficulty_step"],
-                root_degree=root,
-                floor_at_min=floor_at_min,
-            )
-
-    current, out = lo, []
-    for s in range(steps):
-        if current < hi:
-            current = rule(s + 1)
-        out.append(current)
-    return out
-
-
-def composer_seqlen(
-    batch: int, *, min_seq_length: int, max_seq_length: int, step_size: int, warmup_batches: int
-) -> int:
-    """Composer's `SeqLengthWarmup` length at its `state.timestamp.batch` (0 = first batch).
-
-    From composer/algorithms/seq_length_warmup/seq_length_warmup.py, `SeqLengthWarmup.apply`: a staircase
-    of K = (max - min) // step_size increments, one every W // K batches (W = int(total batches x
-    duration)), so it reaches max after K * (W // K) <= W batches. Composer divides by zero when K = 0 or
-    W < K; here that is a ConfigError.
-    """
-    increments = (max_seq_length - min_seq_length) // step_size
-    if increments == 0 or warmup_batches < increments:
-        raise ConfigError(
-            f"curriculum.duration: Composer's SeqLengthWarmup divides by zero with {warmup_batches} warmup batches "
-            f"and {increments} length increments of {step_size} (it needs warmup >= increments >= 1)"
-        )
-    every = warmup_batches // increments
-    return min(max(step_size * (batch // every) + min_seq_length, min_seq_length), max_seq_length)
-
-
-def olmo_truncated_seqlen(
-    step: int, *, min_sequence_length: int, max_sequence_length: int, warmup_steps: int, keep_multiple_of: int
-) -> int:
-    """OLMo-core's `SequenceLengthSchedulerCallback(truncate=True)` length at its trainer step (1 = first step).
-
-    From src/olmo_core/train/callbacks/sequence_length_scheduler.py, `_get_truncated_sequence_length`
-    and `pre_step`: min + (max - min) * min(step, W) / W floored to a multiple of keep_multiple_of (128 by
-    default), with no floor at min; after step W the batch is left at full length.
-    """
-    if step > warmup_steps:
-        return max_sequence_length
-    raw = min_sequence_length + (max_sequence_length - min_sequence_length) * min(step, warmup_steps) / warmup_steps
-    return int(keep_multiple_of * (raw // keep_multiple_of))
-
-
-def olmo_split_seqlen(step: int, *, min_sequence_length: int, max_sequence_length: int, warmup_steps: int) -> int:
-    """OLMo-core's `SequenceLengthSchedulerCallback(truncate=False)` (its default) length at its step (1 = first).
-
-    From `_get_split_sequence_length` (same file): min x 2 ** floor(log2(raw // min)), the rows split
-    into more, shorter rows that keep every token (not SLW's truncation); full length after step W.
-    """
-    if step > warmup_steps:
-        return max_sequence_length
-    raw = min_sequence_length + (max_sequence_length - min_sequence_length) * min(step, warmup_steps) / warmup_steps
-    return min_sequence_length * 2 ** math.floor(math.log(raw // min_sequence_length, 2))
 
 
 # --- the run's length in steps --------------------------------------------------------------------------
@@ -186,25 +69,6 @@ def _steps_to_tokens(lengths: Sequence[int], batch: int, max_tokens: int | None,
 
 
 # --- the exports -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One way a framework can be set up, and the lengths it then trains at seqwarm's steps 0, 1, ..."""
-
-    label: str
-    lengths: Callable[[int], list[int]]  # steps -> lengths
-
-
-@dataclass(frozen=True)
-class Export:
-    framework: str
-    settings: dict
-    """What to put in that framework's config or command line (JSON-able)."""
-    notes: list[str] = field(default_factory=list)
-    """What the settings cannot reproduce."""
-    variants: list[Variant] = field(default_factory=list)
-    """The exported setup first; then other setups of the framework worth comparing."""
 
 
 def _exportable(cfg: Config, framework: str, *, melt: bool = False) -> None:
@@ -581,70 +445,6 @@ def table_text(cfg: Config, exp: Export) -> str:
             rows += [[f"{a}" if a == b else f"{a}-{b}", str(x), str(y)] for a, b, x, y in runs]
             out.append(text_table(rows, right=(1, 2), rule=False))
     return "\n".join(out) + "\n"
-
-
-# --- the settings as files their framework reads -------------------------------------------------------
-# stdout (or --out) carries only the document, so `export-schedule ... > file` is a valid file for the framework;
-# the notes go to stderr (issue 27: a JSON followed by "# note:" lines is not JSON).
-
-DOCUMENT_KIND = {"deepspeed": "json", "composer": "json", "megatron-deepspeed": "bash", "olmo-core": "python"}
-
-
-def settings_text(exp: Export, *, yaml_out: bool = False) -> str:
-    """The settings as one document: JSON for DeepSpeed and Composer (YAML with `yaml_out`), a bash fragment for
-    Megatron-DeepSpeed (it writes ds_config.json and sets an argument array), Python for OLMo-core (whose settings are
-    Python objects). The notes are not in it: `notes_text`."""
-    kind = DOCUMENT_KIND[exp.framework]
-    if kind == "bash":
-        return _megatron_bash(exp.settings)
-    if kind == "python":
-        return _olmo_python(exp.settings)
-    if yaml_out:
-        import yaml
-
-        return yaml.safe_dump(exp.settings, sort_keys=False)
-    return json.dumps(exp.settings, indent=2) + "\n"
-
-
-def notes_text(exp: Export) -> str:
-    """What the settings cannot reproduce, one `note:` line each (for stderr)."""
-    return "".join(f"note: {n}\n" for n in exp.notes)
-
-
-def _megatron_bash(s: dict) -> str:
-    import shlex
-
-    lines = ["# Megatron-DeepSpeed settings from seqwarm export-schedule (docs/EXPORT.md). Source it, then run"]
-    lines.append('#   python pretrain_gpt.py "${SEQWARM_ARGS[@]}" ...your model and data flags...')
-    if "ds_config.json" in s:
-        # A quoted heredoc: the JSON is written as is, no shell expansion inside it.
-        lines.append("# It writes ds_config.json: merge its data_efficiency block into your DeepSpeed config.")
-        lines.append("cat > ds_config.json <<'SEQWARM_JSON'")
-        lines.append(json.dumps(s["ds_config.json"], indent=2))
-        lines.append("SEQWARM_JSON")
-    lines.append("SEQWARM_ARGS=(")
-    lines += ["  " + " ".join(shlex.quote(w) for w in flag.split()) for flag in s["flags"]]
-    lines.append(")")
-    return "\n".join(lines) + "\n"
-
-
-def _olmo_python(s: dict) -> str:
-    cb = s["SequenceLengthSchedulerCallback"]
-    d = s["Trainer"]["max_duration"]
-    args = "".join(f"    {k}={v!r},\n" for k, v in cb.items())
-    return (
-        "# OLMo-core settings from seqwarm export-schedule (docs/EXPORT.md): import these names into your training\n"
-        "# script. Notes on what OLMo-core cannot reproduce went to stderr.\n"
-        "from olmo_core.train import Duration\n"
-        "from olmo_core.train.callbacks import SequenceLengthSchedulerCallback\n"
-        "\n"
-        "# NumpyFSLDatasetConfig(sequence_length=SEQUENCE_LENGTH, ...)\n"
-        f"SEQUENCE_LENGTH = {s['NumpyFSLDataset']['sequence_length']!r}\n"
-        "# TrainerConfig(max_duration=MAX_DURATION, ...)\n"
-        f"MAX_DURATION = Duration.{d['unit']}({d['value']!r})\n"
-        "# one of the trainer's callbacks\n"
-        f"SEQUENCE_LENGTH_SCHEDULER = SequenceLengthSchedulerCallback(\n{args})\n"
-    )
 
 
 __all__ = [
