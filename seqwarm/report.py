@@ -65,6 +65,7 @@ from seqwarm.metrics import (
 )
 from seqwarm.model_config import model_config
 from seqwarm.report_figures import AXIS_LABELS, PLOTS, Plot, Run, draw
+from seqwarm.report_instruments import describe, instrument_keys, write_instrument_figures
 from seqwarm.tables import Column, markdown_table
 
 REPORT = "report.md"
@@ -102,12 +103,14 @@ def pearson(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float] | None:
 
 
 def correlation_table(rows: list[dict]) -> list[dict]:
-    """One run's rows of Table 3 (Section 3): the loss ratio against each Adam variance statistic.
+    """One run's rows of Table 3 (Section 3): the loss ratio against each Adam variance statistic, then against
+    each instrument the run logged (`report_instruments.instrument_keys`: per layer attention max logit and entropy,
+    output log Z and max |logit|, Adam's variance per parameter group; docs/STABILITY.md).
 
-    Adam statistics may be logged every k steps only, so each pair uses the steps that have both.
+    Adam statistics and instruments may be logged every k steps only, so each pair uses the steps that have both.
     """
     table = []
-    for y_key in ADAM_VARIANCE:
+    for y_key in (*ADAM_VARIANCE, *instrument_keys(rows)):
         xs, ys = paired(rows, "loss_ratio", y_key)
         r_p = pearson(xs, ys)
         table.append(
@@ -360,6 +363,7 @@ def render_markdown(
     summary: list[dict],
     drawn: list[Plot],
     zeroshot: list[dict],
+    instrumented: list[tuple[str, str]] = (),
 ) -> str:
     skipped = [p for p in PLOTS if p not in drawn]
     parts = [
@@ -374,7 +378,8 @@ def render_markdown(
         "## Table 3: loss ratio vs Adam variance",
         "As in Section 3, Table 3: the Pearson correlation between the loss ratio and the l1 norm / max element "
         "of Adam's variance state sqrt(v_t), over the n steps that logged both; a low p-value means the "
-        "correlation is statistically significant (n/a: fewer than 3 points or a constant series).",
+        "correlation is statistically significant (n/a: fewer than 3 points or a constant series). A run trained "
+        "with `monitor.instruments: true` adds a row per instrument (docs/STABILITY.md), over its instrumented steps.",
         markdown_table(TABLE3_COLUMNS, table3),
         "## Summary: cost and outcome",
         "The efficiency side of the dilemma (Section 5.1): tokens, steps and wall time up to the last logged "
@@ -395,6 +400,8 @@ def render_markdown(
         "## Figures",
         *[f"![{p.title}]({p.name}.png)" for p in drawn],
     ]
+    if instrumented:
+        parts += describe(list(instrumented))
     if skipped:
         parts.append(
             "Not drawn, no run logged the data: "
@@ -437,7 +444,8 @@ def write_report(run_dirs: list[Path], out: Path, key_map: dict[str, str] | None
                 drawn.append(plot)
             else:
                 png.unlink(missing_ok=True)  # an earlier report's figure would no longer match
-        atomic_write(out / REPORT, render_markdown(runs, table1, table3, summary, drawn, zeroshot))
+        instrumented = write_instrument_figures(runs, out)
+        atomic_write(out / REPORT, render_markdown(runs, table1, table3, summary, drawn, zeroshot, instrumented))
     except OSError as e:
         raise ReportError(f"{out}: cannot write the report ({e.strerror or e})") from e
     return out / REPORT
