@@ -139,6 +139,12 @@ class SequenceLengthWarmup:
         self._resolved: int | None = None  # the same, summed over processes, once read
         self._scheduler_hook = None  # the optimizer pre-hook of the scheduler built last
         self._last_seqlen: int | None = None  # the length the last closed step trained at
+        self.attached: dict[str, Any] = {}  # stateful companions whose state travels in ours (`attach`)
+
+    def attach(self, name: str, part: Any) -> None:
+        """Carry `part`'s state (`state_dict`/`load_state_dict`) in this object's, so that the checkpoint that holds
+        SLW's (a Trainer's scheduler.pt, Lightning's callback state) holds it too: the step guard's."""
+        self.attached[name] = part
 
     # --- the step's length and its batch ------------------------------------------------------------
 
@@ -302,7 +308,7 @@ class SequenceLengthWarmup:
             "loss_ratio": self.loss_ratio.state_dict(),
             "guard": self.guard.state_dict(),
             "curriculum": self.plan.curriculum.state_dict(),  # closed-loop pacing's controller; {} otherwise
-        }
+        } | ({"attached": {k: v.state_dict() for k, v in self.attached.items()}} if self.attached else {})
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where `state` was saved. A change a resume may not make (pacing, LR schedule, ...) raises a
@@ -314,10 +320,17 @@ class SequenceLengthWarmup:
         for k in BATCH_ARGS:  # a state of seqwarm 0.2 has no batch: it was the loop's own, as it still is here
             settings["train"].setdefault(k, getattr(self.config.train, k))
         resume_changes(_config(settings), self.config)
+        saved = state.get("attached", {})
+        if set(saved) != set(self.attached):  # a guard switched on or off at a resume changes what is computed
+            raise ConfigError(
+                f"state_dict: saved with {sorted(saved) or 'nothing'} attached, resumed with {sorted(self.attached) or 'nothing'}"
+            )
         self.clock.load_state_dict(state["clock"])
         self.loss_ratio.load_state_dict(state["loss_ratio"])
         self.guard.load_state_dict(state["guard"])
         self.plan.curriculum.load_state_dict(state.get("curriculum", {}))  # absent from states before 0.3
+        for name, part in self.attached.items():
+            part.load_state_dict(saved[name])
         self._pending = self._resolved = None
 
 
