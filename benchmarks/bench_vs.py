@@ -1,7 +1,13 @@
-"""One training step of the same GPT, seqwarm against Hugging Face's GPT2LMHeadModel (and nanoGPT).
+"""One training step of the same GPT, seqwarm against Hugging Face's GPT2LMHeadModel (and nanoGPT); and of the
+same Llama-style model, seqwarm's `model.family: llama` against Hugging Face's LlamaForCausalLM.
 
-    python benchmarks/bench_vs.py [--shapes 6x384,4x256] [--steps 6] [--precisions fp32,bf16]
-                                  [--nanogpt /tmp/nanogpt_model.py] [--json OUT]
+    python benchmarks/bench_vs.py [--shapes 6x384,4x256] [--families gpt2,llama] [--steps 6]
+                                  [--precisions fp32,bf16] [--nanogpt /tmp/nanogpt_model.py] [--json OUT]
+
+The Llama-style comparison (`--families llama`) is the same measurement on the same shape: seqwarm's llama family
+(RMSNorm, rotary positions, SwiGLU at Llama's width rule, no biases, tied embeddings, multi-head attention)
+against `LlamaForCausalLM` built from the equivalent `LlamaConfig` with `attn_implementation="sdpa"` and `labels`,
+interleaved step by step as the GPT-2 comparison is; the FLOPs are those of the llama model.
 
 A step is the same for every implementation: forward with the loss (under `torch.autocast` for
 bf16), backward, gradient clipping to norm 1.0, `torch.optim.AdamW` (seqwarm's defaults: betas
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import statistics
@@ -44,7 +51,7 @@ import torch
 from _common import DTYPES, machine_info, print_header, sgemm_peak
 
 from seqwarm.files import atomic_write
-from seqwarm.model import GPT, GPTConfig
+from seqwarm.model import GPTConfig, build_model
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class VsShape:
     seqlen: int
     batch: int
     vocab: int
+    family: str = "gpt2"
 
     def gpt(self, activation: str = "gelu_tanh") -> GPTConfig:
         """seqwarm's model of this shape (also what the FLOP counts are taken from)."""
@@ -65,6 +73,7 @@ class VsShape:
             max_seqlen=self.seqlen,
             vocab_size=self.vocab,
             activation=activation,
+            family=self.family,
         )
 
 
@@ -86,7 +95,7 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def seqwarm_model(s: VsShape, activation: str = "gelu_tanh"):
-    model = GPT(s.gpt(activation))
+    model = build_model(s.gpt(activation))
 
     def loss(x, y):
         return model(x, y)[0] / y.numel()  # (summed cross-entropy, extras)
@@ -111,6 +120,35 @@ def hf_model(s: VsShape):
         eos_token_id=s.vocab - 1,
     )
     model = GPT2LMHeadModel._from_config(config, attn_implementation="sdpa")  # HF's way for a fresh model
+    if model.config._attn_implementation != "sdpa":
+        raise RuntimeError(f"transformers gave attention {model.config._attn_implementation!r}, not sdpa")
+
+    def loss(x, y):
+        return model(input_ids=x, labels=x).loss
+
+    return model, loss
+
+
+def hf_llama_model(s: VsShape):
+    """transformers' LlamaForCausalLM of the shape: the same blocks as seqwarm's llama family (tied embeddings,
+    RMSNorm eps 1e-5, the same SwiGLU width), SDPA attention, its own shifted mean loss from `labels`."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    gpt = s.gpt()
+    config = LlamaConfig(
+        vocab_size=s.vocab,
+        hidden_size=s.d_model,
+        intermediate_size=gpt.mlp_width,
+        num_hidden_layers=s.n_layer,
+        num_attention_heads=s.n_head,
+        num_key_value_heads=s.n_head,
+        max_position_embeddings=s.seqlen,
+        rms_norm_eps=gpt.norm_eps,
+        tie_word_embeddings=True,
+        bos_token_id=s.vocab - 1,
+        eos_token_id=s.vocab - 1,
+    )
+    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
     if model.config._attn_implementation != "sdpa":
         raise RuntimeError(f"transformers gave attention {model.config._attn_implementation!r}, not sdpa")
 
@@ -248,6 +286,7 @@ def parse_args(argv=None):
     p.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {', '.join(SHAPES)}")
     p.add_argument("--steps", type=int, default=6, help="timed steps per implementation (default 6)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
+    p.add_argument("--families", default="gpt2,llama", help="comma-separated model families (default gpt2,llama)")
     p.add_argument("--precisions", default="fp32", help="comma-separated, from fp32, bf16 (autocast; default fp32)")
     p.add_argument("--nanogpt", type=Path, help="path of nanoGPT's model.py, to time it as well")
     p.add_argument("--no-hf", action="store_true", help="leave Hugging Face out")
@@ -256,6 +295,9 @@ def parse_args(argv=None):
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     if bad := [s for s in args.shapes if s not in SHAPES]:
         p.error(f"--shapes: unknown {', '.join(bad)} (choose from {', '.join(SHAPES)})")
+    args.families = [s.strip() for s in args.families.split(",") if s.strip()]
+    if bad := [s for s in args.families if s not in ("gpt2", "llama")]:
+        p.error(f"--families: unknown {', '.join(bad)} (gpt2, llama)")
     args.precisions = [s.strip() for s in args.precisions.split(",") if s.strip()]
     if bad := [s for s in args.precisions if s not in ("fp32", "bf16")]:
         p.error(f"--precisions: unknown {', '.join(bad)} (on CPU: fp32, bf16)")
@@ -273,13 +315,18 @@ def main(argv=None) -> None:
         impls["hf GPT2LMHead"] = hf_model
     if args.nanogpt:
         impls["nanoGPT"] = nanogpt_factory(load_nanogpt(args.nanogpt))
+    llama_impls = {"seqwarm": seqwarm_model} | ({} if args.no_hf else {"hf LlamaForCausalLM": hf_llama_model})
+    runs = [(name, SHAPES[name], impls) for name in args.shapes] if "gpt2" in args.families else []
+    if "llama" in args.families:
+        runs += [
+            (f"{name} llama", dataclasses.replace(SHAPES[name], family="llama"), llama_impls) for name in args.shapes
+        ]
     info = machine_info()
     print_header("seqwarm step against other implementations", info)
     out: dict = {"machine": info, "rows": [], "peaks": {}}
-    for name in args.shapes:
-        shape = SHAPES[name]
+    for name, shape, implementations in runs:
         peaks = {p: sgemm_peak(p) for p in ("fp32", "bf16")}
-        steppers = measure(shape, impls, args.precisions, args.warmup, args.steps)
+        steppers = measure(shape, implementations, args.precisions, args.warmup, args.steps)
         out["rows"] += report(name, shape, steppers, peaks, args.warmup, args.steps)
         out["peaks"][name] = peaks
         del steppers

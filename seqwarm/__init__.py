@@ -27,6 +27,7 @@ _EXPORTS = {
     "SequenceLengthWarmup": "seqwarm.integrations.loop",
     "GPT": "seqwarm.model",
     "GPTConfig": "seqwarm.model",
+    "build_model": "seqwarm.model",
     "linear_cross_entropy": "seqwarm.loss",
     "IGNORE_INDEX": "seqwarm.loss",
     "Config": "seqwarm.config",

@@ -169,7 +169,8 @@ def cmd_export(args) -> None:
     from seqwarm.hf import export_hf
 
     out = export_hf(args.path, args.hf, force=args.force)
-    print(f"exported {out}: transformers GPT2LMHeadModel (safetensors) + GPT-2 tokenizer")
+    (arch,) = json.loads((out / "config.json").read_text())["architectures"]
+    print(f"exported {out}: transformers {arch} (safetensors) + its tokenizer")
 
 
 def cmd_import_hf(args) -> None:
@@ -358,7 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face GPT2LMHeadModel directory")
+    s = sub.add_parser(
+        "export", help="write a run's checkpoint as a Hugging Face model directory (GPT-2, Llama or Qwen3)"
+    )
     s.add_argument("path", metavar="RUN_DIR|CHECKPOINT_DIR")
     s.add_argument(
         "--hf", required=True, metavar="OUT_DIR", help="directory for config.json, model.safetensors and the tokenizer"
@@ -368,10 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser(
         "import-hf",
-        help="make a run that continues training a Hugging Face GPT-2 checkpoint",
+        help="make a run that continues training a Hugging Face GPT-2, Llama or Qwen3 checkpoint",
         description="seqwarm import-hf HF_DIR --out RUN_DIR [CONFIG] [section.field=value ...]; then seqwarm train --resume RUN_DIR",
     )
-    s.add_argument("hf_dir", metavar="HF_DIR", help="a local GPT-2 directory (config.json + weights)")
+    s.add_argument(
+        "hf_dir", metavar="HF_DIR", help="a local GPT-2, Llama or Qwen3 directory (config.json + safetensors)"
+    )
     s.add_argument(
         "items",
         nargs="*",

@@ -1,4 +1,5 @@
-"""Hugging Face interoperability: export to `transformers.GPT2LMHeadModel`, and import from it.
+"""Hugging Face interoperability: export to `transformers.GPT2LMHeadModel`, and import from it (the llama family:
+`LlamaForCausalLM` or `Qwen3ForCausalLM`, mapped in seqwarm/hf_llama.py; the directories and checks are these).
 
 seqwarm's GPT is GPT-2's architecture (pre-LayerNorm blocks with eps 1e-5, fused qkv projection
 with biases, a GELU MLP, learned positions, tied output embedding), so a checkpoint maps one to one
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from seqwarm import __version__
+from seqwarm import __version__, hf_llama
 from seqwarm.checkpoint import load_weights
 from seqwarm.config import load_config, save_config
 from seqwarm.errors import ConfigError, SeqwarmError, first_line
@@ -318,10 +319,14 @@ def _export(path: str | Path | SavedModel, out: Path, tokenizer: Tokenizer | Non
         raise SeqwarmError(
             f"{saved.checkpoint}: vocabulary of {gpt.vocab_size} tokens; tokenizer {tokenizer.name} has {tokenizer.vocab_size}"
         )
-    model = transformers.GPT2LMHeadModel(gpt2_config(gpt, tokenizer.eot_id))
+    if gpt.family == "llama":
+        hf_class, to_hf = getattr(transformers, hf_llama.class_name(gpt)), hf_llama.to_hf_state
+        model = hf_class(hf_llama.hf_config(transformers, gpt, tokenizer.eot_id))
+    else:
+        model, to_hf = transformers.GPT2LMHeadModel(gpt2_config(gpt, tokenizer.eot_id)), to_hf_state
     try:
         weights = load_weights(saved.checkpoint)
-        model.load_state_dict(to_hf_state(weights, gpt), strict=True)
+        model.load_state_dict(to_hf(weights, gpt), strict=True)
     except (OSError, SafetensorError, RuntimeError, KeyError) as e:  # missing, truncated or another model's
         raise SeqwarmError(
             f"{saved.checkpoint / 'model.safetensors'}: does not hold the model state.json describes ({first_line(e)})"
@@ -366,7 +371,7 @@ def import_hf(
 def _import(hf_dir: Path, out: Path, config: str | None, overrides: list[str], progress: bool) -> Path:
     if not (hf_dir / "config.json").is_file():
         raise SeqwarmError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
-    set_by_hf = {f"model.{f}" for f in ("preset", "vocab_size", "activation", *MODEL_FIELDS)}
+    set_by_hf = {f"model.{f}" for f in ("preset", "vocab_size", "activation", *MODEL_FIELDS, *hf_llama.IMPORTED)}
     fixed = [o for o in overrides if o.partition("=")[0].strip() in set_by_hf]
     if fixed:
         raise ConfigError(
@@ -377,13 +382,18 @@ def _import(hf_dir: Path, out: Path, config: str | None, overrides: list[str], p
         hf_config = transformers.AutoConfig.from_pretrained(hf_dir, local_files_only=True)
     except (OSError, ValueError, KeyError) as e:
         raise SeqwarmError(f"{hf_dir / 'config.json'}: cannot be read by transformers ({first_line(e)})") from None
-    problems = gpt2_config_problems(hf_config)
+    llama = getattr(hf_config, "model_type", None) in hf_llama.MODEL_TYPES
+    problems = (hf_llama.config_problems if llama else gpt2_config_problems)(hf_config)
     if problems:
-        raise SeqwarmError(f"{hf_dir / 'config.json'}: not seqwarm's GPT-2 architecture: {'; '.join(problems)}")
-    shape = dict(zip(MODEL_FIELDS, (hf_config.n_layer, hf_config.n_head, hf_config.n_embd, hf_config.n_positions)))
-    # Explicit, not `auto`: data prepared with another tokenizer is the one-line vocabulary error.
-    shape["vocab_size"] = hf_config.vocab_size
-    shape["activation"] = HF_ACTIVATIONS[hf_config.activation_function]
+        what = hf_llama.MODEL_TYPES[hf_config.model_type] if llama else "GPT-2"
+        raise SeqwarmError(f"{hf_dir / 'config.json'}: not seqwarm's {what} architecture: {'; '.join(problems)}")
+    if llama:
+        shape = hf_llama.imported_shape(hf_config)
+    else:
+        shape = dict(zip(MODEL_FIELDS, (hf_config.n_layer, hf_config.n_head, hf_config.n_embd, hf_config.n_positions)))
+        # Explicit, not `auto`: data prepared with another tokenizer is the one-line vocabulary error.
+        shape["vocab_size"] = hf_config.vocab_size
+        shape["activation"] = HF_ACTIVATIONS[hf_config.activation_function]
     cfg = load_config(
         config, [*overrides, "model.preset=null", *(f"model.{k}={v}" for k, v in shape.items()), f"run.dir={out}"]
     )
@@ -415,7 +425,8 @@ def _read_hf_weights(transformers, hf_dir: Path, gpt: GPTConfig) -> dict[str, to
             )
         raise SeqwarmError(f"{hf_dir / SAFETENSORS[0]}: missing; import-hf reads safetensors weights only")
     try:
-        model, info = transformers.GPT2LMHeadModel.from_pretrained(
+        hf_class = transformers.AutoModelForCausalLM if gpt.family == "llama" else transformers.GPT2LMHeadModel
+        model, info = hf_class.from_pretrained(
             hf_dir, local_files_only=True, output_loading_info=True, use_safetensors=True
         )
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:
@@ -427,4 +438,4 @@ def _read_hf_weights(transformers, hf_dir: Path, gpt: GPTConfig) -> dict[str, to
         raise SeqwarmError(f"{hf_dir}: weights missing from the checkpoint: {', '.join(missing)}")
     if unexpected or mismatched:
         raise SeqwarmError(f"{hf_dir}: weights seqwarm's GPT cannot hold: {', '.join(unexpected + mismatched)}")
-    return from_hf_state(model.state_dict(), gpt)
+    return (hf_llama.from_hf_state if gpt.family == "llama" else from_hf_state)(model.state_dict(), gpt)

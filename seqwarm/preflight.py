@@ -68,17 +68,9 @@ def preflight(tr, autocast, inputs: dict | None) -> None:
             torch.cuda.empty_cache()
 
 
-@contextlib.contextmanager
 def _local(engine: torch.nn.Module):
-    """No gradient communication for the preflight's backward (DDP's `no_sync`, FSDP2's requires_gradient_sync)."""
-    if hasattr(engine, "no_sync"):
-        with engine.no_sync():
-            yield
-    elif hasattr(engine, "set_requires_gradient_sync"):
-        engine.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            engine.set_requires_gradient_sync(True)
-    else:
-        yield
+    """No gradient communication for the preflight's backward under DDP (`no_sync`: the gradients stay in
+    `param.grad`, which the restore clears). Not under FSDP2: without sync it accumulates the unsharded gradients
+    in buffers of its own that `zero_grad` does not reach, and the first step's update would include them (the
+    losses parted from step 2); with sync the preflight's reduce-scatter lands in the sharded `.grad`, cleared."""
+    return engine.no_sync() if hasattr(engine, "no_sync") else contextlib.nullcontext()

@@ -19,7 +19,8 @@ from safetensors import SafetensorError
 from seqwarm.checkpoint import CHECKPOINT_RE, CheckpointError, load_weights, newest_verified, verify_weights
 from seqwarm.config import Config, load_config
 from seqwarm.errors import SeqwarmError, first_line
-from seqwarm.model import GPT, GPTConfig
+from seqwarm.layers import DecoderLM
+from seqwarm.model import GPTConfig, build_model
 
 
 @dataclass(frozen=True)
@@ -32,9 +33,9 @@ class SavedModel:
     step: int
     tokens: int
 
-    def model(self, device: torch.device | str = "cpu") -> GPT:
-        """The GPT with the checkpoint's weights, in eval mode (no dropout)."""
-        model = GPT(self.gpt)
+    def model(self, device: torch.device | str = "cpu") -> DecoderLM:
+        """The model (either family) with the checkpoint's weights, in eval mode (no dropout)."""
+        model = build_model(self.gpt)
         try:
             model.load_state_dict(load_weights(self.checkpoint))
         except (OSError, SafetensorError, RuntimeError) as e:

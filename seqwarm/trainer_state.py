@@ -22,7 +22,7 @@ from seqwarm.distributed import DistEnv
 from seqwarm.errors import ConfigError
 from seqwarm.guards import SkipStepGuard, ZClip
 from seqwarm.interrupt import StopRequest
-from seqwarm.model import GPT
+from seqwarm.model import GPT, build_model
 from seqwarm.monitor import LossRatio, NonFiniteGuard
 from seqwarm.rewind import Rewinder
 from seqwarm.runtime import check_precision, keep_freed_memory, resolve_device, resolve_precision, set_cpu_threads
@@ -138,7 +138,7 @@ def build(
     val_index = data.sequences("val", seqlen_end)
 
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
-    model = GPT(cfg.model.gpt(data.vocab_size)).to(device)  # `vocab_size: auto`: the data's tokenizer's
+    model = build_model(cfg.model.gpt(data.vocab_size)).to(device)  # `vocab_size: auto`: the data's tokenizer's
     if cfg.train.compile:
         # The Transformer is compiled; the chunked output layer + loss stays eager (a Python loop over
         # chunks, matmul-bound). Static shapes; `_loss_sum` marks the length dynamic, so SLW compiles

@@ -1,6 +1,6 @@
 """The model's channel out (issue 23): an auxiliary loss joins the gradient, is logged as `aux/<name>`, and
 never enters `loss`, `loss_ratio` or `val/loss`; diagnostics are logged as `diag/<name>`. The toy terms here
-are the test's own; the model ships none."""
+are the test's own (the model's own, z-loss and the instruments, are tests/test_model_channels.py's)."""
 
 from pathlib import Path
 
@@ -22,8 +22,8 @@ def toy_terms(seen: list):
     the cross-entropy computed independently (full logits, F.cross_entropy) and the toy term."""
     original = GPT.loss_terms
 
-    def loss_terms(self, hidden, targets, *, ignore_index, diagnostics):
-        ce, extras = original(self, hidden, targets, ignore_index=ignore_index, diagnostics=diagnostics)
+    def loss_terms(self, hidden, targets, *, ignore_index, diagnostics, **inputs):
+        ce, extras = original(self, hidden, targets, ignore_index=ignore_index, diagnostics=diagnostics, **inputs)
         valid = targets != ignore_index
         toy = TOY * (hidden.float().pow(2).sum(-1) * valid).sum()  # summed over the targets, as ce is
         if self.training:

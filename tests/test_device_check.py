@@ -121,12 +121,16 @@ def test_bench_train_one_tiny_step_of_each_variant(corpus_dir, tmp_path, capsys,
     assert set(report["peaks"]["tiny"]) == {"fp32", "bf16"}
 
 
-def test_bench_vs_steps_seqwarm_and_hf_alike(capsys):
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_bench_vs_steps_seqwarm_and_hf_alike(capsys, family):
     pytest.importorskip("transformers")
     import bench_vs
 
-    shape = bench_vs.VsShape(n_layer=2, d_model=64, n_head=2, seqlen=32, batch=2, vocab=256)
-    impls = {"seqwarm": bench_vs.seqwarm_model, "hf": bench_vs.hf_model}
+    shape = bench_vs.VsShape(n_layer=2, d_model=64, n_head=2, seqlen=32, batch=2, vocab=256, family=family)
+    impls = {
+        "seqwarm": bench_vs.seqwarm_model,
+        "hf": bench_vs.hf_model if family == "gpt2" else bench_vs.hf_llama_model,
+    }
     steppers = bench_vs.measure(shape, impls, ["fp32"], warmup=1, steps=2)
     assert [(s.name, len(s.times)) for s in steppers] == [("seqwarm", 2), ("hf", 2)]
     # The same shape: the same parameter count but for seqwarm's padded embedding rows (256 is a multiple of 64).

@@ -107,6 +107,23 @@ def test_fsdp2_checkpoint_resumes_on_one_process(runs, tmp_path):
     assert_same_steps(train_rows(root / "single"), train_rows(tmp_path / "f"), keys=("loss",))
 
 
+@pytest.mark.slow
+def test_the_llama_family_under_ddp_and_fsdp2_takes_the_single_process_steps(corpus_dir, tmp_path):
+    """Issue 24: the Llama-style blocks (QK-norm, one KV head, an untied output layer) are DDP's and FSDP2's too;
+    FSDP2 shards each block (`distributed.wrap`), the root holds the embedding, the final norm and lm_head."""
+    llama = ["model.family=llama", "model.qk_norm=true", "model.n_kv_head=1", "model.tie_embeddings=false"]
+    common = ["tiny-slw", f"data.path={corpus_dir}", *ARGS, *llama]
+    from seqwarm.config import load_config
+
+    train(load_config("tiny-slw", [*common[1:], f"run.dir={tmp_path / 'single'}"]), progress=False)
+    torchrun("train", *common, f"run.dir={tmp_path / 'ddp'}")
+    torchrun("train", *common, f"run.dir={tmp_path / 'fsdp'}", "train.parallel=fsdp")
+    single = train_rows(tmp_path / "single")
+    assert [r["seqlen"] for r in single] == [8, 8, 16, 24, 32, 40, 48, 56, 64, 64]
+    assert_same_steps(single, train_rows(tmp_path / "ddp"))
+    assert_same_steps(single, train_rows(tmp_path / "fsdp"), keys=("loss", "val/loss"))
+
+
 def test_bad_batch_split_fails_before_training(tiny_cfg, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", "0")

@@ -37,7 +37,7 @@ CPU = torch.device("cpu")
 
 
 class PositionLM(torch.nn.Module):
-    """A toy with the GPT interface (`hidden`, tied `wte`, `cfg`) whose next-token distribution
+    """A toy with the model interface (`hidden`, `output_weight`, `cfg`) whose next-token distribution
     depends only on the position p in the window: log-probabilities `logp[:, p]`, context ignored."""
 
     def __init__(self, logp: torch.Tensor):
@@ -46,6 +46,9 @@ class PositionLM(torch.nn.Module):
         self.cfg = SimpleNamespace(vocab_size=vocab, max_seqlen=window)
         self.wte = torch.nn.Embedding(vocab, window)
         self.wte.weight.data = logp.clone()
+
+    def output_weight(self) -> torch.Tensor:
+        return self.wte.weight
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         B, T = idx.shape

@@ -29,13 +29,20 @@ def rows(n: int, seed: int) -> list[dict]:
     return [{"input_ids": r, "labels": r.clone()} for r in ids]
 
 
-def make_trainer(out_dir, widths: list | None = None, **overrides) -> SLWTrainer:
+def make_trainer(out_dir, widths: list | None = None, *, llama: bool = False, **overrides) -> SLWTrainer:
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQLEN_END, bos_token_id=0, eos_token_id=0
-    )
-    config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
-    model = transformers.GPT2LMHeadModel(config)
+    if llama:  # a Llama-style model (issue 24): rotary positions, RMSNorm, SwiGLU, grouped KV heads
+        config = transformers.LlamaConfig(
+            num_hidden_layers=1, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=VOCAB, max_position_embeddings=SEQLEN_END, bos_token_id=0, eos_token_id=0,
+        )  # fmt: skip
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        config = transformers.GPT2Config(
+            n_layer=1, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=SEQLEN_END, bos_token_id=0, eos_token_id=0
+        )
+        config.resid_pdrop = config.embd_pdrop = config.attn_pdrop = 0.0
+        model = transformers.GPT2LMHeadModel(config)
     if widths is not None:  # every forward's (training?, input length)
         model.register_forward_pre_hook(
             lambda m, args, kwargs: widths.append((m.training, kwargs["input_ids"].shape[1])), with_kwargs=True
@@ -117,6 +124,22 @@ def test_lengths_equal_seqwarm_plan_and_the_lr_is_seqwarms_at_the_same_tokens(un
     trained = [w for training, w in widths if training]
     assert trained == [steps[s]["seqlen"] for s in sorted(steps) for _ in range(ACCUM)]
     assert {w for training, w in widths if not training} == {SEQLEN_END}
+
+
+def test_it_trains_a_llama_for_causal_lm_at_the_same_lengths(uninterrupted, tmp_path):
+    """The integration is not GPT-2-specific: a LlamaForCausalLM trains through the same schedule (its lengths and
+    tokens are the GPT-2 run's, step for step) and its weights move (the rows are uniform noise: no loss to lose)."""
+    widths: list = []
+    trainer = make_trainer(tmp_path / "llama", widths, llama=True, eval_strategy="no", save_strategy="no")
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    steps, gpt2 = step_rows(trainer), step_rows(uninterrupted[0])
+    assert [(r["seqlen"], r["tokens"]) for r in steps.values()] == [(r["seqlen"], r["tokens"]) for r in gpt2.values()]
+    assert [w for training, w in widths if training] == [
+        steps[s]["seqlen"] for s in sorted(steps) for _ in range(ACCUM)
+    ]
+    assert all(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items() if "proj" in k)
+    assert type(trainer.model).__name__ == "LlamaForCausalLM"
 
 
 def test_it_stops_at_max_tokens_and_saves_there(uninterrupted):

@@ -65,7 +65,12 @@ def test_only_the_cli_imports_the_command_runners():
 
 
 def test_the_model_stands_alone():
-    assert GRAPH["seqwarm.model"] <= {"seqwarm.loss", "seqwarm.tokenizer"}
+    # The two families (model.py: options, presets, GPT-2; llama.py) and what they share (layers.py: the
+    # attention core with its instruments, the channels over the chunked loss); nothing of the run above them.
+    assert GRAPH["seqwarm.model"] <= {"seqwarm.loss", "seqwarm.tokenizer", "seqwarm.layers", "seqwarm.llama"}
+    assert GRAPH["seqwarm.llama"] <= {"seqwarm.layers"}
+    assert GRAPH["seqwarm.layers"] <= {"seqwarm.loss", "seqwarm.instruments"}
+    assert GRAPH["seqwarm.instruments"] == set()
     assert GRAPH["seqwarm.loss"] <= {"seqwarm.tokenizer"}
 
 

@@ -1,7 +1,7 @@
 """`seqwarm eval --lm-eval TASKS`: any lm-evaluation-harness task, on the checkpoint exported to Hugging Face.
 
 This is how the paper's 11 GPT-3 zero-shot tasks (Tables 4, 7-9) can be run. The checkpoint is
-exported to a temporary `GPT2LMHeadModel` directory (`seqwarm.hf.export_hf`) and handed to
+exported to a temporary transformers directory (GPT-2, Llama or Qwen3: `seqwarm.hf.export_hf`) and handed to
 lm-eval's `hf` model in fp32; lm-eval runs offline, and every task's data is checked to be in the
 local cache before any evaluation (`lm_eval_precheck`). lm-eval is an optional dependency
 (`pip install 'seqwarm[lm-eval]'`), imported only here.

@@ -1,6 +1,6 @@
 """Scoring a model on token tensors: the negative log-likelihoods behind every zero-shot metric.
 
-Each scorer takes a model with GPT's interface (`hidden`, the tied `wte`, `cfg.vocab_size` and
+Each scorer takes a model of either family (`hidden`, `output_weight()`, `cfg.vocab_size` and
 `cfg.max_seqlen`) and returns sums, so a caller divides once: a split in full-length sequences
 (`split_nll`), one text in Megatron-LM's overlapping sliding windows (`window_nll`), and
 LAMBADA's strict greedy last-word hits (`lambada_hits`).
@@ -36,7 +36,7 @@ def score_targets(
     hidden = model.hidden(inputs)  # (B, T, C)
     keep = targets != IGNORE_INDEX
     h, y = hidden[keep], targets[keep]  # (n, C), (n,)
-    weight = model.wte.weight[: model.cfg.vocab_size]  # tied output layer; padding rows never predicted
+    weight = model.output_weight()[: model.cfg.vocab_size]  # padding rows never predicted
     nll, hit = [torch.zeros(0, device=h.device)], [torch.zeros(0, dtype=torch.bool, device=h.device)]
     for start in range(0, len(y), chunk):
         logits = (h[start : start + chunk] @ weight.T).float()  # (c, V)
