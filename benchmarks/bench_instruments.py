@@ -33,7 +33,11 @@ from seqwarm.trainer import build, training_steps
 
 NEVER = 10**12
 PROXY_VOCAB = 1024  # builtin-bpe1024, the proxy's corpus (configs/proxy.yaml)
-VARIANTS = (("off", ["monitor.instruments=false"]), ("every=10", ["monitor.every=10"]), ("every=1", ["monitor.every=1"]))
+VARIANTS = (
+    ("off", ["monitor.instruments=false"]),
+    ("every=10", ["monitor.every=10"]),
+    ("every=1", ["monitor.every=1"]),
+)
 
 
 def config(run_dir: Path, data: Path, extra: list[str]):
