@@ -43,12 +43,9 @@ import json
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from scipy import stats
 
 from seqwarm.config import load_config
@@ -67,6 +64,8 @@ from seqwarm.metrics import (
     train_rows,
 )
 from seqwarm.model_config import model_config
+from seqwarm.report_figures import AXIS_LABELS, PLOTS, Plot, Run, draw
+from seqwarm.report_instruments import describe, instrument_keys, write_instrument_figures
 from seqwarm.tables import Column, markdown_table
 
 REPORT = "report.md"
@@ -82,58 +81,6 @@ NA = "n/a"
 
 class ReportError(SeqwarmError):
     """A report input is not a run directory, or the report cannot be written; the message names the path."""
-
-
-@dataclass(frozen=True)
-class Run:
-    """One run directory as read for the report."""
-
-    label: str
-    path: Path
-    rows: list[dict]
-    params: int | None
-    finished: bool | None  # summary.json exists; None for a foreign log (unknown)
-    notes: tuple[str, ...] = ()
-    evaluation: dict | None = None  # eval.json written by `seqwarm eval`
-
-
-@dataclass(frozen=True)
-class Plot:
-    """One figure: `y` against `x` over every row that has both, one line per run."""
-
-    name: str
-    x: str
-    y: str
-    title: str
-    log_y: bool = False
-    marks: tuple[float, ...] = ()  # horizontal reference lines
-
-
-PLOTS = (
-    Plot("loss_vs_step", "step", "loss", "Training loss (Section 3, Figure 1a-b)"),
-    Plot("loss_vs_tokens", "tokens", "loss", "Training loss by tokens (token-wise comparison, Section 5.1)"),
-    Plot("loss_ratio_vs_step", "step", "loss_ratio", "Loss ratio (Section 3, Table 1)", marks=RATIO_THRESHOLDS),
-    Plot("adam_var_l1_vs_step", "step", "adam/var_l1", "Adam variance l1 norm (Figure 1c-d, 4c)", log_y=True),
-    Plot("adam_var_max_vs_step", "step", "adam/var_max", "Adam variance max element (Figure 1e-f, 4d)", log_y=True),
-    Plot("adam_mom_l1_vs_step", "step", "adam/mom_l1", "Adam momentum l1 norm (Appendix A.3.2, Figure 10)", log_y=True),
-    Plot("val_ppl_vs_tokens", "tokens", "val/ppl", "Validation perplexity by tokens (Figure 4a)", log_y=True),
-    Plot("val_ppl_vs_time", "time_s", "val/ppl", "Validation perplexity by wall time (Figure 4b)", log_y=True),
-    Plot("seqlen_vs_step", "step", "seqlen", "Training sequence length (SLW pacing, Section 4)"),
-)
-
-AXIS_LABELS = {
-    "step": "step",
-    "tokens": "tokens",
-    "time_s": "wall time (s)",
-    "loss": "training loss",
-    "loss_ratio": "loss ratio",
-    "adam/var_l1": "l1 norm of sqrt(Adam variance)",
-    "adam/var_max": "max element of sqrt(Adam variance)",
-    "adam/mom_l1": "l1 norm of Adam momentum",
-    "val/ppl": "validation perplexity",
-    "seqlen": "sequence length",
-}
-MARKERS_BELOW = 50  # a series this short (eval rows) shows its points, so a single one is visible
 
 
 # --- the tables (pure functions of one run's metrics rows) ---------------------------------------
@@ -156,12 +103,14 @@ def pearson(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float] | None:
 
 
 def correlation_table(rows: list[dict]) -> list[dict]:
-    """One run's rows of Table 3 (Section 3): the loss ratio against each Adam variance statistic.
+    """One run's rows of Table 3 (Section 3): the loss ratio against each Adam variance statistic, then against
+    each instrument the run logged (`report_instruments.instrument_keys`: per layer attention max logit and entropy,
+    output log Z and max |logit|, Adam's variance per parameter group; docs/STABILITY.md).
 
-    Adam statistics may be logged every k steps only, so each pair uses the steps that have both.
+    Adam statistics and instruments may be logged every k steps only, so each pair uses the steps that have both.
     """
     table = []
-    for y_key in ADAM_VARIANCE:
+    for y_key in (*ADAM_VARIANCE, *instrument_keys(rows)):
         xs, ys = paired(rows, "loss_ratio", y_key)
         r_p = pearson(xs, ys)
         table.append(
@@ -407,37 +356,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     atomic_write(path, text.getvalue())
 
 
-def series(rows: list[dict], plot: Plot) -> tuple[list[float], list[float]]:
-    """(x, y) over the rows that have both finite (and y > 0 on a log axis)."""
-    points = [(finite(r.get(plot.x)), finite(r.get(plot.y))) for r in rows]
-    points = [(x, y) for x, y in points if x is not None and y is not None and (y > 0 or not plot.log_y)]
-    return [x for x, _ in points], [y for _, y in points]
-
-
-def draw(plot: Plot, runs: list[Run], path: Path) -> bool:
-    """Write the figure; False (nothing written) when no run has a point for it."""
-    lines = [(run.label, *series(run.rows, plot)) for run in runs]
-    lines = [(label, xs, ys) for label, xs, ys in lines if xs]
-    if not lines:
-        return False
-    fig = Figure(figsize=(7, 4.2), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for label, xs, ys in lines:
-        ax.plot(xs, ys, label=label, linewidth=1, marker="." if len(xs) < MARKERS_BELOW else None)
-    for y in plot.marks:
-        ax.axhline(y, color="grey", linestyle="--", linewidth=0.8)
-    if plot.log_y:
-        ax.set_yscale("log")
-    ax.set(xlabel=AXIS_LABELS[plot.x], ylabel=AXIS_LABELS[plot.y], title=plot.title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=120)
-    atomic_write(path, png.getvalue())
-    return True
-
-
 def render_markdown(
     runs: list[Run],
     table1: list[dict],
@@ -445,6 +363,7 @@ def render_markdown(
     summary: list[dict],
     drawn: list[Plot],
     zeroshot: list[dict],
+    instrumented: list[tuple[str, str]] = (),
 ) -> str:
     skipped = [p for p in PLOTS if p not in drawn]
     parts = [
@@ -459,7 +378,8 @@ def render_markdown(
         "## Table 3: loss ratio vs Adam variance",
         "As in Section 3, Table 3: the Pearson correlation between the loss ratio and the l1 norm / max element "
         "of Adam's variance state sqrt(v_t), over the n steps that logged both; a low p-value means the "
-        "correlation is statistically significant (n/a: fewer than 3 points or a constant series).",
+        "correlation is statistically significant (n/a: fewer than 3 points or a constant series). A run trained "
+        "with `monitor.instruments: true` adds a row per instrument (docs/STABILITY.md), over its instrumented steps.",
         markdown_table(TABLE3_COLUMNS, table3),
         "## Summary: cost and outcome",
         "The efficiency side of the dilemma (Section 5.1): tokens, steps and wall time up to the last logged "
@@ -480,6 +400,8 @@ def render_markdown(
         "## Figures",
         *[f"![{p.title}]({p.name}.png)" for p in drawn],
     ]
+    if instrumented:
+        parts += describe(list(instrumented))
     if skipped:
         parts.append(
             "Not drawn, no run logged the data: "
@@ -522,7 +444,8 @@ def write_report(run_dirs: list[Path], out: Path, key_map: dict[str, str] | None
                 drawn.append(plot)
             else:
                 png.unlink(missing_ok=True)  # an earlier report's figure would no longer match
-        atomic_write(out / REPORT, render_markdown(runs, table1, table3, summary, drawn, zeroshot))
+        instrumented = write_instrument_figures(runs, out)
+        atomic_write(out / REPORT, render_markdown(runs, table1, table3, summary, drawn, zeroshot, instrumented))
     except OSError as e:
         raise ReportError(f"{out}: cannot write the report ({e.strerror or e})") from e
     return out / REPORT

@@ -29,7 +29,9 @@ def rows(n: int, seed: int) -> list[dict]:
     return [{"input_ids": r, "labels": r.clone()} for r in ids]
 
 
-def make_trainer(out_dir, widths: list | None = None, *, llama: bool = False, **overrides) -> SLWTrainer:
+def make_trainer(
+    out_dir, widths: list | None = None, *, llama: bool = False, stability: dict | None = None, **overrides
+) -> SLWTrainer:
     torch.manual_seed(0)
     if llama:  # a Llama-style model (issue 24): rotary positions, RMSNorm, SwiGLU, grouped KV heads
         config = transformers.LlamaConfig(
@@ -73,6 +75,7 @@ def make_trainer(out_dir, widths: list | None = None, *, llama: bool = False, **
         args=transformers.TrainingArguments(**args),
         train_dataset=rows(120, seed=1),
         eval_dataset=rows(8, seed=2),
+        **(stability or {}),  # step_guard, z_loss (tests/test_integrations_hf_stability.py)
     )
 
 

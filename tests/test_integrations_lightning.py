@@ -93,7 +93,7 @@ class LitGPT(SLWModuleMixin, L.LightningModule):
         return optimizer
 
 
-def fit(out_dir, *, widths=None, ckpt_path=None, model=None, callbacks=None, **overrides):
+def fit(out_dir, *, widths=None, ckpt_path=None, model=None, callbacks=None, step_guard=None, **overrides):
     slw = SequenceLengthWarmup(**SETTINGS, max_tokens=MAX_TOKENS)
     logger = Rows()
     args = dict(
@@ -109,7 +109,7 @@ def fit(out_dir, *, widths=None, ckpt_path=None, model=None, callbacks=None, **o
         logger=logger,
         default_root_dir=str(out_dir),
         callbacks=[
-            SLWCallback(slw),
+            SLWCallback(slw, step_guard),  # step_guard: tests/test_integrations_lightning_stability.py
             ModelCheckpoint(dirpath=str(out_dir / "ckpt"), every_n_train_steps=SAVE_AT, save_top_k=-1),
             *(callbacks or []),
         ],

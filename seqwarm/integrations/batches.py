@@ -1,4 +1,5 @@
-"""A Hugging Face-style dict batch melted into shorter rows (`curriculum.packing: melt`) with every target kept.
+"""Hugging Face-style dict batches: cut to the step's length (`truncate_dict`), their targets counted
+(`dict_target_tokens`), or melted into shorter rows (`curriculum.packing: melt`) with every target kept.
 
 In Hugging Face's convention `labels` are aligned with `input_ids` and the model shifts them: position i predicts
 `labels[i + 1]`. Reshaping a row of W positions into k rows of L (what OLMo-core's `melt_batch` and Composer's
@@ -53,3 +54,36 @@ def melt_dict(batch: Mapping, seqlen: int, split: int) -> Mapping:
         elif value.dim() >= 2 and value.shape[0] == 1 and value.shape[1] == width:
             raise DataError(f"batch: {key} of shape {tuple(value.shape)} is shared by all rows; it cannot be melted")
     return out
+
+
+def truncate_dict(batch: Mapping, seqlen: int) -> Mapping:
+    """Every tensor of shape (B, L, ...) or (1, L, ...), L = input_ids' length, cut to its first `seqlen`
+    positions (at most L); other values unchanged. The same type of mapping back (a shallow copy)."""
+    ids = batch.get("input_ids")
+    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+        raise DataError("batch: a dict batch needs input_ids as a (B, L) tensor; truncate after the collator")
+    rows, width = ids.shape
+    out = copy.copy(batch)
+    for key, value in batch.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.dim() >= 2
+            and value.shape[1] == width
+            and value.shape[0] in (rows, 1)
+        ):
+            out[key] = value[:, :seqlen]
+    return out
+
+
+def dict_target_tokens(batch: Mapping) -> torch.Tensor | int:
+    """The targets a causal LM trains on in a dict batch (Hugging Face's count, as its Trainer makes it):
+    `shift_labels != -100`, else `labels[:, 1:] != -100`, else the set `attention_mask[:, 1:]` positions,
+    else every position after the first."""
+    if batch.get("shift_labels") is not None:
+        return (batch["shift_labels"] != IGNORE_INDEX).sum()
+    if batch.get("labels") is not None:
+        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+    if batch.get("attention_mask") is not None:
+        return (batch["attention_mask"][:, 1:] != 0).sum()
+    rows, width = batch["input_ids"].shape
+    return rows * max(width - 1, 0)

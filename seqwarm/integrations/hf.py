@@ -26,6 +26,7 @@ from transformers.utils import logging
 
 from seqwarm.errors import ConfigError
 from seqwarm.integrations.loop import SequenceLengthWarmup, dict_target_tokens
+from seqwarm.integrations.stability import StepGuard, check_z_loss, gradient_only, z_loss
 
 logger = logging.get_logger(__name__)
 
@@ -44,9 +45,15 @@ class SLWTrainerMixin:
       Adam's `adam/var_l1`, `adam/var_max`, `adam/mom_l1`;
     - `slw`'s state goes into the checkpoint's scheduler.pt, so `resume_from_checkpoint` continues the
       schedule exactly.
+
+    The stability toolkit (docs/STABILITY.md), off by default: `z_loss=1e-4` adds PaLM's z-loss on the model's
+    logits to the gradient, never to the logged loss or the loss ratio (`aux/z_loss` in the log rows);
+    `step_guard=StepGuard(...)` wraps the optimizer's step with skip-step and/or ZClip, its state in scheduler.pt.
     """
 
-    def __init__(self, *args, slw: SequenceLengthWarmup, **kwargs):
+    def __init__(
+        self, *args, slw: SequenceLengthWarmup, step_guard: StepGuard | None = None, z_loss: float = 0.0, **kwargs
+    ):
         if not isinstance(slw, SequenceLengthWarmup):
             raise ConfigError(f"slw: expected a seqwarm SequenceLengthWarmup, got {type(slw).__name__}")
         slw.fixed_batch("the Hugging Face Trainer (per_device_train_batch_size)")
@@ -70,7 +77,15 @@ class SLWTrainerMixin:
             raise ConfigError(
                 "TrainingArguments.deepspeed: not supported with SLWTrainer (DeepSpeed owns the LR scheduler)"
             )
-        self.slw = slw
+        if step_guard is not None and self.args.max_grad_norm:
+            raise ConfigError(
+                f"TrainingArguments.max_grad_norm ({self.args.max_grad_norm}): the step guard reads the raw gradient "
+                "norm and clips itself; set max_grad_norm=0 and give the cap as StepGuard(grad_clip=...)"
+            )
+        self.slw, self.step_guard, self.z_loss = slw, step_guard, check_z_loss(z_loss)
+        if step_guard is not None:
+            slw.attach("step_guard", step_guard)
+        self._slw_z = None  # the z-loss since the last log row, summed over micro-batches, on the device
         self._slw_loss = None  # the open step's loss, summed over its micro-batches, on the device
         self._slw_callback = SLWCallback(self)
         self.add_callback(self._slw_callback)
@@ -94,9 +109,34 @@ class SLWTrainerMixin:
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.lr_scheduler is None:
-            self.lr_scheduler = self.slw.scheduler(optimizer if optimizer is not None else self.optimizer)
+            optimizer = optimizer if optimizer is not None else self.optimizer
+            self.lr_scheduler = self.slw.scheduler(optimizer)
+            if self.step_guard is not None:  # the step's loss so far is the micro-batches' sum, as the Trainer logs it
+                reduce = (lambda x: self.accelerator.reduce(x, reduction="mean")) if self.args.world_size > 1 else None
+                self.step_guard.wrap(optimizer, step_loss=lambda: self._slw_loss, reduce=reduce)
             self._created_lr_scheduler = True  # rebuilt on a second train(), as the Trainer's own
         return self.lr_scheduler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not (self.z_loss and model.training):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+        # Normalised as the Trainer normalises the model's loss: by the step's target count when the model takes
+        # num_items_in_batch, else a mean over the micro-batch (which training_step then divides by the accumulation).
+        per_step = num_items_in_batch is not None and self.model_accepts_loss_kwargs
+        labels, shift = (
+            (inputs["shift_labels"], False) if inputs.get("shift_labels") is not None else (inputs["labels"], True)
+        )
+        z = z_loss(
+            outputs["logits"], labels, self.z_loss, shift=shift, num_items=num_items_in_batch if per_step else None
+        )
+        if per_step and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            z = z * self.accelerator.num_processes  # as the Trainer scales the loss over a global count
+        logged = z.detach() if per_step else z.detach() / self.current_gradient_accumulation_steps
+        self._slw_z = logged if self._slw_z is None else self._slw_z + logged
+        # The gradient of ce + z, the value of ce: the loss ratio and the logged loss stay the cross-entropy.
+        loss = loss + gradient_only(z)
+        return (loss, outputs) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -106,6 +146,12 @@ class SLWTrainerMixin:
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if "loss" in logs:  # a training row; not an evaluation's or the final summary
             logs.update(self._slw_callback.log_row(self.optimizer))
+            if self.step_guard is not None:
+                logs.update(self.step_guard.metrics())
+            if self._slw_z is not None:  # the mean per step since the last row, as `loss` is
+                logs["aux/z_loss"] = float(self._slw_z.item()) / max(self._slw_callback.steps_since_log, 1)
+                self._slw_z = None
+            self._slw_callback.steps_since_log = 0
         super().log(logs, *args, **kwargs)
 
     def _slw_take_step_loss(self) -> float | None:
@@ -129,6 +175,7 @@ class SLWCallback(TrainerCallback):
     def __init__(self, trainer: SLWTrainerMixin):
         self.trainer, self.slw = trainer, trainer.slw
         self._ratio: float | None = None  # the largest loss ratio since the last log row
+        self.steps_since_log = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.global_step != self.slw.clock.step:
@@ -142,6 +189,7 @@ class SLWCallback(TrainerCallback):
         slw = self.slw
         if slw.open_step:  # the Trainer skipped the update (fp16 overflow), so it did not step the scheduler
             slw.step(applied=False)
+        self.steps_since_log += 1
         loss = self.trainer._slw_take_step_loss()
         if loss is not None:
             # The Trainer has applied this update already; stopping here keeps the last checkpoint the

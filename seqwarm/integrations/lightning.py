@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from seqwarm.errors import ConfigError
 from seqwarm.integrations.loop import SequenceLengthWarmup
+from seqwarm.integrations.stability import StepGuard
 
 
 class SLWModuleMixin:
@@ -62,13 +63,20 @@ class SLWCallback(pl.Callback):
       Adam's `adam/var_l1`, `adam/var_max`, `adam/mom_l1` at the steps the logger writes (`log_every_n_steps`);
     - `slw`'s state is the callback's state in Lightning checkpoints, so `fit(..., ckpt_path=...)` continues the
       schedule exactly.
+
+    `step_guard=StepGuard(...)` (docs/STABILITY.md) wraps the optimizer's step with skip-step and/or ZClip; it runs
+    Lightning's closure (the last micro-batch) itself, so it sees the step's whole loss; its state is in the
+    callback's. For z-loss, add `gradient_only(z_loss(logits, targets, coef, shift=False))` to the loss your
+    `training_step` returns (seqwarm.integrations.stability): the loss ratio then stays the cross-entropy.
     """
 
-    def __init__(self, slw: SequenceLengthWarmup):
+    def __init__(self, slw: SequenceLengthWarmup, step_guard: StepGuard | None = None):
         if not isinstance(slw, SequenceLengthWarmup):
             raise ConfigError(f"slw: expected a seqwarm SequenceLengthWarmup, got {type(slw).__name__}")
         slw.fixed_batch("Lightning's DataLoader")
-        self.slw = slw
+        self.slw, self.step_guard = slw, step_guard
+        if step_guard is not None:
+            slw.attach("step_guard", step_guard)
         self.scheduler = None  # the TokenLRScheduler, built once the Trainer has set up its optimizer
         self._seen_step = 0  # trainer.global_step when the clock last ticked
         self._loss: torch.Tensor | None = None  # the open step's loss, summed over its micro-batches, on the device
@@ -113,6 +121,15 @@ class SLWCallback(pl.Callback):
                 "with a fresh SequenceLengthWarmup"
             )
         self.scheduler = self.slw.scheduler(trainer.optimizers[0])
+        if self.step_guard is not None:
+            if trainer.gradient_clip_val:
+                raise ConfigError(
+                    f"Trainer.gradient_clip_val ({trainer.gradient_clip_val}): the step guard reads the raw gradient "
+                    "norm and clips itself; leave it unset and give the cap as StepGuard(grad_clip=...)"
+                )
+            # The step's loss: the earlier micro-batches' (summed in on_train_batch_end) plus the closure's.
+            reduce = (lambda x: trainer.strategy.reduce(x, reduce_op="mean")) if trainer.world_size > 1 else None
+            self.step_guard.wrap(trainer.optimizers[0], step_loss=lambda: self._loss, reduce=reduce)
         self._seen_step = trainer.global_step
         self._loss = None
 
@@ -156,6 +173,7 @@ class SLWCallback(pl.Callback):
             if self._ratio is not None:
                 row["loss_ratio"], self._ratio = self._ratio, None
             row.update(slw.adam_statistics(trainer.optimizers[0]) or {})
+            row.update(self.step_guard.metrics() if self.step_guard is not None else {})
         # float64 on the CPU: Lightning would store a Python number as float32, which rounds a token count above 2**24
         # and the LR; the values are the same on every process, so no sync.
         values = {k: torch.tensor(float(v), dtype=torch.float64) for k, v in row.items()}

@@ -38,7 +38,7 @@ from seqwarm.config import Config, config_from_dict
 from seqwarm.curriculum import Curriculum, StepSpec, melt, truncate
 from seqwarm.curriculum.config import length_warmup_section
 from seqwarm.errors import ConfigError, DataError, DivergedError
-from seqwarm.integrations.batches import melt_dict
+from seqwarm.integrations.batches import dict_target_tokens, melt_dict, truncate_dict
 from seqwarm.loss import IGNORE_INDEX
 from seqwarm.monitor import ADAM_KEYS, LossRatio, NonFiniteGuard, adam_statistics
 from seqwarm.rundir import resume_changes
@@ -139,6 +139,12 @@ class SequenceLengthWarmup:
         self._resolved: int | None = None  # the same, summed over processes, once read
         self._scheduler_hook = None  # the optimizer pre-hook of the scheduler built last
         self._last_seqlen: int | None = None  # the length the last closed step trained at
+        self.attached: dict[str, Any] = {}  # stateful companions whose state travels in ours (`attach`)
+
+    def attach(self, name: str, part: Any) -> None:
+        """Carry `part`'s state (`state_dict`/`load_state_dict`) in this object's, so that the checkpoint that holds
+        SLW's (a Trainer's scheduler.pt, Lightning's callback state) holds it too: the step guard's."""
+        self.attached[name] = part
 
     # --- the step's length and its batch ------------------------------------------------------------
 
@@ -302,7 +308,7 @@ class SequenceLengthWarmup:
             "loss_ratio": self.loss_ratio.state_dict(),
             "guard": self.guard.state_dict(),
             "curriculum": self.plan.curriculum.state_dict(),  # closed-loop pacing's controller; {} otherwise
-        }
+        } | ({"attached": {k: v.state_dict() for k, v in self.attached.items()}} if self.attached else {})
 
     def load_state_dict(self, state: dict) -> None:
         """Continue where `state` was saved. A change a resume may not make (pacing, LR schedule, ...) raises a
@@ -314,10 +320,17 @@ class SequenceLengthWarmup:
         for k in BATCH_ARGS:  # a state of seqwarm 0.2 has no batch: it was the loop's own, as it still is here
             settings["train"].setdefault(k, getattr(self.config.train, k))
         resume_changes(_config(settings), self.config)
+        saved = state.get("attached", {})
+        if set(saved) != set(self.attached):  # a guard switched on or off at a resume changes what is computed
+            raise ConfigError(
+                f"state_dict: saved with {sorted(saved) or 'nothing'} attached, resumed with {sorted(self.attached) or 'nothing'}"
+            )
         self.clock.load_state_dict(state["clock"])
         self.loss_ratio.load_state_dict(state["loss_ratio"])
         self.guard.load_state_dict(state["guard"])
         self.plan.curriculum.load_state_dict(state.get("curriculum", {}))  # absent from states before 0.3
+        for name, part in self.attached.items():
+            part.load_state_dict(saved[name])
         self._pending = self._resolved = None
 
 
@@ -378,42 +391,6 @@ class TokenLRScheduler(LRScheduler):
         self.slw.load_state_dict(state["slw"])
         self._last_lr = list(state["last_lr"])
         self.last_epoch = self.slw.clock.step
-
-
-# --- pure helpers: a dict batch's truncation and its target tokens ---------------------------------------
-
-
-def truncate_dict(batch: Mapping, seqlen: int) -> Mapping:
-    """Every tensor of shape (B, L, ...) or (1, L, ...), L = input_ids' length, cut to its first `seqlen`
-    positions (at most L); other values unchanged. The same type of mapping back (a shallow copy)."""
-    ids = batch.get("input_ids")
-    if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
-        raise DataError("batch: a dict batch needs input_ids as a (B, L) tensor; truncate after the collator")
-    rows, width = ids.shape
-    out = copy.copy(batch)
-    for key, value in batch.items():
-        if (
-            isinstance(value, torch.Tensor)
-            and value.dim() >= 2
-            and value.shape[1] == width
-            and value.shape[0] in (rows, 1)
-        ):
-            out[key] = value[:, :seqlen]
-    return out
-
-
-def dict_target_tokens(batch: Mapping) -> torch.Tensor | int:
-    """The targets a causal LM trains on in a dict batch (Hugging Face's count, as its Trainer makes it):
-    `shift_labels != -100`, else `labels[:, 1:] != -100`, else the set `attention_mask[:, 1:]` positions,
-    else every position after the first."""
-    if batch.get("shift_labels") is not None:
-        return (batch["shift_labels"] != IGNORE_INDEX).sum()
-    if batch.get("labels") is not None:
-        return (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-    if batch.get("attention_mask") is not None:
-        return (batch["attention_mask"][:, 1:] != 0).sum()
-    rows, width = batch["input_ids"].shape
-    return rows * max(width - 1, 0)
 
 
 def _innermost(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
