@@ -252,3 +252,33 @@ def shard_cells(cells: list[Cell], shard: tuple[int, int] | None) -> list[Cell]:
         return cells
     i, n = shard
     return cells[i - 1 :: n]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The grid as Table 5 lays it out: a column per method, a row per setting of the other axes."""
+
+    keys: list[str]  # every axis, in grid order
+    method_key: str | None  # the axis whose values are the columns (None: a single column "run")
+    methods: list[str]  # the columns, in grid order; the first is the reference (the baseline)
+    row_keys: list[str]  # the other axes
+
+    @classmethod
+    def of(cls, results: list[dict], keys: list[str]) -> Layout:
+        method_key = METHOD if METHOD in keys else next((k for k in CURRICULUM_KEYS if k in keys), None)
+        methods = list(dict.fromkeys(r[method_key] for r in results)) if method_key else ["run"]
+        return cls(list(keys), method_key, methods, [k for k in keys if k != method_key])
+
+    @property
+    def baseline(self) -> str:
+        return self.methods[0]
+
+    def method_of(self, r: dict) -> str:
+        return r[self.method_key] if self.method_key else "run"
+
+    def groups(self, results: list[dict]) -> dict[tuple, dict[str, dict]]:
+        """{row coordinates: {method: result}}, rows in grid order."""
+        groups: dict[tuple, dict[str, dict]] = {}
+        for r in results:
+            groups.setdefault(tuple(r[k] for k in self.row_keys), {})[self.method_of(r)] = r
+        return groups
