@@ -227,10 +227,13 @@ def reading(measures: dict[str, dict]) -> list[str]:
             f"collapsed and stayed on the unigram plateau longer than {', '.join(clean)}, which did not"
             + (f"; the loss ratio, the paper's instrument, stayed under {SPIKE} in {', '.join(quiet)}" if quiet else "")
         )
-    else:
+    else:  # say which runs break the pattern: a collapsed run that left the plateau no later than a clean one
+        slowest = max(clean, key=plateau.get)
+        early = [a for a in collapsed if plateau[a] <= plateau[slowest]]
         lines.append(
-            f"reading: in this seed attention collapse ({', '.join(collapsed)}) does not line up with the longer "
-            f"plateau; see docs/RESULTS.md for the seeds together"
+            f"reading: in this seed collapse alone does not explain the plateau: {', '.join(early)} collapsed yet left "
+            f"it by step {max(plateau[a] for a in early)}, no later than {slowest} (no collapse, step "
+            f"{measures[slowest]['plateau_steps']}); docs/RESULTS.md has the seeds together"
         )
     return lines
 
