@@ -7,6 +7,7 @@
 # .venv-device-check/ with `pip install -e .`, reusing the machine's own torch (--system-site-packages)
 # when there is one, so a CUDA build is never replaced. The check itself runs under a total timeout
 # (DEVICE_CHECK_TIMEOUT seconds, 300 by default). Plain text on stdout, ready for docs/PERFORMANCE.md.
+# DEVICE_CHECK_SCRIPT runs another prepared script the same way (benchmarks/study2_gpu.sh does).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -31,4 +32,4 @@ if [ -z "$python" ]; then
     python=.venv-device-check/bin/python
 fi
 
-exec timeout --kill-after=10 "${DEVICE_CHECK_TIMEOUT:-300}" "$python" benchmarks/device_check.py "$@"
+exec timeout --kill-after=10 "${DEVICE_CHECK_TIMEOUT:-300}" "$python" "${DEVICE_CHECK_SCRIPT:-benchmarks/device_check.py}" "$@"

@@ -284,10 +284,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.set_defaults(func=cmd_export_schedule)
 
+    from seqwarm import study_arms as arms  # plain data: the demo's description quotes the study's settings
+
     s = sub.add_parser(
         "demo",
-        help="train the small proxy GPT three times on the builtin corpus (aggressive LR without and with SLW, then "
-        "the stable LR) and compare",
+        help="Study 2's headline, one seed: the proxy GPT at the aggressive LR 3e-2 as baseline, SLW and QK-norm "
+        "(the study's arms, context 128, 100 steps), with attention instruments; prints their table and which "
+        "instrument explains the failure, draws loss and layer 0's attention logit and entropy",
+        description="Trains Study 2's baseline, slw and qk-norm arms (docs/STUDY2.md; the overrides of "
+        f"seqwarm/study_arms.py, context 128, LR {arms.CONFIRM_LR['c128']:g}, seed {arms.CONFIRM_SEEDS['c128'][0]}, "
+        f"{arms.STEPS} steps) on the builtin corpus, instruments on at "
+        "every step. Prints final val loss, steps to leave the unigram plateau, max loss ratio, layer 0's max "
+        "attention logit and min entropy, the collapse step, and a reading line computed from the runs; writes "
+        "OUT/demo.png and a stability report. One seed: docs/RESULTS.md's Study 2 has the confirmed answer.",
     )
     s.add_argument("--out", default="runs/demo", help="directory for the three runs (default: runs/demo)")
     s.add_argument("--force", action="store_true", help="replace earlier demo runs in --out")
@@ -298,7 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         "1: one after another)",
     )
     s.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="applied to all three runs, e.g. train.max_tokens=200000"
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="applied to all three runs after the study's overrides (then they are no longer the study's runs), "
+        "e.g. train.max_tokens=204800 for 50 steps",
     )
     s.set_defaults(func=cmd_demo)
 

@@ -1,10 +1,11 @@
-"""`seqwarm demo`: the proxy of docs/PROXY.md trained with and without SLW, side by side.
+"""`seqwarm demo`: Study 2's headline on the proxy, one seed. Why small GPT runs fail at an aggressive learning
+rate, and what fixes it (docs/STUDY2.md): the baseline, SLW and QK-norm at context 128 and LR 3e-2, the
+confirmation stage's runs exactly (the same overrides of the proxy, from seqwarm.study_arms, and its first seed).
 
-The baseline and SLW share every hyperparameter, the proxy's aggressive learning rate among them,
-and the token budget; the SLW run differs only in its curriculum (the paper's setup, Section 5.1).
-A third run, the baseline at the proxy's stable learning rate, says what the aggressive one buys.
-The demo prints the side-by-side summary and writes a figure of the curves; it shows whatever the
-runs measure, including where SLW does not win (docs/RESULTS.md has the multi-seed study).
+Every run has the stability instruments on at every step, so the demo prints beside the loss what the loss does
+not show: layer 0's max attention logit and attention entropy, and the step its attention collapsed. The reading
+line under the table is computed from the runs; single-seed numbers are one seed, and docs/RESULTS.md's Study 2
+has the answer over the confirmation's seeds.
 
 On a CPU with two or more cores free, the three runs train at once, one thread and one process each: the proxy is
 too small to keep two OpenMP threads busy, so side by side gives more tokens per second than one run on every core
@@ -28,68 +29,89 @@ from seqwarm.config import PACKAGED_CONFIGS, load_config
 from seqwarm.data.corpus import data_directory
 from seqwarm.errors import SeqwarmError
 from seqwarm.files import atomic_write, open_append
+from seqwarm.instruments import COLLAPSE_ENTROPY, COLLAPSE_LOGIT
 from seqwarm.lifecycle import train
-from seqwarm.metrics import METRICS, eval_rows, read_metrics, train_rows
+from seqwarm.metrics import METRICS, read_metrics, train_rows
 from seqwarm.report import write_report
 from seqwarm.runtime import default_num_threads
+from seqwarm.study_arms import BASE_CONFIG, CONFIRM_LR, CONFIRM_SEEDS, STEPS, arm_overrides, run_measures
 from seqwarm.tables import text_table
 
-# (name, config, overrides): the two runs of the comparison, then the reference at the stable LR.
-STABLE_LR = 3e-3  # the baseline's best LR of the proxy study's grid (docs/RESULTS.md)
-RUNS = (
-    ("baseline", "demo-baseline.yaml", ()),
-    ("slw", "demo-slw.yaml", ()),
-    ("stable-lr", "demo-baseline.yaml", (f"train.lr={STABLE_LR}",)),
-)
+# The arms that carry Study 2's headline, at the confirmation's C128 LR and its first seed: with the corpus and CPU
+# of a study row, a demo run computes what that row measured (CPU training is deterministic).
+ARMS = ("baseline", "slw", "qk-norm")
+CONTEXT = "c128"
+LR = CONFIRM_LR[CONTEXT]
+SEED = CONFIRM_SEEDS[CONTEXT][0]
 FIGURE = "demo.png"
-SPIKE = 1.2  # the loss ratio above which a step is marked as a spike (Table 1's lower threshold)
+SPIKE = 1.2  # the paper's loss-ratio spike threshold (Table 1's lower one)
+
+
+def demo_overrides(arm: str) -> list[str]:
+    """The overrides of the proxy for one demo run: Study 2's, for that arm at C128, LR 3e-2, seed 11."""
+    return arm_overrides(CONTEXT, arm, LR, SEED)
 
 
 def run_demo(out: Path, *, force: bool = False, overrides: list[str] = (), jobs: int | None = None) -> dict[str, dict]:
-    runs_args = {name: [*overrides, *extra, f"run.dir={out / name}"] for name, _, extra in RUNS}
-    files = {name: PACKAGED_CONFIGS / file for name, file, _ in RUNS}
-    configs = {name: load_config(files[name], runs_args[name]) for name in files}
+    """Train the three arms, print their table and reading, draw the figure and the report; returns the measures."""
+    base = PACKAGED_CONFIGS / f"{BASE_CONFIG}.yaml"
+    runs_args = {arm: [*demo_overrides(arm), *overrides, f"run.dir={out / arm}"] for arm in ARMS}
+    files = dict.fromkeys(ARMS, base)
+    configs = {arm: load_config(base, runs_args[arm]) for arm in ARMS}
     for cfg in configs.values():  # refuse before spending any time
         run_dir = Path(cfg.run.dir)
         if run_dir.exists() and any(run_dir.iterdir()) and not force:
             raise SeqwarmError(f"{run_dir}: an earlier demo run is there; use --force to replace it or --out elsewhere")
     if jobs is not None and jobs < 1:
         raise SeqwarmError(f"--jobs: must be at least 1, got {jobs}")
-    base = configs["baseline"]
     print(
-        f"seqwarm demo: the same GPT, batch size, learning rate ({base.train.lr:g}) and token budget, "
-        f"with and without SLW, then the baseline at the stable learning rate {STABLE_LR:g}"
+        f"seqwarm demo: why the proxy fails at an aggressive learning rate, and what fixes it (Study 2, "
+        f"docs/STUDY2.md). Its arms {', '.join(ARMS)} at context {CONTEXT[1:]}, LR {LR:g} (the confirmation's), "
+        f"seed {SEED}, attention instruments on at every step."
     )
-    data_directory(base.data.path, progress=True)  # the corpus (and its tokenizer) before the first run
-    for name, cfg in configs.items():
+    if overrides:
+        print(f"your overrides {' '.join(overrides)} apply to all three: these are no longer the study's runs")
+    steps = {arm: cfg.train.max_tokens // (cfg.train.global_batch_size * cfg.curriculum.seqlen_end)
+             for arm, cfg in configs.items() if cfg.train.max_tokens}  # fmt: skip
+    if any(n != STEPS for n in steps.values()):
+        print(f"run length: {max(steps.values())} full-length steps, not the study's {STEPS}")
+    data_directory(configs["baseline"].data.path, progress=True)  # the corpus (and its tokenizer) before the first run
+    for arm, cfg in configs.items():
         c = cfg.curriculum
         what = (
             f"{c.length_axis().describe()} {c.seqlen_start} -> {c.seqlen_end} over T={c.duration} steps"
             if c.length_axis().varies
             else f"full length {c.seqlen_end}"
         )
+        qk = ", QK-norm" if cfg.model.qk_norm else ""
         print(
-            f"[{name}] {what}, batch {cfg.train.global_batch_size}, lr {cfg.train.lr:g}, {cfg.train.max_tokens:,} tokens"
+            f"[{arm}] {what}{qk}, batch {cfg.train.global_batch_size}, lr {cfg.train.lr:g}, {cfg.train.max_tokens:,} tokens"
         )
     jobs = demo_jobs(configs, overrides) if jobs is None else jobs
     if jobs > 1:
-        summaries = train_side_by_side(files, runs_args, out, force=force, jobs=jobs)
+        train_side_by_side(files, runs_args, out, force=force, jobs=jobs)
     else:
-        summaries = {}
-        for name, cfg in configs.items():
-            print(f"\n[{name}]")
-            summaries[name] = train(cfg, force=force)
+        for arm, cfg in configs.items():
+            print(f"\n[{arm}]")
+            train(cfg, force=force)
+    runs = {arm: Path(cfg.run.dir) for arm, cfg in configs.items()}
+    measures = {arm: run_measures(d) for arm, d in runs.items()}
     print()
-    print(format_comparison(summaries))
-    print(stable_line(summaries))
-    runs = {name: Path(cfg.run.dir) for name, cfg in configs.items()}
+    print(format_comparison(measures))
+    print()
+    for line in reading(measures):
+        print(line)
+    print(
+        f"\nOne seed ({SEED}); docs/RESULTS.md's Study 2 has the confirmed answer over the confirmation's seeds "
+        f"{CONFIRM_SEEDS[CONTEXT][0]}-{CONFIRM_SEEDS[CONTEXT][-1]}."
+    )
     figure = out / FIGURE
-    atomic_write(figure, draw_demo({name: read_metrics(d / METRICS) for name, d in runs.items()}))
+    atomic_write(figure, draw_demo({arm: read_metrics(d / METRICS) for arm, d in runs.items()}, measures))
     report = write_report(list(runs.values()), out / "report")
     print(f"\nruns: {', '.join(str(d) for d in runs.values())} (metrics.jsonl, summary.json, checkpoints/)")
-    print(f"figure: {figure} (training loss with the spikes marked, against log tokens; validation perplexity)")
+    print(f"figure: {figure} (training loss; layer 0's max attention logit and entropy, per step)")
     print(f"report: {report} (stability tables and figures)")
-    return summaries
+    return measures
 
 
 def demo_jobs(configs: dict, overrides: list[str]) -> int:
@@ -114,7 +136,7 @@ def _train_arm(config: Path, overrides: list[str], force: bool, log: Path) -> di
 
 
 def train_side_by_side(files: dict, runs_args: dict, out: Path, *, force: bool, jobs: int) -> dict[str, dict]:
-    """The runs in `jobs` processes at once, one thread each; returns their summaries in the order of RUNS."""
+    """The runs in `jobs` processes at once, one thread each; returns their summaries in the order of ARMS."""
     out.mkdir(parents=True, exist_ok=True)
     logs = {name: out / f"{name}.log" for name in files}
     print(f"\ntraining {', '.join(files)} side by side, {jobs} at a time, one thread each; output in {out}/NAME.log")
@@ -132,68 +154,120 @@ def train_side_by_side(files: dict, runs_args: dict, out: Path, *, force: bool, 
     return {name: summaries[name] for name in files}
 
 
-def format_comparison(summaries: dict[str, dict]) -> str:
-    rows = [
-        ("final val loss", "final_val_loss", "{:.3f}"),
-        ("final val ppl", "final_val_ppl", "{:.1f}"),
-        ("best val ppl", "best_val_ppl", "{:.1f}"),
-        ("tokens", "tokens", "{:,}"),
-        ("steps", "steps", "{:,}"),
-        ("wall time (s)", "wall_s", "{:.0f}"),
-        ("max loss ratio", "max_loss_ratio", "{:.3f}"),
-        ("steps with loss ratio > 1.2", "steps_loss_ratio_gt_1.2", "{:,}"),
-        ("steps with loss ratio > 1.5", "steps_loss_ratio_gt_1.5", "{:,}"),
-    ]
-    names = list(summaries)
-    table = [["", *names]]
-    for label, key, fmt in rows:
-        values = [summaries[n].get(key) for n in names]
-        if all(v is None for v in values):
-            continue  # a summary from before the row existed: leave the row out rather than print dashes
-        table.append([label, *(fmt.format(v) if v is not None else "-" for v in values)])
+def _plateau(m: dict) -> str:
+    if m["plateau_steps"] is None:
+        return "-"
+    return str(m["plateau_steps"]) if m["escaped"] else f"> {m['plateau_steps']}"
+
+
+def _collapse(m: dict) -> str:
+    c = m["collapse"]
+    return f"layer {c['layer']} at step {c['start']}" if c else "none"
+
+
+def _num(fmt: str):
+    return lambda m, key: "-" if m.get(key) is None else fmt.format(m[key])
+
+
+ROWS = (  # (label, how one run's measures print)
+    ("final val loss", lambda m: _num("{:.3f}")(m, "final_val_loss")),
+    ("steps to leave the plateau", _plateau),
+    ("max loss ratio", lambda m: _num("{:.3f}")(m, "max_loss_ratio")),
+    ("layer 0 max attention logit", lambda m: _num("{:,.1f}")(m, "layer0_logit_max")),
+    ("layer 0 min attention entropy", lambda m: _num("{:.3f}")(m, "layer0_entropy_min")),
+    ("attention collapse", _collapse),
+    ("wall time (s)", lambda m: _num("{:.0f}")(m, "wall_s")),
+)
+
+
+def format_comparison(measures: dict[str, dict]) -> str:
+    """The arms side by side, one column each (measures from `study_arms.run_measures`)."""
+    names = list(measures)
+    table = [["", *names], *([label, *(show(measures[n]) for n in names)] for label, show in ROWS)]
     return text_table(table, right=range(1, len(names) + 1), rule=False)
 
 
-def stable_line(summaries: dict[str, dict]) -> str:
-    """One line: the stable LR's final validation perplexity against the aggressive runs'."""
-    ppl = {name: s["final_val_ppl"] for name, s in summaries.items()}
-    if any(v is None for v in ppl.values()):
-        return "stable LR: no final validation perplexity to compare (a run has none)"
-    best = min(ppl, key=ppl.get)
-    verdict = "the best of the three" if best == "stable-lr" else f"behind {best}"
-    return (
-        f"stable LR {STABLE_LR:g}, baseline: final val ppl {ppl['stable-lr']:.1f}, {verdict} "
-        f"(baseline {ppl['baseline']:.1f}, slw {ppl['slw']:.1f} at the aggressive LR)"
-    )
+def reading(measures: dict[str, dict]) -> list[str]:
+    """One line per arm and a verdict: which instrument explains the failure, from the runs' own numbers.
+
+    The verdict names the attention instruments when every arm whose attention collapsed stayed on the unigram
+    plateau longer than every arm whose did not; it says when the paper's loss ratio stayed under its spike
+    threshold through those collapses (the probe of issue 28 saw 1.06)."""
+    lines = []
+    for arm, m in measures.items():
+        ratio = m["max_loss_ratio"]
+        plateau = (
+            f"left the plateau at step {m['plateau_steps']}"
+            if m["escaped"]
+            else f"still on the plateau after {m['plateau_steps']} steps"
+        )
+        if c := m["collapse"]:
+            flag = f"its loss ratio stayed <= {ratio:.2f}" if ratio is not None and ratio <= SPIKE else (
+                f"its loss ratio reached {ratio:.2f}" if ratio is not None else "no loss ratio")  # fmt: skip
+            lines.append(
+                f"{arm}: layer {c['layer']} collapsed at step {c['start']} (max logit {c['max_logit']:,.0f}, "
+                f"entropy {c['min_entropy']:.2f}) while {flag}; {plateau}"
+            )
+        else:
+            logit, ent = m["layer0_logit_max"], m["layer0_entropy_min"]
+            detail = f" (layer 0 max logit {logit:,.1f}, min entropy {ent:.2f})" if None not in (logit, ent) else ""
+            lines.append(f"{arm}: no attention collapse{detail}; {plateau}")
+    collapsed = [a for a, m in measures.items() if m["collapse"]]
+    clean = [a for a in measures if a not in collapsed]
+    plateau = {a: m["plateau_steps"] if m["plateau_steps"] is not None else float("inf") for a, m in measures.items()}
+    if not collapsed:
+        lines.append("reading: no arm's attention collapsed in this seed, so the attention instruments explain no "
+                     "difference between the arms here")  # fmt: skip
+    elif not clean:
+        lines.append(f"reading: every arm's attention collapsed in this seed ({', '.join(collapsed)})")
+    elif min(plateau[a] for a in collapsed) > max(plateau[a] for a in clean):
+        quiet = [a for a in collapsed if (measures[a]["max_loss_ratio"] or 0) <= SPIKE]
+        lines.append(
+            f"reading: the attention instruments (max logit and entropy) explain the failure: {', '.join(collapsed)} "
+            f"collapsed and stayed on the unigram plateau longer than {', '.join(clean)}, which did not"
+            + (f"; the loss ratio, the paper's instrument, stayed under {SPIKE} in {', '.join(quiet)}" if quiet else "")
+        )
+    else:  # say which runs break the pattern: a collapsed run that left the plateau no later than a clean one
+        slowest = max(clean, key=plateau.get)
+        early = [a for a in collapsed if plateau[a] <= plateau[slowest]]
+        lines.append(
+            f"reading: in this seed collapse alone does not explain the plateau: {', '.join(early)} collapsed yet left "
+            f"it by step {max(plateau[a] for a in early)}, no later than {slowest} (no collapse, step "
+            f"{measures[slowest]['plateau_steps']}); docs/RESULTS.md has the seeds together"
+        )
+    return lines
 
 
-def draw_demo(rows: dict[str, list[dict]]) -> bytes:
-    """The demo's figure as PNG: training loss against tokens of the runs at the aggressive LR, with
-    every step whose loss ratio exceeds SPIKE marked, and validation perplexity against tokens of all runs."""
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+def draw_demo(rows: dict[str, list[dict]], measures: dict[str, dict]) -> bytes:
+    """The demo's figure as PNG, three panels per step: training loss (the unigram loss dashed), layer 0's max
+    attention logit (log scale) and its attention entropy, with the collapse thresholds and each collapse's onset."""
+    fig = Figure(figsize=(14, 4.2), layout="constrained")
     FigureCanvasAgg(fig)
-    loss_ax, ppl_ax = fig.subplots(1, 2)
-    for name, run in rows.items():
+    loss_ax, logit_ax, ent_ax = fig.subplots(1, 3)
+    for arm, run in rows.items():
         train = train_rows(run)
-        if name != "stable-lr":
-            (line,) = loss_ax.plot([r["tokens"] for r in train], [r["loss"] for r in train], linewidth=1, label=name)
-            spikes = [r for r in train if (r.get("loss_ratio") or 0) > SPIKE]
-            if spikes:
-                loss_ax.scatter(
-                    [r["tokens"] for r in spikes], [r["loss"] for r in spikes], marker="x", s=30,
-                    color=line.get_color(), label=f"{name}: loss ratio > {SPIKE} ({len(spikes)})", zorder=3,
-                )  # fmt: skip
-        evals = eval_rows(run)
-        ppl_ax.plot(
-            [r["tokens"] for r in evals], [r["val/ppl"] for r in evals], marker=".", linewidth=1,
-            label=name, linestyle=":" if name == "stable-lr" else "-",
-        )  # fmt: skip
-    # Log tokens: the spikes come in the first few percent of the tokens, which a linear axis squeezes to its edge.
-    loss_ax.set(xlabel="tokens (log)", ylabel="training loss", title="Training loss at the aggressive LR", xscale="log")
-    ppl_ax.set(xlabel="tokens", ylabel="validation perplexity", title="Validation perplexity", yscale="log")
-    for ax in (loss_ax, ppl_ax):
+        (line,) = loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], linewidth=1.2, label=arm)
+        color = line.get_color()
+        for ax, key in ((logit_ax, "diag/attn/0/logit_max"), (ent_ax, "diag/attn/0/entropy")):
+            points = [(r["step"], r[key]) for r in train if r.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), linewidth=1.2, color=color, label=arm)
+        if (c := measures[arm]["collapse"]) is not None:
+            logit_ax.axvline(c["start"], color=color, linestyle=":", linewidth=1)
+    unigram = next((m["unigram_loss"] for m in measures.values() if m["unigram_loss"] is not None), None)
+    if unigram is not None:
+        loss_ax.axhline(unigram, color="gray", linestyle="--", linewidth=1, label="unigram loss (the plateau)")
+    logit_ax.axhline(COLLAPSE_LOGIT, color="gray", linestyle="--", linewidth=1, label=f"collapse: > {COLLAPSE_LOGIT:g}")
+    ent_ax.axhline(
+        COLLAPSE_ENTROPY, color="gray", linestyle="--", linewidth=1, label=f"collapse: < {COLLAPSE_ENTROPY:g}"
+    )
+    loss_ax.set(xlabel="step", ylabel="training loss", title=f"Training loss, LR {LR:g}")
+    logit_ax.set(xlabel="step (dotted: collapse onset)", ylabel="max attention logit (log)",
+                 title="Layer 0: max attention logit", yscale="log")  # fmt: skip
+    ent_ax.set(xlabel="step", ylabel="entropy (1 uniform, 0 one-hot)", title="Layer 0: attention entropy", ylim=(0, 1))
+    for ax in (loss_ax, logit_ax, ent_ax):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=120)
     return png.getvalue()

@@ -33,65 +33,31 @@ from pathlib import Path
 
 import numpy as np
 
+# The study script runs from the repository (python studies/study2.py), seqwarm beside it
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from seqwarm.study_arms import (  # noqa: E402
+    AGGRESSIVE,
+    ARMS,
+    BASE_CONFIG,
+    CONFIRM_LR,
+    CONFIRM_SEEDS,
+    CONTEXTS,  # noqa: F401  (re-exported: the study's names, as its tests read them)
+    STEPS,  # noqa: F401
+    arm_overrides,
+    plateau_steps,
+)
+
 HERE = Path(__file__).resolve().parent / "study2"
 ROWS = HERE / "rows.csv"
 THRESHOLDS = HERE / "thresholds.json"
 RUNS = Path(os.environ.get("SEQWARM_STUDY2_RUNS", "runs/study2"))
 
-# --- the protocol's grid (docs/STUDY2.md), written once ----------------------------------------------------
+# --- the protocol's grid (docs/STUDY2.md): in seqwarm/study_arms.py, which the demo and the GPU script share ----
 
-STEPS = 100
-COMMON = [
-    "train.warmup_steps=10",
-    "train.min_lr=1e-4",
-    "train.num_threads=1",
-    "curriculum.seqlen_start=8",
-    "curriculum.duration=40",
-    "monitor.instruments=true",
-    "monitor.every=1",
-    "eval.max_sequences=32",
-    "checkpoint.every_steps=null",
-    "log.progress=false",
-]
-CONTEXTS = {
-    "c128": ["curriculum.seqlen_end=128", "model.max_seqlen=128", "train.global_batch_size=32"]
-    + ["train.micro_batch_size=32", f"train.max_tokens={STEPS * 32 * 128}", f"eval.every_tokens={4 * 32 * 128}"],
-    "c512": ["curriculum.seqlen_end=512", "model.max_seqlen=512", "train.global_batch_size=16"]
-    + ["train.micro_batch_size=16", f"train.max_tokens={STEPS * 16 * 512}", f"eval.every_tokens={4 * 16 * 512}"],
-}
-SLW = ["curriculum.length=slw"]
-QK = ["model.qk_norm=true"]
-LLAMA = ["model.family=llama"]
-ARMS: dict[str, list[str]] = {
-    "baseline": [],
-    "long-warmup": ["train.warmup_steps=40"],
-    "slw": SLW,
-    "slw-melt": [*SLW, "curriculum.packing=melt"],
-    # The matched batch grows in whole micro-batches: micro-batches of 1 sequence let step 0 train SLW's tokens
-    # as closely as whole rows allow (2 rows of 128 = 256 = 8 x 32 at C128; 1 row of 512 >= 8 x 16 at C512).
-    "batch-matched": [*SLW, "curriculum.batch=matched", "train.micro_batch_size=1"],
-    # The window grows like SLW's length: from 8 over T = 40 steps, over full-length rows (SkyLadder-style).
-    "window": ["curriculum.window=warmup", "curriculum.window_start=8", "curriculum.window_duration=40"],
-    "slw-adaptive": [*SLW, "curriculum.pacing=adaptive"],
-    "qk-norm": QK,
-    "z-loss": ["train.z_loss=1e-4"],
-    # OLMo-core's rule (6 sigma on loss and gradient norm), its window and warm-up scaled to 100-step runs: its
-    # defaults (128, 64) would leave the guard off until after the probe's collapses (steps 4-8).
-    "skip-step": ["monitor.skip_spikes=both", "monitor.skip_window=32", "monitor.skip_warmup=10"],
-    "zclip": ["train.grad_clip_mode=zscore"],
-    "slw+qk-norm": [*SLW, *QK],
-    "llama": LLAMA,
-    "llama-slw": [*LLAMA, *SLW],
-    "llama-qk-norm": [*LLAMA, *QK],
-}
-AGGRESSIVE = (1e-2, 3e-2, 1e-1)
-CONFIRM_LR = {"c128": 3e-2, "c512": 1e-2}
-CONFIRM_SEEDS = {"c128": tuple(range(11, 18)), "c512": tuple(range(11, 16))}
 ALWAYS_CONFIRMED = {
     "c128": ("baseline", "slw", "slw-melt", "qk-norm", "slw+qk-norm", "llama", "llama-slw"),
     "c512": ("baseline", "slw", "slw-melt", "qk-norm", "batch-matched"),
 }
-PLATEAU_MARGIN = 0.3  # nats below the unigram loss
 ALPHA = 0.05
 
 
@@ -108,7 +74,7 @@ class Spec:
         return f"{self.context}__{self.arm}__lr={self.lr:g}__seed={self.seed}"
 
     def overrides(self) -> list[str]:
-        return [*COMMON, *CONTEXTS[self.context], *ARMS[self.arm], f"train.lr={self.lr}", f"run.seed={self.seed}"]
+        return arm_overrides(self.context, self.arm, self.lr, self.seed)
 
     def config_hash(self) -> str:
         """What the run computes: the arm's overrides on the proxy, in order (not the stage or directory)."""
@@ -178,14 +144,6 @@ def measures(run_dir: Path, thresholds: dict | None, unigram: float) -> dict:
         out |= {"collapsed": onset is not None, "collapse_onset": onset, "collapse_layer": layer}
         out |= {f"lead_{k}": v for k, v in lead_times(train, layers, thresholds, onset).items()}
     return out
-
-
-def plateau_steps(evals: list[dict], unigram: float, steps: int) -> int:
-    """Training steps until validation loss is first PLATEAU_MARGIN below the unigram loss (censored at the run)."""
-    for r in evals:
-        if _finite(r.get("val/loss")) and r["val/loss"] <= unigram - PLATEAU_MARGIN:
-            return int(r["step"])
-    return max(steps, STEPS)
 
 
 def collapse_onset(train: list[dict], layers: list[int], th: dict) -> tuple[int | None, int | None]:
@@ -290,7 +248,7 @@ def unigram_loss() -> float:
 
 def train_one(spec: Spec) -> Path:
     run_dir = RUNS / spec.name
-    cmd = [sys.executable, "-m", "seqwarm", "train", "proxy", *spec.overrides(), f"run.dir={run_dir}", "--force"]
+    cmd = [sys.executable, "-m", "seqwarm", "train", BASE_CONFIG, *spec.overrides(), f"run.dir={run_dir}", "--force"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return run_dir

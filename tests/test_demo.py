@@ -1,56 +1,99 @@
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 
 from seqwarm.cli import main
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def study2():
+    """studies/study2.py, the pre-registered study's script, loaded as test_study2 does."""
+    if "study2" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("study2", ROOT / "studies" / "study2.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["study2"] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+    return sys.modules["study2"]
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("jobs", ["1", "2"])  # one after another; side by side in processes, one waiting its turn
-def test_demo_trains_the_three_runs_and_compares_them(corpus_dir, tmp_path, capsys, jobs):
-    # The real demo trains the proxy on the builtin corpus with its BPE (downloaded and prepared on
-    # first use; covered by test_builtin) for about 6 minutes; here the same code path runs a few
-    # steps on the test corpus.
+@pytest.mark.parametrize("jobs", ["1", "3"])  # one after another; side by side in processes
+def test_demo_trains_the_study_arms_and_reads_their_instruments(corpus_dir, tmp_path, capsys, jobs):
+    # The real demo trains the proxy on the builtin corpus with its BPE (downloaded and prepared on first use;
+    # covered by test_builtin) for 100 steps per arm; here the same code path runs a few steps on the test corpus.
     small = [
         f"data.path={corpus_dir}",
         "model.preset=tiny",
+        "model.max_seqlen=64",
         "curriculum.seqlen_end=64",
-        "train.max_tokens=3000",
+        "curriculum.duration=4",
+        "train.max_tokens=3072",
         "train.global_batch_size=8",
         "train.micro_batch_size=8",
-        "eval.every_tokens=1000",
+        "eval.every_tokens=1024",
         "eval.max_sequences=4",
-        "log.progress=false",
     ]
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--jobs", jobs, *small]) == 0
     printed = capsys.readouterr().out
     header = printed[: printed.index("final val loss")].splitlines()[-1].split()
-    assert header == ["baseline", "slw", "stable-lr"]  # the stable LR has its column (issue 27)
-    assert "steps with loss ratio > 1.5" in printed and "max loss ratio" in printed
+    assert header == ["baseline", "slw", "qk-norm"]
+    for label in ("steps to leave the plateau", "max loss ratio", "layer 0 max attention logit",
+                  "layer 0 min attention entropy", "attention collapse"):  # fmt: skip
+        assert label in printed, label
+    assert "no longer the study's runs" in printed and "run length: 6 full-length steps, not the study's 100" in printed
+    assert "reading: " in printed and "One seed (11)" in printed and "docs/RESULTS.md's Study 2" in printed
     if jobs != "1":
-        assert "side by side, 2 at a time, one thread each" in printed
-        for name in ("baseline", "slw", "stable-lr"):
-            assert f"[{name}] done after" in printed and "num_threads: 1" in (out / name / "config.yaml").read_text()
-    for name in ("baseline", "slw", "stable-lr"):
-        assert (out / name / "summary.json").exists(), name
-    assert "stable LR 0.003, baseline: final val ppl" in printed
+        assert "side by side, 3 at a time, one thread each" in printed
+    for arm in ("baseline", "slw", "qk-norm"):
+        assert (out / arm / "summary.json").exists(), arm
+        assert "instruments: true" in (out / arm / "config.yaml").read_text()
+    # the three differ in their arm only: SLW's curriculum, QK-norm's model option
+    assert "length: slw" in (out / "slw" / "config.yaml").read_text()
+    assert "qk_norm: true" in (out / "qk-norm" / "config.yaml").read_text()
+    assert "qk_norm: true" not in (out / "baseline" / "config.yaml").read_text()
     assert (out / "report" / "report.md").exists() and f"report: {out / 'report' / 'report.md'}" in printed
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"figure: {out / 'demo.png'}" in printed
-    stable = (out / "stable-lr" / "config.yaml").read_text()
-    assert "lr: 0.003" in stable and "length: none" in stable
-    # the two runs differ only in the curriculum
-    base = (out / "baseline" / "config.yaml").read_text().split("curriculum:")[0]
-    slw = (out / "slw" / "config.yaml").read_text().split("curriculum:")[0]
-    assert base.replace("baseline", "X") == slw.replace("slw", "X")
 
     assert main(["demo", "--out", str(out), *small]) == 2  # never overwrites without --force
     assert "use --force" in capsys.readouterr().err
+
+
+def test_the_demos_runs_are_study_arms():
+    """Each demo run is the confirmation stage's run of its arm at C128 (same overrides, so the same config hash)."""
+    from seqwarm import demo
+
+    study = study2()
+    confirm = {(s.arm, s.seed): s for s in study.stage_specs("confirm", []) if s.context == "c128"}
+    for arm in demo.ARMS:
+        spec = confirm[(arm, demo.SEED)]  # a KeyError: the demo trains an arm or a seed the study does not confirm
+        assert demo.demo_overrides(arm) == spec.overrides()
+        assert spec.lr == demo.LR == 3e-2
+    assert set(demo.ARMS) <= set(study.ALWAYS_CONFIRMED["c128"])
+
+
+def test_demo_configs_are_the_studys_train_command(tmp_path):
+    """The demo loads the proxy with the study's overrides, as studies/study2.py's `seqwarm train proxy ...` does."""
+    from seqwarm import demo
+    from seqwarm.config import load_config
+
+    study = study2()
+    for arm in demo.ARMS:
+        spec = study.Spec("confirm", "c128", arm, demo.LR, demo.SEED)
+        mine = load_config("proxy", [*demo.demo_overrides(arm), f"run.dir={tmp_path}"])
+        theirs = load_config(study.BASE_CONFIG, [*spec.overrides(), f"run.dir={tmp_path}"])
+        assert mine == theirs
+        assert mine.train.lr == 3e-2 and mine.monitor.instruments and mine.monitor.every == 1
 
 
 def test_demo_runs_side_by_side_only_on_free_cores_and_when_threads_are_not_chosen(monkeypatch):
     from seqwarm import demo
     from seqwarm.config import load_config
 
-    configs = {name: load_config("demo-baseline") for name in ("baseline", "slw", "stable-lr")}
+    configs = {arm: load_config("proxy", demo.demo_overrides(arm)) for arm in demo.ARMS}
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     for free, jobs in ((1, 1), (2, 3), (3, 3), (16, 3)):
         monkeypatch.setattr(demo, "default_num_threads", lambda free=free: free)
@@ -60,12 +103,49 @@ def test_demo_runs_side_by_side_only_on_free_cores_and_when_threads_are_not_chos
     assert demo.demo_jobs(configs, []) == 1
 
 
-def test_demo_table_has_every_run_and_both_thresholds():
-    from seqwarm.demo import format_comparison
+def measures(**kw):
+    base = dict(final_val_loss=5.0, plateau_steps=24, escaped=True, max_loss_ratio=1.05, layer0_logit_max=6.0,
+                layer0_entropy_min=0.4, collapse=None, wall_s=100.0, unigram_loss=5.8)  # fmt: skip
+    return base | kw
 
-    keys = ["final_val_loss", "final_val_ppl", "best_val_ppl", "tokens", "steps", "wall_s", "max_loss_ratio"]
-    run = dict.fromkeys(keys, 1.0) | {"steps_loss_ratio_gt_1.2": 3, "steps_loss_ratio_gt_1.5": 1}
-    lines = format_comparison({"baseline": run, "slw": run | {"steps_loss_ratio_gt_1.5": 0}, "stable-lr": run})
-    lines = lines.splitlines()
-    assert lines[0].split() == ["baseline", "slw", "stable-lr"]
-    assert [line for line in lines if "> 1.5" in line][0].split()[-3:] == ["1", "0", "1"]
+
+COLLAPSE = {"layer": 0, "start": 7, "end": None, "min_entropy": 0.012, "max_logit": 2800.0}
+
+
+def test_the_reading_names_the_attention_instruments_when_collapse_and_plateau_line_up():
+    from seqwarm.demo import format_comparison, reading
+
+    runs = {
+        "baseline": measures(collapse=COLLAPSE, plateau_steps=100, escaped=False, layer0_logit_max=2800.0),
+        "slw": measures(collapse=COLLAPSE | {"start": 9}, plateau_steps=80, max_loss_ratio=1.4),
+        "qk-norm": measures(),
+    }
+    lines = reading(runs)
+    assert lines[0] == (
+        "baseline: layer 0 collapsed at step 7 (max logit 2,800, entropy 0.01) while its loss ratio stayed <= 1.05; "
+        "still on the plateau after 100 steps"
+    )
+    assert "its loss ratio reached 1.40; left the plateau at step 80" in lines[1]
+    assert lines[2].startswith("qk-norm: no attention collapse (layer 0 max logit 6.0, min entropy 0.40)")
+    assert lines[3].startswith("reading: the attention instruments (max logit and entropy) explain the failure")
+    assert "the loss ratio, the paper's instrument, stayed under 1.2 in baseline" in lines[3]  # slw's reached 1.4
+    table = format_comparison(runs).splitlines()
+    assert table[0].split() == ["baseline", "slw", "qk-norm"]
+    assert [line for line in table if "plateau" in line][0].split()[-4:] == [">", "100", "80", "24"]
+    assert [line for line in table if "collapse" in line][0].endswith("none")
+
+
+def test_the_reading_says_so_when_the_instruments_do_not_explain_it():
+    from seqwarm.demo import reading
+
+    none = reading({"baseline": measures(), "qk-norm": measures(plateau_steps=30)})
+    assert none[-1].startswith("reading: no arm's attention collapsed in this seed")
+    crossed = reading(
+        {"baseline": measures(collapse=COLLAPSE, plateau_steps=20), "qk-norm": measures(plateau_steps=30)}
+    )
+    assert crossed[-1] == (
+        "reading: in this seed collapse alone does not explain the plateau: baseline collapsed yet left it by step 20, "
+        "no later than qk-norm (no collapse, step 30); docs/RESULTS.md has the seeds together"
+    )
+    both = reading({"baseline": measures(collapse=COLLAPSE), "slw": measures(collapse=COLLAPSE)})
+    assert both[-1] == "reading: every arm's attention collapsed in this seed (baseline, slw)"

@@ -6,18 +6,21 @@ are not checked for speed (no timed assertions), only for having been measured.
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
 import bench_train  # noqa: E402
 import device_check  # noqa: E402
+import study2_gpu  # noqa: E402
 
 CUDA_PARTS = ("cuda bf16 autocast", "cuda fp16 with loss scaling", "fused AdamW", "peak memory")
 
@@ -141,3 +144,71 @@ def test_bench_vs_steps_seqwarm_and_hf_alike(capsys, family):
     rows = bench_vs.report("toy", shape, steppers, {"fp32": 100.0, "bf16": 200.0}, 1, 2)
     assert rows[0]["seqwarm_speedup"] == 1.0 and rows[1]["seqwarm_speedup"] > 0
     assert "seqwarm/this" in capsys.readouterr().out
+
+
+# --- benchmarks/study2_gpu.py: Study 2 reduced, on a GPU; --toy runs the same code on the CPU ---------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_study2_gpu_toy_writes_its_table_and_csv(corpus_dir, tmp_path):
+    """The wrapper, whole, in --toy mode: probe, budget, the three arms, the Markdown table and the CSV."""
+    out = tmp_path / "s2"
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "study2_gpu.sh"), "--toy", "--out", str(out), "--data", str(corpus_dir)],
+        capture_output=True,
+        text=True,
+        timeout=280,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    md = (out / "study2_gpu.md").read_text()
+    assert "(--toy: the CPU version, not a result)" in md and "bf16" in md and "instruments every 2 steps" in md
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| arm | final val loss | plateau") and "tokens/s" in table[0]
+    assert [line.split("|")[1].strip() for line in table[1:]] == ["baseline", "slw", "qk-norm"]
+    with open(out / "study2_gpu.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["arm"] for r in rows] == ["baseline", "slw", "qk-norm"]
+    for r in rows:
+        assert float(r["final_val_loss"]) > 0 and float(r["tokens_per_s"]) > 0 and float(r["max_attn_logit"]) > 0
+        assert 0 <= float(r["min_attn_entropy"]) <= 1
+    # the same token budget for every arm (SLW's last step may pass it by less than a full-length step), which SLW's
+    # short early steps spread over more steps
+    budget, full_step = int(rows[0]["tokens"]), study2_gpu.TOY.batch * study2_gpu.TOY.context
+    assert all(budget <= int(r["tokens"]) < budget + full_step for r in rows)
+    assert int(rows[1]["steps"]) > int(rows[0]["steps"])
+    assert not (out / "baseline" / "checkpoints").exists()  # 1.5 GB each at the GPU's size
+    assert "qk_norm: true" in (out / "qk-norm" / "config.yaml").read_text()
+
+
+def test_study2_gpu_budget_and_arms():
+    s = study2_gpu.GPU
+    tokens_per_step = s.batch * s.context
+    # 300K tokens/s, 360 s left for 3 arms: 0.8 x 120 s x 300K / 262,144 tokens a step = 109 steps
+    assert study2_gpu.plan_steps(s, 300_000, 360, 3) == int(0.8 * 120 * 300_000 / tokens_per_step) == 109
+    assert study2_gpu.plan_steps(s, 1_000, 360, 3) == s.min_steps  # a slow device still runs the minimum
+    assert study2_gpu.plan_steps(s, 1e9, 360, 3) == s.max_steps
+    assert s.context >= 1024 and s.batch >= 100 and s.preset == "gpt2-117m"
+
+
+def test_study2_gpu_arms_are_the_studys(tmp_path):
+    from seqwarm.study_arms import ARMS
+
+    class Args:
+        data, lr, seed, compile = "builtin-bpe1024", 1e-2, 11, False
+
+    for arm in ("baseline", "slw", "qk-norm"):
+        o = study2_gpu.overrides(study2_gpu.GPU, Args, 100, tmp_path, arm)
+        assert o[-len(ARMS[arm]) :] == ARMS[arm] if ARMS[arm] else o[-1].startswith("run.dir=")
+        assert "train.max_tokens=26214400" in o and "train.warmup_steps=10" in o and "curriculum.duration=40" in o
+
+
+def test_study2_gpu_refuses_unknown_arms_and_a_missing_gpu(capsys):
+    with pytest.raises(SystemExit):
+        study2_gpu.main(["--out", "x", "--arms", "baseline,nope", "--toy"])
+    assert "--arms: not study arms: nope" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            study2_gpu.main(["--out", "x"])
+        assert "no CUDA device: run with --toy" in capsys.readouterr().err
