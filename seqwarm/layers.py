@@ -12,6 +12,7 @@ torch, seqwarm.loss and seqwarm.instruments only: the model stands alone (docs/A
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -164,6 +165,18 @@ class DecoderLM(nn.Module):
 
     def output_weight(self) -> torch.Tensor:
         raise NotImplementedError
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2's initialisation, for both families (so that they differ by architecture alone): N(0, 0.02), the
+        projections that write into the residual stream (`residual = True`: attention's and the MLP's output)
+        scaled by 1/sqrt(2 n_layer) since each block adds two of them; biases at 0; norm gains start at 1."""
+        if isinstance(module, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual", False) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(
         self,

@@ -11,7 +11,6 @@ is a renaming plus a split of the fused projections. Torch only: the model stand
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import torch.nn as nn
@@ -80,15 +79,6 @@ class Llama(DecoderLM):
         self.register_buffer("rotary_sin", sin, persistent=False)
         self.apply(self._init_weights)
         self.trunk = self.hidden  # replaced by its compiled version by `compile_trunk`
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2's scheme, so that the two families differ by architecture alone: N(0, 0.02), the projections
-        # into the residual stream (attn.proj, mlp.down) scaled by 1/sqrt(2 n_layer); norm gains start at 1.
-        if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual", False) else 0.02
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden(
         self, idx: torch.Tensor, window: torch.Tensor | None = None, probe: AttentionProbe | None = None

@@ -10,7 +10,6 @@ is seqwarm/llama.py; both share seqwarm/layers.py (attention core, channels), an
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import Field, dataclass, field, fields
 from typing import Literal
 
@@ -241,17 +240,6 @@ class GPT(DecoderLM):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, cfg.padded_vocab_size, bias=False)
         self.apply(self._init_weights)
         self.trunk = self.hidden  # replaced by its compiled version by `compile_trunk`
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # GPT-2 initialisation: N(0, 0.02), and the projections that write into the residual
-        # stream scaled by 1/sqrt(2 * n_layer) since each block adds two of them.
-        if isinstance(module, nn.Linear):
-            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "residual", False) else 0.02
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def hidden(
         self, idx: torch.Tensor, window: torch.Tensor | None = None, probe: AttentionProbe | None = None
