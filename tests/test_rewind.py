@@ -42,8 +42,8 @@ def plant(monkeypatch_or_none, poisoned: set[int], drawn: list | None = None):
     flag = [False]
     real_next, real_forward = TrainLoader.next_batch, GPT.forward
 
-    def next_batch(self, batch_size, seqlen):
-        batch = real_next(self, batch_size, seqlen)
+    def next_batch(self, batch_size, seqlen, *args):  # *args: the melt split, when the loop passes it
+        batch = real_next(self, batch_size, seqlen, *args)
         flag[0] = int(batch.starts[0]) in poisoned
         if drawn is not None:
             drawn.append(int(batch.starts[0]))

@@ -86,7 +86,7 @@ def test_offline_run_holds_the_metrics_of_metrics_jsonl(tiny_cfg):
     run, history = offline_run(cfg.run.dir)
     assert run["project"] == "slw-test" and run["name"] == run["group"] == "run"
     assert (
-        run["config"]["curriculum"]["kind"] == "slw" and run["config"]["train"]["max_steps"] == 5
+        run["config"]["curriculum"]["length"] == "slw" and run["config"]["train"]["max_steps"] == 5
     )  # the resolved config
     rows = [r for r in read_metrics(Path(cfg.run.dir) / "metrics.jsonl") if "loss" in r]
     by_step = {h["_step"]: h for h in history}
