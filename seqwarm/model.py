@@ -134,12 +134,8 @@ class GPTConfig:
         """Parameter count of the built model (tied embeddings counted once); without `embeddings`, the
         token and position tables and an untied output matrix left out (the N of 6N, Kaplan et al. 2020,
         Section 2.1)."""
-        model = _meta_model(self)
-        n = sum(p.numel() for p in model.parameters())
-        if not embeddings:
-            n -= sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
-            n -= 0 if self.tie_embeddings else model.output_weight().numel()
-        return n
+        counts = _module_counts(self)
+        return counts["params"] if embeddings else counts["body_params"]
 
     def flop_split(self, seqlen: int) -> dict[str, float]:
         """Training FLOPs per token (forward + backward) at a given length, by where they are spent.
@@ -151,12 +147,11 @@ class GPTConfig:
         (tied or not: the input embedding's lookup costs no matmul). Every term is an integer below 2**53,
         so the sum is exact.
         """
-        model = _meta_model(self)
-        attention = sum(12 * m.width * seqlen for m in model.modules() if isinstance(m, CausalSelfAttention))
+        counts = _module_counts(self)
         return {
-            "body": 6.0 * self.n_params(embeddings=False),
-            "attention": float(attention),
-            "output": 6.0 * model.output_weight().numel(),
+            "body": 6.0 * counts["body_params"],
+            "attention": float(12 * counts["attention_width"] * seqlen),
+            "output": 6.0 * counts["output_weights"],
         }
 
     def flops_per_token(self, seqlen: int) -> float:
@@ -180,6 +175,23 @@ def _meta_model(cfg: GPTConfig) -> DecoderLM:
     """The model built on the `meta` device (shapes, no memory, no random numbers drawn), once per config."""
     with torch.device("meta"):
         return build_model(cfg)
+
+
+@functools.cache
+def _module_counts(cfg: GPTConfig) -> dict[str, int]:
+    """What `n_params` and `flop_split` read off the built modules, counted once per config (`seqwarm plan` asks
+    for every step of a 300K-step schedule): all parameters; those outside the embeddings and an untied output
+    matrix; the summed width of the attention modules; the output layer's weights."""
+    model = _meta_model(cfg)
+    params = sum(p.numel() for p in model.parameters())
+    embeddings = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters())
+    untied = 0 if cfg.tie_embeddings else model.output_weight().numel()
+    return {
+        "params": params,
+        "body_params": params - embeddings - untied,
+        "attention_width": sum(m.width for m in model.modules() if isinstance(m, CausalSelfAttention)),
+        "output_weights": model.output_weight().numel(),
+    }
 
 
 def build_model(cfg: GPTConfig) -> DecoderLM:
