@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -201,23 +202,41 @@ def calibrate(rows: list[dict]) -> dict:
 # --- running ------------------------------------------------------------------------------------------------
 
 
-def read_rows() -> list[dict]:
+def read_rows(*, every: bool = False) -> list[dict]:
+    """The recorded rows: the last complete one per config hash (`every`: all, superseded ones included)."""
     if not ROWS.exists():
         return []
     with open(ROWS, newline="") as f:
-        return list(csv.DictReader(f))
+        rows = list(csv.DictReader(f))
+    if every:
+        return rows
+    last = {r["config_hash"]: r for r in rows if complete(r)}
+    return list(last.values())
+
+
+def complete(row: dict) -> bool:
+    """A row holds every measure its stage needs: after calibration, the collapse measures too. The first 30
+    screen rows lack them (the writer kept the calibration rows' header; docs/RESULTS.md, Study 2): their runs
+    are trained again, deterministic, and the complete row supersedes them."""
+    return row["stage"] == "calibration" or row.get("collapsed", "") != ""
 
 
 def append_row(row: dict) -> None:
-    """One line appended (the file's header written first when new); rows are never rewritten."""
+    """One line appended. When the row has columns the file's header lacks, the file is first rewritten
+    atomically with the union of the columns (earlier rows get empty cells); no recorded value changes."""
+    from seqwarm.files import atomic_write
+
     HERE.mkdir(parents=True, exist_ok=True)
-    new = not ROWS.exists()
-    fields = list(row) if new else next(csv.reader(open(ROWS)))
+    old = read_rows(every=True)
+    fields = list(dict.fromkeys([k for r in old for k in r] + list(row))) if old else list(row)
+    if not old or list(old[0]) != fields:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=fields)
+        w.writeheader()
+        w.writerows(old)
+        atomic_write(ROWS, buf.getvalue())
     with open(ROWS, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            w.writeheader()
-        w.writerow(row)
+        csv.DictWriter(f, fieldnames=fields).writerow(row)
         f.flush()
         os.fsync(f.fileno())
 
@@ -322,38 +341,54 @@ def paired(rows: list[dict], ctx: str, lr: float, arm: str, base: str, key: str,
     return [a[s] for s in seeds], [b[s] for s in seeds]
 
 
-def tables(rows: list[dict]) -> str:
-    from seqwarm.stats import paired_comparison
+def _table(header: list[str], rows: list[list[str]]) -> str:
     from seqwarm.tables import markdown_table
 
-    out = [f"Rows: {len(rows)} runs recorded in {ROWS.relative_to(HERE.parent.parent)}.", ""]
+    return markdown_table([(h, lambda r, i=i: r[i]) for i, h in enumerate(header)], rows)
+
+
+def tables(rows: list[dict]) -> str:
+    """Every Study 2 table of docs/RESULTS.md from the rows: per stage, each (context, arm, LR) cell over its
+    seeds; the paired comparisons and the verdicts of the confirmation stage."""
+    from seqwarm.stats import paired_comparison
+
+    out = [f"Rows: {len(rows)} runs recorded in studies/study2/rows.csv.", ""]
     for stage in ("calibration", "screen128", "screen512", "confirm"):
         srows = [r for r in rows if r["stage"] == stage]
-        out.append(f"## {stage}: {len(srows)} of {len(stage_specs(stage, rows))} runs")
+        out.append(f"### {stage}: {len(srows)} of {len(stage_specs(stage, rows))} runs")
+        out.append("")
         if not srows:
-            out.append("")
             continue
+        cells: dict[tuple, list[dict]] = {}
+        for r in srows:
+            cells.setdefault((r["context"], r["arm"], float(r["lr"])), []).append(r)
         table = []
-        for r in sorted(srows, key=lambda r: (r["context"], r["arm"], float(r["lr"]), int(r["seed"]))):
+        for (ctx, arm, lr), rs in sorted(
+            cells.items(), key=lambda kv: (kv[0][0], kv[0][2], list(ARMS).index(kv[0][1]))
+        ):
+            rs = sorted(rs, key=lambda r: int(r["seed"]))
+            finals = [_num(r, "final_val_loss") for r in rs]
+            collapsed = sum(str(r.get("collapsed")) == "True" for r in rs)
+            logits = [_num(r, "max_attn_logit") for r in rs]
+            entropies = [_num(r, "min_attn_entropy") for r in rs]
             table.append(
                 [
-                    r["context"],
-                    r["arm"],
-                    f"{float(r['lr']):g}",
-                    r["seed"],
-                    r["plateau_steps"],
-                    _fmt(_num(r, "final_val_loss")),
-                    r.get("collapsed", ""),
-                    _fmt(_num(r, "max_attn_logit"), ".1f"),
-                    _fmt(_num(r, "min_attn_entropy")),
-                    _fmt(_num(r, "max_loss_ratio")),
+                    ctx,
+                    f"{lr:g}",
+                    arm,
+                    ", ".join(r["seed"] for r in rs),
+                    ", ".join(r["plateau_steps"] for r in rs),
+                    ", ".join(_fmt(f) for f in finals),
+                    f"{collapsed}/{len(rs)}" if "collapsed" in rs[0] else "-",
+                    _fmt(max((x for x in logits if x is not None), default=None), ",.0f"),
+                    _fmt(min((x for x in entropies if x is not None), default=None)),
                 ]
             )
-        header = ["ctx", "arm", "lr", "seed", "plateau", "final val", "collapsed", "max logit", "min H", "max ratio"]
-        out += [markdown_table(header, table), ""]
+        header = ["ctx", "lr", "arm", "seeds", "plateau (steps)", "final val loss", "collapsed", "max logit", "min H"]
+        out += [_table(header, table), ""]
     confirm = [r for r in rows if r["stage"] == "confirm"]
     if confirm:
-        out.append("## Paired against the baseline (confirmation)")
+        out += ["### Paired against the baseline (confirmation)", ""]
         table = []
         for ctx in ("c128", "c512"):
             for arm in sorted({r["arm"] for r in confirm if r["context"] == ctx} - {"baseline"}):
@@ -361,8 +396,8 @@ def tables(rows: list[dict]) -> str:
                     a, b = paired(rows, ctx, CONFIRM_LR[ctx], arm, "baseline", key)
                     p = paired_comparison(a, b, alternative="less")
                     table.append([ctx, arm, key, str(len(a)), _fmt(p.diff.mean), _fmt(p.p_value, ".4f")])
-        out += [markdown_table(["ctx", "arm", "measure", "n", "mean diff", "one-sided p"], table), ""]
-    out.append("## Verdicts (the protocol's rules, confirmation stage)")
+        out += [_table(["ctx", "arm", "measure", "n", "mean diff", "one-sided p"], table), ""]
+    out += ["### Verdicts (the protocol's rules, confirmation stage only)", ""]
     out += [f"- **{name}**: {verdict}" for name, verdict in verdicts(rows).items()]
     return "\n".join(out)
 

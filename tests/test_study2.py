@@ -105,3 +105,18 @@ def test_holm_and_the_verdicts_on_synthetic_confirmation_rows():
     assert v["S2"].startswith("supported")
     assert v["S4"].startswith("supported")
     assert v["S5"].startswith("not shown")
+
+
+def test_rows_gain_columns_without_losing_values_and_incomplete_rows_are_superseded(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "HERE", tmp_path)
+    monkeypatch.setattr(study, "ROWS", tmp_path / "rows.csv")
+    study.append_row({"stage": "calibration", "config_hash": "a", "plateau_steps": 20})
+    study.append_row({"stage": "screen128", "config_hash": "b", "plateau_steps": 30, "collapsed": ""})
+    study.append_row(
+        {"stage": "screen128", "config_hash": "c", "plateau_steps": 40, "collapsed": True, "lead_logit": 3}
+    )
+    every = study.read_rows(every=True)
+    assert [r["plateau_steps"] for r in every] == ["20", "30", "40"] and every[0]["lead_logit"] == ""
+    assert [r["config_hash"] for r in study.read_rows()] == ["a", "c"]  # b lacks its collapse measures: run again
+    study.append_row({"stage": "screen128", "config_hash": "b", "plateau_steps": 30, "collapsed": False})
+    assert sorted(r["config_hash"] for r in study.read_rows()) == ["a", "b", "c"]
