@@ -379,7 +379,7 @@ def tables(rows: list[dict]) -> str:
                     ", ".join(r["seed"] for r in rs),
                     ", ".join(r["plateau_steps"] for r in rs),
                     ", ".join(_fmt(f) for f in finals),
-                    f"{collapsed}/{len(rs)}" if "collapsed" in rs[0] else "-",
+                    f"{collapsed}/{len(rs)}" if rs[0].get("collapsed", "") != "" else "-",
                     _fmt(max((x for x in logits if x is not None), default=None), ",.0f"),
                     _fmt(min((x for x in entropies if x is not None), default=None)),
                 ]
