@@ -10,7 +10,7 @@ and seqwarm's own trainer: `train(load_config("gpt2-117m-bsz512-slw", ["data.pat
 These names are a contract: they keep their meaning across releases (CHANGELOG.md).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Imported lazily (PEP 562), so that `import seqwarm` (the CLI's first step) costs nothing until a
 # name is used: most of these pull in torch.
