@@ -1,22 +1,7 @@
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from study_script import study2
 
 from seqwarm.cli import main
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def study2():
-    """studies/study2.py, the pre-registered study's script, loaded as test_study2 does."""
-    if "study2" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("study2", ROOT / "studies" / "study2.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["study2"] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules["study2"]
 
 
 @pytest.mark.slow

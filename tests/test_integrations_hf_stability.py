@@ -83,7 +83,7 @@ def test_zclip_clips_as_a_hand_zclip_and_the_state_resumes_exactly(guarded, tmp_
     assert state["clipped"] == hand.clipped
     assert (state["mean"], state["var"]) == (pytest.approx(hand.mean, rel=1e-6), pytest.approx(hand.var, rel=1e-5))
 
-    saved = torch.load(out / "run" / f"checkpoint-{SAVE_AT}" / "scheduler.pt", weights_only=False)
+    saved = torch.load(out / "run" / f"checkpoint-{SAVE_AT}" / "scheduler.pt", weights_only=True)
     assert saved["slw"]["attached"]["step_guard"]["settings"] == trainer.step_guard.settings
     resumed = spike(
         make_trainer(tmp_path / "resumed", stability={"step_guard": StepGuard(**GUARD)}, max_grad_norm=0), 0

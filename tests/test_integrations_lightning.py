@@ -195,7 +195,7 @@ def test_a_resume_from_a_lightning_checkpoint_continues_the_schedule_exactly(uni
 def test_a_checkpoint_without_the_slw_state_is_refused(uninterrupted, tmp_path):
     _, _, _, _, out = uninterrupted
     (checkpoint,) = (out / "ckpt").glob(f"*step={SAVE_AT}.ckpt")
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     del state["callbacks"]["SLWCallback"]  # as a checkpoint of a run without SLW would lack its clock
     torch.save(state, tmp_path / "plain.ckpt")
     with pytest.raises(ConfigError, match=r"^ckpt_path: the Trainer is at step 8 but SLW's clock at step 0"):

@@ -71,7 +71,7 @@ def test_zclip_clips_as_a_hand_zclip(guarded):
 def test_the_guards_state_is_in_lightning_checkpoints_and_resumes(guarded, tmp_path):
     guard, slw, _, out = guarded
     (ckpt,) = (out / "ckpt").glob("*step=8.ckpt")
-    saved = torch.load(ckpt, weights_only=False)["callbacks"]["SLWCallback"]["slw"]["attached"]["step_guard"]
+    saved = torch.load(ckpt, weights_only=True)["callbacks"]["SLWCallback"]["slw"]["attached"]["step_guard"]
     assert saved["skip_guard"]["skipped"] == 1  # the spike at step 6 is in the step-8 checkpoint
     resumed = StepGuard(**GUARD)
     fit(tmp_path, model=LitGPT(), step_guard=resumed, ckpt_path=str(ckpt))

@@ -1,20 +1,14 @@
 """studies/study2.py: the pre-registered stages, selection and threshold rules, and the measures of one run,
 on synthetic inputs with known answers (docs/STUDY2.md)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from study_script import study2
 
 from seqwarm.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("study2", ROOT / "studies" / "study2.py")
-study = importlib.util.module_from_spec(spec)
-sys.modules["study2"] = study  # dataclasses look their module up
-spec.loader.exec_module(study)
+study = study2()
 
 
 def test_stages_have_the_protocols_runs():

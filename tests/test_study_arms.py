@@ -3,26 +3,16 @@ and the measures the demo and the GPU script print."""
 
 import csv
 import hashlib
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from study_script import study2
 
 from seqwarm import study_arms
 from seqwarm.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def study2():
-    if "study2" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("study2", ROOT / "studies" / "study2.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["study2"] = module  # dataclasses look their module up
-        spec.loader.exec_module(module)
-    return sys.modules["study2"]
 
 
 def digest(specs) -> str:
