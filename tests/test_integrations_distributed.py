@@ -56,6 +56,7 @@ while not slw.finished:
     out.append({"width": width, "local": local, "tokens": slw.clock.tokens, "lr": scheduler.get_last_lr()[0]})
 with open(f"{sys.argv[1]}/rank{rank}.json", "w") as f:
     json.dump({"steps": out, "clock": slw.clock.state_dict()}, f)
+dist.barrier()  # leave together: a rank destroying the gloo group while its peer is still in it can abort (-6)
 dist.destroy_process_group()
 """
 
