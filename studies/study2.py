@@ -43,7 +43,7 @@ from seqwarm.study_arms import (  # noqa: E402
     CONFIRM_LR,
     CONFIRM_SEEDS,
     CONTEXTS,  # noqa: F401  (re-exported: the study's names, as its tests read them)
-    STEPS,  # noqa: F401
+    STEPS,
     arm_overrides,
     plateau_steps,
 )
@@ -106,7 +106,7 @@ def screen_selection(rows: list[dict]) -> list[str]:
     """The protocol's rule: arms whose mean plateau at C128 (screen seeds, aggressive LRs) is >= 10% shorter
     than the baseline's; of those, the two shortest. Arms confirmed anyway are not counted."""
     screen = [r for r in rows if r["stage"] == "screen128" and float(r["lr"]) in AGGRESSIVE]
-    mean = {a: _mean([float(r["plateau_steps"]) for r in screen if r["arm"] == a]) for a in ARMS}
+    mean = {a: _mean([_num(r, "plateau_steps") for r in screen if r["arm"] == a]) for a in ARMS}
     base = mean.get("baseline")
     if base is None:
         return []
@@ -324,10 +324,19 @@ def _median(xs: list) -> float | None:
 
 
 def _num(row: dict, key: str) -> float | None:
+    """A row's measure as the protocol's tests read it. Plateau length is censored at STEPS: a row records the
+    steps until the run left the plateau or, if it never did, the run's own steps, which exceed 100 for the arms
+    whose steps carry fewer tokens (SLW's 121, skip-step's repeats); past 100 they all say "not within 100 steps"
+    and tie (docs/STUDY2.md, Measures and Protocol changes). A diverged run has no final loss and ranks worst:
+    its initial loss stands in, above every final loss of a run that trained."""
+    if key == "final_val_loss" and str(row.get("diverged")) == "True":
+        key = "initial_loss"
     try:
         v = float(row[key])
     except (KeyError, TypeError, ValueError):
         return None
+    if key == "plateau_steps":
+        v = min(v, STEPS)
     return v if math.isfinite(v) else None
 
 
@@ -336,7 +345,7 @@ def paired(rows: list[dict], ctx: str, lr: float, arm: str, base: str, key: str,
     pick = [r for r in rows if r["stage"] == stage and r["context"] == ctx and float(r["lr"]) == lr]
     a = {int(r["seed"]): _num(r, key) for r in pick if r["arm"] == arm}
     b = {int(r["seed"]): _num(r, key) for r in pick if r["arm"] == base}
-    # A diverged run has no final loss: it ranks worst (the protocol), here as +inf-like: the initial loss.
+    # A diverged run has no final loss: it ranks worst (the protocol); `_num` gives its initial loss.
     seeds = sorted(s for s in a if s in b and a[s] is not None and b[s] is not None)
     return [a[s] for s in seeds], [b[s] for s in seeds]
 

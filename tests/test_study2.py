@@ -114,3 +114,24 @@ def test_rows_gain_columns_without_losing_values_and_incomplete_rows_are_superse
     assert [r["config_hash"] for r in study.read_rows()] == ["a", "c"]  # b lacks its collapse measures: run again
     study.append_row({"stage": "screen128", "config_hash": "b", "plateau_steps": 30, "collapsed": False})
     assert sorted(r["config_hash"] for r in study.read_rows()) == ["a", "b", "c"]
+
+
+def test_plateau_is_censored_at_100_steps_and_a_diverged_run_ranks_worst():
+    """A run that never left the plateau records its own steps (SLW's 121): the tests read 100, a tie with a
+    100-step baseline that never left it either; a diverged run's final loss is its initial loss."""
+    assert study._num({"plateau_steps": "121"}, "plateau_steps") == study.STEPS
+    assert study._num({"plateau_steps": "36"}, "plateau_steps") == 36
+    diverged = {"final_val_loss": "", "initial_loss": "6.9", "diverged": "True"}
+    assert study._num(diverged, "final_val_loss") == 6.9
+    rows = [
+        {"stage": "confirm", "context": "c128", "lr": 3e-2, "seed": s, "arm": arm, "plateau_steps": p}
+        for s in range(11, 18)
+        for arm, p in [("baseline", 100), ("slw", 121)]
+    ]
+    assert study.paired(rows, "c128", 3e-2, "slw", "baseline", "plateau_steps") == ([100.0] * 7, [100.0] * 7)
+    screen = [
+        {"stage": "screen128", "lr": lr, "arm": arm, "plateau_steps": p}
+        for lr in study.AGGRESSIVE
+        for arm, p in [("baseline", 100), ("window", 121), ("z-loss", 80)]
+    ]
+    assert study.screen_selection(screen) == ["z-loss"]
