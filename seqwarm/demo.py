@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import multiprocessing
 import os
 import time
@@ -45,6 +46,9 @@ LR = CONFIRM_LR[CONTEXT]
 SEED = CONFIRM_SEEDS[CONTEXT][0]
 FIGURE = "demo.png"
 SPIKE = 1.2  # the paper's loss-ratio spike threshold (Table 1's lower one)
+# The confirmation stage's answer at these settings (seeds 11-17), written from the committed rows by
+# `python studies/study2.py summary`; tests/test_study2.py checks that it is what the rows give.
+CONFIRMED = Path(__file__).with_name("study2_confirmed.json")
 
 
 def demo_overrides(arm: str) -> list[str]:
@@ -105,6 +109,9 @@ def run_demo(out: Path, *, force: bool = False, overrides: list[str] = (), jobs:
         f"\nOne seed ({SEED}); docs/RESULTS.md's Study 2 has the confirmed answer over the confirmation's seeds "
         f"{CONFIRM_SEEDS[CONTEXT][0]}-{CONFIRM_SEEDS[CONTEXT][-1]}."
     )
+    print()
+    for line in confirmed_lines(json.loads(CONFIRMED.read_text()), measures):
+        print(line)
     figure = out / FIGURE
     atomic_write(figure, draw_demo({arm: read_metrics(d / METRICS) for arm, d in runs.items()}, measures))
     report = write_report(list(runs.values()), out / "report")
@@ -236,6 +243,49 @@ def reading(measures: dict[str, dict]) -> list[str]:
             f"{measures[slowest]['plateau_steps']}); docs/RESULTS.md has the seeds together"
         )
     return lines
+
+
+def confirmed_lines(confirmed: dict, measures: dict[str, dict]) -> list[str]:
+    """Study 2's confirmed answer for the demo's arms (`CONFIRMED`), and where this seed agrees with it: for each
+    arm, whether it left the plateau before or after the baseline here and on average over the confirmation's
+    seeds (plateau censored at the study's 100 steps, as the study's tests read it)."""
+    arms, seeds = confirmed["arms"], confirmed["seeds"]
+    if not all(a in arms for a in measures):
+        return [f"Study 2's confirmation (seeds {seeds[0]}-{seeds[-1]}) has not run these arms yet (docs/STUDY2.md): "
+                "this seed is all the demo can show"]  # fmt: skip
+    lines = [f"Study 2's answer, the confirmation at these settings (context {confirmed['context'][1:]}, LR "
+             f"{confirmed['lr']:g}, seeds {seeds[0]}-{seeds[-1]}, paired by seed; docs/RESULTS.md):"]  # fmt: skip
+    for arm in measures:
+        c = arms[arm]
+        verdict = confirmed["verdicts"].get(f"S1 {arm}")
+        lines.append(
+            f"  {arm}: mean plateau {c['plateau_mean']:.1f} steps (left it within {STEPS} in {c['escaped']}/{c['n']}), "
+            f"attention collapsed in {c['collapsed']}/{c['n']}, mean final val loss {c['final_val_loss_mean']:.3f}"
+            + (f"; shortens the plateau (S1): {verdict}" if verdict else "")
+        )
+    base = measures.get("baseline")
+    if base is None or base["plateau_steps"] is None:
+        return lines
+    here = {a: min(m["plateau_steps"], STEPS) for a, m in measures.items() if m["plateau_steps"] is not None}
+    agree, differ = [], []
+    for arm in here.keys() - {"baseline"}:
+        seed_sign = _sign(here[arm] - here["baseline"])
+        mean_sign = _sign(arms[arm]["plateau_mean"] - arms["baseline"]["plateau_mean"])
+        said = f"{arm} left the plateau {_ORDER[seed_sign]} the baseline here, {_ORDER[mean_sign]} it on average"
+        (agree if seed_sign == mean_sign else differ).append(said)
+    lines.append(
+        "this seed against the confirmation: "
+        + ("agrees" if not differ else "differs, as single seeds do")
+        + f" ({'; '.join(sorted(differ) + sorted(agree))})"
+    )
+    return lines
+
+
+_ORDER = {-1: "before", 0: "with", 1: "after"}
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
 
 
 def draw_demo(rows: dict[str, list[dict]], measures: dict[str, dict]) -> bytes:

@@ -49,6 +49,10 @@ from seqwarm.study_arms import (  # noqa: E402
 )
 
 HERE = Path(__file__).resolve().parent / "study2"
+# The confirmation's answer at the demo's settings, shipped with the package for `seqwarm demo` to print beside
+# its one seed; rebuilt by `python studies/study2.py summary`, and tests/test_study2.py checks it against the rows.
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
+SUMMARY = Path(__file__).resolve().parents[1] / "seqwarm" / "study2_confirmed.json"
 ROWS = HERE / "rows.csv"
 THRESHOLDS = HERE / "thresholds.json"
 RUNS = Path(os.environ.get("SEQWARM_STUDY2_RUNS", "runs/study2"))
@@ -361,7 +365,12 @@ def tables(rows: list[dict]) -> str:
     seeds; the paired comparisons and the verdicts of the confirmation stage."""
     from seqwarm.stats import paired_comparison
 
-    out = [f"Rows: {len(rows)} runs recorded in studies/study2/rows.csv.", ""]
+    out = [
+        f"Rows: {len(rows)} runs recorded in studies/study2/rows.csv. The stage tables give each run's plateau as "
+        "recorded (a run that never left the plateau: its own steps, 121 for SLW's shorter steps); the tests, "
+        "the means and the figure censor it at 100 steps (docs/STUDY2.md).",
+        "",
+    ]
     for stage in ("calibration", "screen128", "screen512", "confirm"):
         srows = [r for r in rows if r["stage"] == stage]
         out.append(f"### {stage}: {len(srows)} of {len(stage_specs(stage, rows))} runs")
@@ -406,9 +415,97 @@ def tables(rows: list[dict]) -> str:
                     p = paired_comparison(a, b, alternative="less")
                     table.append([ctx, arm, key, str(len(a)), _fmt(p.diff.mean), _fmt(p.p_value, ".4f")])
         out += [_table(["ctx", "arm", "measure", "n", "mean diff", "one-sided p"], table), ""]
+    out += ["### LR sensitivity from the screen (a description, no verdict)", ""]
+    out += [
+        "Wortsman et al.'s LR sensitivity (docs/STABILITY.md) of each arm's final validation loss over the screen's "
+        "LRs, per seed, then its mean: at C128 over the three aggressive LRs (1e-2, 3e-2, 1e-1; the baseline's "
+        "3e-3 is left out so that every arm has the same range), at C512 over 3e-3 and 1e-2. 0: every LR does "
+        "as well as the arm's best.",
+        "",
+    ]
+    out += [_table(["ctx", "arm", "per seed", "mean"], sensitivity_rows(rows)), ""]
+    if confirm:
+        out += ["### Confirmation means (plateau censored at 100 steps)", ""]
+        table = [
+            [
+                ctx,
+                arm,
+                str(m["n"]),
+                _fmt(m["plateau_mean"], ".1f"),
+                _fmt(m["final_val_loss_mean"]),
+                f"{m['collapsed']}/{m['n']}",
+                str(m["escaped"]),
+            ]  # fmt: skip
+            for ctx, arms in confirmation_means(rows).items()
+            for arm, m in arms.items()
+        ]
+        header = ["ctx", "arm", "seeds", "mean plateau", "mean final val loss", "collapsed", "left the plateau"]
+        out += [_table(header, table), ""]
     out += ["### Verdicts (the protocol's rules, confirmation stage only)", ""]
     out += [f"- **{name}**: {verdict}" for name, verdict in verdicts(rows).items()]
+    if confirm:
+        out += ["", "S1 on the raw plateau values (a run that never left the plateau counts its own steps), for the "
+                "record of the censoring rule (docs/STUDY2.md, Protocol changes):", ""]  # fmt: skip
+        out += [f"- {arm}: {said}" for arm, said in s1_uncensored(rows).items()]
     return "\n".join(out)
+
+
+def sensitivity_rows(rows: list[dict]) -> list[list[str]]:
+    """Per (context, arm) of the screens: the LR sensitivity of each seed's curve, and their mean."""
+    from seqwarm.sweep.sensitivity import lr_sensitivity
+
+    out = []
+    for stage, ctx in (("screen128", "c128"), ("screen512", "c512")):
+        pick = [r for r in rows if r["stage"] == stage and (ctx == "c512" or float(r["lr"]) in AGGRESSIVE)]
+        for arm in [a for a in ARMS if any(r["arm"] == a for r in pick)]:
+            per_seed = {}
+            for seed in sorted({int(r["seed"]) for r in pick if r["arm"] == arm}):
+                mine = [r for r in pick if r["arm"] == arm and int(r["seed"]) == seed]
+                if len(mine) < len({float(r["lr"]) for r in pick}):
+                    continue  # a seed's curve counts once every LR of it ran
+                finals = {float(r["lr"]): None if str(r["diverged"]) == "True" else _num(r, "final_val_loss")
+                          for r in mine}  # fmt: skip
+                per_seed[seed] = lr_sensitivity(finals, _mean([_num(r, "initial_loss") for r in mine]))
+            vals = [v for v in per_seed.values() if v is not None]
+            said = ", ".join(f"{s}: {_fmt(v)}" for s, v in per_seed.items())
+            out.append([ctx, arm, said or "-", _fmt(_mean(vals))])
+    return out
+
+
+def confirmation_means(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """Per context and confirmed arm, over the confirmation's seeds: mean censored plateau, mean final loss (a
+    diverged run at its initial loss), how many runs collapsed and how many left the plateau within 100 steps."""
+    out: dict[str, dict[str, dict]] = {}
+    for ctx in ("c128", "c512"):
+        pick = [r for r in rows if r["stage"] == "confirm" and r["context"] == ctx]
+        for arm in [a for a in ARMS if any(r["arm"] == a for r in pick)]:
+            rs = sorted((r for r in pick if r["arm"] == arm), key=lambda r: int(r["seed"]))
+            plateau = [_num(r, "plateau_steps") for r in rs]
+            out.setdefault(ctx, {})[arm] = {
+                "n": len(rs),
+                "seeds": [int(r["seed"]) for r in rs],
+                "plateau_mean": _mean([p for p in plateau if p is not None]),
+                "final_val_loss_mean": _mean([x for r in rs if (x := _num(r, "final_val_loss")) is not None]),
+                "collapsed": sum(str(r.get("collapsed")) == "True" for r in rs),
+                "escaped": sum(p is not None and p < STEPS for p in plateau),
+            }
+    return out
+
+
+def s1_uncensored(rows: list[dict]) -> dict[str, str]:
+    """S1's test on the raw plateau values: how much the censoring rule decides (not a verdict)."""
+    from seqwarm.stats import paired_comparison
+
+    raw = [r | {"plateau_raw": r["plateau_steps"]} for r in rows]
+    arms = sorted({r["arm"] for r in rows if r["stage"] == "confirm" and r["context"] == "c128"})
+    tests = {
+        a: paired_comparison(*paired(raw, "c128", CONFIRM_LR["c128"], a, "baseline", "plateau_raw"), alternative="less")
+        for a in arms
+        if a != "baseline" and not a.startswith("llama")
+    }
+    adjusted = holm({a: t.p_value for a, t in tests.items()})
+    return {a: f"mean {_fmt(t.diff.mean, '+.1f')} steps, Holm p {_fmt(adjusted[a], '.4f')}, n={t.n}"
+            for a, t in tests.items()}  # fmt: skip
 
 
 # --- the verdicts, by the rules docs/STUDY2.md wrote before the runs --------------------------------------
@@ -463,37 +560,27 @@ def verdicts(rows: list[dict]) -> dict[str, str]:
             v[f"S1 {a}"] = f"refuted (mean {t.diff.mean:+.1f} steps, interval above 0, n={t.n})"
         else:
             v[f"S1 {a}"] = f"not shown (mean {t.diff.mean:+.1f} steps, Holm p {_fmt(adjusted[a], '.4f')}, n={t.n})"
-    # S2: SLW's plateau effect larger at C512 than at C128.
-    e128, e512 = _effects(rows, "c128", "slw", "baseline"), _effects(rows, "c512", "slw", "baseline")
-    t512 = paired_comparison(
-        *paired(rows, "c512", CONFIRM_LR["c512"], "slw", "baseline", "plateau_steps"), alternative="less"
-    )
-    ci = _diff_ci(list(e512.values()), list(e128.values()))
-    if ci is None or t512.n < 2:
-        v["S2"] = "not shown (too few confirmation pairs)"
-    elif t512.p_value is not None and t512.p_value < ALPHA and ci[0] > 0:
-        v["S2"] = (
-            f"supported (effect C512 {np.mean(list(e512.values())):+.1f}, C128 {np.mean(list(e128.values())):+.1f} steps; difference interval [{ci[0]:.1f}, {ci[1]:.1f}])"
-        )
-    elif np.mean(list(e512.values())) <= 0 or ci[1] < 0:
-        v["S2"] = (
-            f"refuted (effect C512 {np.mean(list(e512.values())):+.1f} steps; difference interval [{ci[0]:.1f}, {ci[1]:.1f}])"
-        )
-    else:
-        v["S2"] = f"not shown (difference interval [{ci[0]:.1f}, {ci[1]:.1f}], C512 p {_fmt(t512.p_value, '.4f')})"
-    # S3: where SLW has an effect, melt (short context) against batch-matched (small early batch).
+    # S2: SLW's effect larger at C512 than at C128, on plateau length (the verdict) and on final loss (its own).
+    for key, name, unit in (("plateau_steps", "S2", "steps"), ("final_val_loss", "S2 final loss", "nats")):
+        v[name] = _s2(rows, key, unit)
+    # S3: where SLW has a supported effect (S2's test at C512; S1's Holm-corrected verdict at C128), melt (short
+    # context, constant tokens) against batch-matched (full context, small early batch).
     for ctx in ("c512", "c128"):
         lr = CONFIRM_LR[ctx]
         slw = paired_comparison(*paired(rows, ctx, lr, "slw", "baseline", "plateau_steps"), alternative="less")
-        if slw.p_value is None or slw.p_value >= ALPHA:
+        supported = v.get("S1 slw", "").startswith("supported") if ctx == "c128" else (
+            slw.p_value is not None and slw.p_value < ALPHA and slw.diff.mean < 0)  # fmt: skip
+        if not supported:
             continue
         melt = paired_comparison(*paired(rows, ctx, lr, "slw-melt", "baseline", "plateau_steps"), alternative="less")
         match = paired_comparison(
             *paired(rows, ctx, lr, "batch-matched", "baseline", "plateau_steps"), alternative="less"
         )
-        m, b = (t.p_value is not None and t.p_value < ALPHA for t in (melt, match))
+        m, b = (t.p_value is not None and t.p_value < ALPHA and t.diff.mean < 0 for t in (melt, match))
         v["S3"] = f"at {ctx}: " + {(True, False): "the short context", (False, True): "the small early batch",
                                     (True, True): "both", (False, False): "not shown"}[(m, b)]  # fmt: skip
+        if ctx == "c128":
+            v["S3"] += " (batch-matched is not confirmed at C128: its screen rows are descriptive)"
         break
     else:
         v["S3"] = "not shown (SLW has no supported effect at either context)"
@@ -543,6 +630,73 @@ def verdicts(rows: list[dict]) -> dict[str, str]:
     return v
 
 
+def draw_lr_curves(rows: list[dict]) -> bytes:
+    """PNG: per context (rows of panels), each arm's mean final validation loss and mean censored plateau over
+    the screen's seeds against the LR (log axis); Llama arms dashed."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    color = dict(zip(ARMS, colormaps["tab20"].colors))  # 15 arms: 10 default colours would repeat
+    fig = Figure(figsize=(13, 9), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 2)
+    for (stage, ctx), (loss_ax, plat_ax) in zip((("screen128", "c128"), ("screen512", "c512")), axes):
+        pick = [r for r in rows if r["stage"] == stage]
+        for arm in [a for a in ARMS if any(r["arm"] == a for r in pick)]:
+            lrs = sorted({float(r["lr"]) for r in pick if r["arm"] == arm})
+            cell = {lr: [r for r in pick if r["arm"] == arm and float(r["lr"]) == lr] for lr in lrs}
+            style = dict(marker="o", linewidth=1.2, color=color[arm], label=arm,
+                         linestyle="--" if arm.startswith("llama") else "-")  # fmt: skip
+            loss_ax.plot(lrs, [_mean([_num(r, "final_val_loss") for r in cell[lr]]) for lr in lrs], **style)
+            plat_ax.plot(lrs, [_mean([_num(r, "plateau_steps") for r in cell[lr]]) for lr in lrs], **style)
+        seeds = sorted({int(r["seed"]) for r in pick})
+        loss_ax.set(xscale="log", xlabel="peak LR", ylabel="final val loss (mean over seeds)",
+                    title=f"{ctx.upper()}: final validation loss (screen, seeds {seeds})")  # fmt: skip
+        plat_ax.set(xscale="log", xlabel="peak LR", ylabel="steps on the plateau (censored at 100)",
+                    title=f"{ctx.upper()}: plateau length (screen, seeds {seeds})")  # fmt: skip
+        for ax in (loss_ax, plat_ax):
+            ax.grid(alpha=0.3)
+        if pick:
+            loss_ax.legend(fontsize="x-small", ncol=2)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    return png.getvalue()
+
+
+def summary(rows: list[dict]) -> dict:
+    """What `seqwarm demo` prints as the confirmed answer: the C128 confirmation's means per arm and S1's verdicts
+    (plus S4 and S6, which read the same runs), from the rows alone."""
+    v = verdicts(rows)
+    return {
+        "source": "studies/study2/rows.csv, confirmation stage; python studies/study2.py summary",
+        "context": "c128",
+        "lr": CONFIRM_LR["c128"],
+        "seeds": list(CONFIRM_SEEDS["c128"]),
+        "arms": confirmation_means(rows).get("c128", {}),
+        "verdicts": {k: x for k, x in v.items() if k.startswith(("S1 ", "S4", "S6"))},
+    }
+
+
+def _s2(rows: list[dict], key: str, unit: str) -> str:
+    """S2's rule on one measure: SLW's effect (baseline minus slw, per seed) positive at C512 (one-sided p <
+    0.05) and the bootstrap interval of (C512 effect) minus (C128 effect) above 0."""
+    from seqwarm.stats import paired_comparison
+
+    e128, e512 = _effects(rows, "c128", "slw", "baseline", key), _effects(rows, "c512", "slw", "baseline", key)
+    t512 = paired_comparison(*paired(rows, "c512", CONFIRM_LR["c512"], "slw", "baseline", key), alternative="less")
+    ci = _diff_ci(list(e512.values()), list(e128.values()))
+    if ci is None or t512.n < 2:
+        return "not shown (too few confirmation pairs)"
+    m512, m128 = float(np.mean(list(e512.values()))), float(np.mean(list(e128.values())))
+    said = f"effect C512 {m512:+.3g}, C128 {m128:+.3g} {unit}; difference interval [{ci[0]:.3g}, {ci[1]:.3g}]"
+    if t512.p_value is not None and t512.p_value < ALPHA and m512 > 0 and ci[0] > 0:
+        return f"supported ({said})"
+    if m512 <= 0 or ci[1] < 0:
+        return f"refuted ({said})"
+    return f"not shown ({said}; C512 p {_fmt(t512.p_value, '.4f')})"
+
+
 def _fmt(x: float | None, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -555,6 +709,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--jobs", type=int, default=2)
     r.add_argument("--limit", type=int, default=None)
     sub.add_parser("tables")
+    sub.add_parser("summary", help=f"write {SUMMARY.name}, the confirmed answer seqwarm demo prints")
+    sub.add_parser("figures", help="draw docs/figures/study2_lr.png from the rows")
     sub.add_parser("plan")
     args = ap.parse_args(argv)
     if args.cmd == "run":
@@ -565,6 +721,15 @@ def main(argv: list[str] | None = None) -> None:
             specs = stage_specs(stage, rows)
             done = sum(s.config_hash() in {r["config_hash"] for r in rows} for s in specs)
             print(f"{stage}: {len(specs)} runs, {done} recorded")
+    elif args.cmd == "summary":
+        SUMMARY.write_text(json.dumps(summary(read_rows()), indent=1) + "\n")
+        print(f"wrote {SUMMARY}")
+    elif args.cmd == "figures":
+        from seqwarm.files import atomic_write
+
+        FIGURES.mkdir(parents=True, exist_ok=True)
+        atomic_write(FIGURES / "study2_lr.png", draw_lr_curves(read_rows()))
+        print(f"wrote {FIGURES / 'study2_lr.png'}")
     else:
         print(tables(read_rows()))
 

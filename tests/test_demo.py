@@ -134,3 +134,35 @@ def test_the_reading_says_so_when_the_instruments_do_not_explain_it():
     )
     both = reading({"baseline": measures(collapse=COLLAPSE), "slw": measures(collapse=COLLAPSE)})
     assert both[-1] == "reading: every arm's attention collapsed in this seed (baseline, slw)"
+
+
+def confirmed(**plateaus):
+    arms = {a: {"n": 7, "plateau_mean": p, "escaped": 3, "collapsed": 7 * (a != "qk-norm"),
+                "final_val_loss_mean": 5.4} for a, p in plateaus.items()}  # fmt: skip
+    return {"context": "c128", "lr": 3e-2, "seeds": list(range(11, 18)), "arms": arms,
+            "verdicts": {"S1 qk-norm": "supported (mean -40.0 steps, Holm p 0.0234, n=7)"}}  # fmt: skip
+
+
+def test_the_demo_prints_the_confirmed_answer_and_whether_its_seed_agrees():
+    from seqwarm.demo import confirmed_lines
+
+    seed = {"baseline": measures(plateau_steps=100, escaped=False), "slw": measures(plateau_steps=121),
+            "qk-norm": measures(plateau_steps=30)}  # fmt: skip
+    lines = confirmed_lines(confirmed(baseline=90.0, slw=95.0, **{"qk-norm": 50.0}), seed)
+    assert lines[0].startswith(
+        "Study 2's answer, the confirmation at these settings (context 128, LR 0.03, seeds 11-17"
+    )
+    assert lines[3] == (
+        "  qk-norm: mean plateau 50.0 steps (left it within 100 in 3/7), attention collapsed in 0/7, mean final val "
+        "loss 5.400; shortens the plateau (S1): supported (mean -40.0 steps, Holm p 0.0234, n=7)"
+    )
+    # slw: 121 steps here is "not within 100", a tie with the baseline's 100; on average it is later
+    assert lines[-1] == (
+        "this seed against the confirmation: differs, as single seeds do (slw left the plateau with the baseline "
+        "here, after it on average; qk-norm left the plateau before the baseline here, before it on average)"
+    )
+    agree = confirmed_lines(confirmed(baseline=90.0, slw=90.0, **{"qk-norm": 50.0}), seed)
+    assert agree[-1].startswith("this seed against the confirmation: agrees")
+    missing = confirmed_lines(confirmed(baseline=90.0), seed)
+    assert missing == ["Study 2's confirmation (seeds 11-17) has not run these arms yet (docs/STUDY2.md): this seed is "
+                       "all the demo can show"]  # fmt: skip

@@ -135,3 +135,25 @@ def test_plateau_is_censored_at_100_steps_and_a_diverged_run_ranks_worst():
         for arm, p in [("baseline", 100), ("window", 121), ("z-loss", 80)]
     ]
     assert study.screen_selection(screen) == ["z-loss"]
+
+
+def test_the_summary_seqwarm_demo_prints_is_what_the_committed_rows_give():
+    """`seqwarm demo` prints the confirmation's answer from seqwarm/study2_confirmed.json: it must be the rows'
+    (rebuild it with `python studies/study2.py summary` after adding confirmation rows)."""
+    shipped = json.loads(study.SUMMARY.read_text())
+    assert shipped == json.loads(json.dumps(study.summary(study.read_rows()))), "run: python studies/study2.py summary"
+
+
+def test_confirmation_means_and_the_summary_on_synthetic_rows():
+    rows = [
+        {"stage": "confirm", "context": "c128", "lr": 3e-2, "seed": s, "arm": arm, "plateau_steps": p,
+         "final_val_loss": f, "initial_loss": 6.9, "diverged": str(f is None), "collapsed": str(arm == "baseline")}
+        for s in range(11, 18)
+        for arm, p, f in [("baseline", 121 if s % 2 else 60, 5.5), ("qk-norm", 40, 5.3 if s > 11 else None)]
+    ]  # fmt: skip
+    means = study.confirmation_means(rows)["c128"]
+    assert means["baseline"]["plateau_mean"] == pytest.approx((4 * 100 + 3 * 60) / 7)  # 121 counts as 100
+    assert means["baseline"]["escaped"] == 3 and means["baseline"]["collapsed"] == 7
+    assert means["qk-norm"]["final_val_loss_mean"] == pytest.approx((6.9 + 6 * 5.3) / 7)  # diverged: initial loss
+    s = study.summary(rows)
+    assert s["arms"] == means and s["verdicts"]["S1 qk-norm"].startswith("supported")
