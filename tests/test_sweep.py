@@ -138,6 +138,58 @@ def test_sweep_trains_skips_resumes_and_reports(corpus_dir, tmp_path):
     assert calls == []  # everything finished: nothing retrained
 
 
+LLAMA = ["model.family=llama", "model.qk_norm=true", "model.n_kv_head=1"]
+
+
+@pytest.mark.slow
+def test_a_llama_grid_trains_resumes_and_reports(corpus_dir, tmp_path):
+    """The sweep with the Llama-style family (docs/MODEL.md): every run trains the llama model the grid names, an
+    interrupted one resumes from its checkpoint (which a rerun accepts as this grid's run: its saved llama options
+    equal the grid's), finished ones are skipped, and the report has a row per run."""
+    out = tmp_path / "out"
+    sweep = sw.Sweep(
+        "tiny-slw",
+        [f"data.path={corpus_dir}", "train.num_threads=1", *LLAMA, "train.max_tokens=1536"]
+        + ["curriculum.duration=4", "checkpoint.every_steps=2", "eval.every_tokens=768"],
+        [sw.parse_grid("curriculum.length=[none, slw]")],
+    )
+    calls = []
+
+    def interrupted_train(cfg, **kw):
+        calls.append((Path(cfg.run.dir).name, cfg.model.gpt().family, kw["resume"]))
+        if cfg.curriculum.length == "slw" and not kw["resume"]:  # killed after its checkpoint at step 2
+
+            def stop(clock):
+                if clock.step == 3:
+                    raise KeyboardInterrupt
+
+            return real_train(cfg, **kw, on_step=stop)
+        return real_train(cfg, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_sweep(sweep, out, train_fn=interrupted_train, progress=False, log=lambda _: None)
+    assert state.status(sw.build_cells(sweep, out)[1]) == "resume"
+    runner.run_sweep(sweep, out, train_fn=interrupted_train, progress=False, log=lambda _: None)
+    assert calls == [("length=none", "llama", False), ("length=slw", "llama", False), ("length=slw", "llama", True)]
+
+    from seqwarm.config import load_config
+    from seqwarm.rundir import config_path
+
+    with open(out / sm.RUNS_CSV) as f:
+        table = {r["run"]: r for r in csv.DictReader(f)}
+    assert set(table) == {"length=none", "length=slw"}
+    for name, row in table.items():
+        model = load_config(config_path(out / name)).model.gpt()  # what the run trained (and a resume rebuilds)
+        assert (model.family, model.qk_norm, model.kv_heads) == ("llama", True, 1)
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert row["status"] == "finished" and float(row["final_val_loss"]) == pytest.approx(summary["final_val_loss"])
+        assert np.isfinite(summary["final_val_loss"])
+    resumed = [json.loads(line) for line in (out / "length=slw" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in resumed if "loss" in r]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 3  # one row per step across the interruption
+    assert "| none | slw |" in (out / sm.REPORT).read_text()
+
+
 @pytest.mark.slow
 def test_diverged_run_is_recorded_and_the_sweep_goes_on(corpus_dir, tmp_path):
     out = tmp_path / "out"

@@ -1,12 +1,14 @@
 import json
 import math
+import re
+import shlex
 
 import pytest
 import yaml
 
 from seqwarm import lifecycle as trainer  # the module the CLI takes `train` from
 from seqwarm.cli import main
-from seqwarm.config import CurriculumConfig, load_config
+from seqwarm.config import CurriculumConfig, load_config, resolve_config
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.metrics import read_metrics
 from seqwarm.plan import plan_steps
@@ -321,6 +323,67 @@ def test_tune_end_to_end_and_resume(corpus_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a probe ran"))
     assert main([*args, "train.lr=1e-3"]) == 2
     assert "different config" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tune_searches_a_llama_model_and_recommends_for_it(corpus_dir, tmp_path, monkeypatch, capsys):
+    """The real search with the Llama-style family (docs/MODEL.md): every probe trains the llama model, a rerun reads
+    them all from the cache, the gpt2 family's tune refuses that cache, and the recommendation's command line keeps
+    the tune's overrides, so it trains the family that was tuned (it used to print `seqwarm train tiny-slw` and the
+    curriculum alone: a gpt2 run)."""
+    out = tmp_path / "tune"
+    llama = ["model.family=llama", "model.qk_norm=true", "model.n_kv_head=1"]
+    # seqlen_s probes of 5 steps (one LR warmup), T probes of 6 steps over T in {5, 15}.
+    settings = ["tune.horizon_steps=6", "tune.eval_every_steps=2", "tune.seqlen_candidates=[8, 16]", "tune.t_step=10"]
+    trained = []
+    real_train = trainer.train
+    monkeypatch.setattr(trainer, "train", lambda cfg, **k: (trained.append(cfg), real_train(cfg, **k))[1])
+    assert main(tiny_args(corpus_dir, out, *llama, *settings)) == 0
+    capsys.readouterr()
+    record = json.loads((out / "tune.json").read_text())
+    rec = record["recommendation"]
+    assert record["complete"] and rec["seqlen_start"] in (8, 16) and rec["duration"] in (5, 15)
+    assert len(trained) == len(record["probes"]) >= 2
+    assert {p["stage"] for p in record["probes"]} == {sr.SEQLEN, sr.DURATION}
+    for p in record["probes"]:
+        d = out / "probes" / pr.probe_name(p["seqlen_start"], p["duration"], p["steps"])
+        model = load_config(d / "config.yaml").model.gpt()
+        assert (model.family, model.qk_norm, model.kv_heads) == ("llama", True, 1)
+        assert all(math.isfinite(ppl) for _, ppl in p["evals"])
+    assert all(cfg.model.gpt().family == "llama" for cfg in trained)
+    assert record["overrides"] == [f"data.path={corpus_dir}", "train.num_threads=1", *llama]
+
+    # The command line tune.md gives trains this config with the recommendation.
+    (command,) = re.findall(r"on the command line: `(seqwarm train [^`]*)`", (out / "tune.md").read_text())
+    words = shlex.split(command)
+    assert words[:3] == ["seqwarm", "train", "tiny-slw"]
+    recommended = load_config(words[2], words[3:])
+    assert recommended.model.gpt().family == "llama" and recommended.data.path == str(corpus_dir)
+    c = recommended.curriculum
+    assert (c.length, c.seqlen_start, c.duration) == ("slw", rec["seqlen_start"], rec["duration"])
+
+    # A rerun trains nothing; the same tune of the gpt2 family refuses the llama probes before anything runs.
+    monkeypatch.setattr(trainer, "train", lambda *a, **k: pytest.fail("a probe ran"))
+    assert main(tiny_args(corpus_dir, out, *llama, *settings)) == 0
+    assert json.loads((out / "tune.json").read_text())["recommendation"] == rec
+    capsys.readouterr()
+    assert main(tiny_args(corpus_dir, out, *settings)) == 2
+    assert "different config (model.family: 'llama' -> None" in capsys.readouterr().err
+
+
+def test_the_recommended_command_names_the_config_as_train_finds_it():
+    cfg = tiny()
+    shipped = str(resolve_config("tiny-slw"))  # as the command line passes it
+    rec = ["curriculum.length=slw", "curriculum.seqlen_start=8", "curriculum.duration=10"]
+    assert op.train_command(cfg, shipped, ["model.family=llama"], rec) == (
+        "seqwarm train tiny-slw model.family=llama " + " ".join(rec)
+    )
+    # Another file by its path, seqwarm's defaults without one; the tune's own values of the recommended fields
+    # (and seqwarm 0.2's curriculum.kind, which would override curriculum.length) give way to the recommendation.
+    assert op.train_command(cfg, "my dir/exp.yaml", ["curriculum.duration=3", "curriculum.kind=slw"], rec) == (
+        "seqwarm train 'my dir/exp.yaml' curriculum.batch=constant " + " ".join(rec)
+    )
+    assert op.train_command(cfg, None, ["data.path=d"], rec) == "seqwarm train data.path=d " + " ".join(rec)
 
 
 def test_no_stable_t_after_a_stable_seqlen_gives_no_recommendation(corpus_dir, tmp_path, monkeypatch, capsys):

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
 from seqwarm import export_schedule
-from seqwarm.config import Config
+from seqwarm.config import PACKAGED_CONFIGS, Config
 from seqwarm.curriculum import Root
 from seqwarm.files import atomic_write
 from seqwarm.plan import plan_steps
@@ -30,6 +32,29 @@ DEEPSPEED = "deepspeed.json"
 def config_name(config: str | None) -> str:
     """The tuned config's name in titles and the default output directory."""
     return Path(config).stem if config else "defaults"
+
+
+# The overrides the recommendation's command line sets itself, and seqwarm 0.2's `curriculum.kind`, which would
+# override its `curriculum.length` (a tuned run's own value of these is what the recommendation replaces).
+RECOMMENDED_KEYS = ("curriculum.length", "curriculum.seqlen_start", "curriculum.duration", "curriculum.kind")
+
+
+def train_command(cfg: Config, config: str | None, overrides: Sequence[str], recommended: Sequence[str]) -> str:
+    """`seqwarm train ...` for the tuned run with the recommendation: the config as `seqwarm train` finds it (a
+    shipped one by name, another by its path, none for seqwarm's defaults), the tune's overrides (its model, data,
+    LR: `model.family=llama` trains the family that was tuned) and then the recommended curriculum fields, which
+    replace the tune's own values of them."""
+    args = ["seqwarm", "train"]
+    if config is not None:
+        path = Path(config)
+        args.append(path.stem if path.resolve().parent == PACKAGED_CONFIGS.resolve() else str(config))
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key == "curriculum.kind":  # the legacy key set the batch axis too: keep that part
+            args.append(f"curriculum.batch={cfg.curriculum.batch}")
+        elif key not in RECOMMENDED_KEYS:
+            args.append(item)
+    return shlex.join([*args, *recommended])
 
 
 # --- progress lines -----------------------------------------------------------------------------------
@@ -130,8 +155,9 @@ PROBE_COLUMNS: list[Column] = [  # rows: (number, Probe)
 ]
 
 
-def report_text(result: TuneResult, cfg: Config, info: dict, config: str | None) -> str:
-    """tune.md: the recommendation, notes, settings in steps, the probes' table, their cost, both snippets."""
+def report_text(result: TuneResult, cfg: Config, info: dict, config: str | None, overrides: Sequence[str] = ()) -> str:
+    """tune.md: the recommendation, notes, settings in steps, the probes' table, their cost, both snippets;
+    `overrides` are the tune's own (`seqwarm tune CONFIG overrides`), repeated in the recommendation's command."""
     plan = result.plan
     spent = cost(result, cfg)
     tokens, budget, fraction = spent["tokens"], spent["full_run_tokens"], spent["fraction"]
@@ -175,11 +201,11 @@ def report_text(result: TuneResult, cfg: Config, info: dict, config: str | None)
     ]
     if result.recommended:
         c = with_curriculum(cfg, s, t).curriculum
-        overrides = f"curriculum.length={c.length} curriculum.seqlen_start={s} curriculum.duration={t}"
+        recommended = [f"curriculum.length={c.length}", f"curriculum.seqlen_start={s}", f"curriculum.duration={t}"]
         lines += [
             "## seqwarm",
             "",
-            f"`{SNIPPET}`, or on the command line: `seqwarm train {name} {overrides}`",
+            f"`{SNIPPET}`, or on the command line: `{train_command(cfg, config, overrides, recommended)}`",
             "",
             "```yaml",
             yaml.safe_dump({"curriculum": curriculum_snippet(cfg, s, t)}, sort_keys=False).rstrip(),
@@ -188,7 +214,8 @@ def report_text(result: TuneResult, cfg: Config, info: dict, config: str | None)
             "## DeepSpeed",
             "",
             f"`{DEEPSPEED}`, to merge into the DeepSpeed config (DeepSpeed counts steps from 1; "
-            f"`seqwarm export-schedule CONFIG {overrides} --to deepspeed --table` lists where its lengths differ: "
+            f"`seqwarm export-schedule CONFIG {' '.join(recommended)} --to deepspeed --table` lists where its lengths "
+            "differ: "
             "docs/EXPORT.md).",
             "",
             "```json",
@@ -199,11 +226,14 @@ def report_text(result: TuneResult, cfg: Config, info: dict, config: str | None)
     return "\n".join(lines)
 
 
-def result_record(result: TuneResult, cfg: Config, info: dict, config: str | None) -> dict:
+def result_record(
+    result: TuneResult, cfg: Config, info: dict, config: str | None, overrides: Sequence[str] = ()
+) -> dict:
     """tune.json: the same as tune.md, machine-readable, with every probe's validation curve."""
     plan = result.plan
     return {
         "config": config,
+        "overrides": list(overrides),
         "recommendation": {
             "seqlen_start": result.seqlen_start,
             "duration": result.duration,
@@ -227,7 +257,9 @@ def result_record(result: TuneResult, cfg: Config, info: dict, config: str | Non
     }
 
 
-def write_outputs(result: TuneResult, cfg: Config, info: dict, out: Path, config: str | None) -> None:
+def write_outputs(
+    result: TuneResult, cfg: Config, info: dict, out: Path, config: str | None, overrides: Sequence[str] = ()
+) -> None:
     """tune.md, tune.json, and (with a recommendation) recommendation.yaml and deepspeed.json.
 
     Without a recommendation the snippets of an earlier tune in `out` are removed, so that the
@@ -240,5 +272,5 @@ def write_outputs(result: TuneResult, cfg: Config, info: dict, out: Path, config
     else:
         for stale in (SNIPPET, DEEPSPEED):
             (out / stale).unlink(missing_ok=True)
-    atomic_write(out / REPORT, report_text(result, cfg, info, config))
-    atomic_write(out / RESULT, json.dumps(result_record(result, cfg, info, config), indent=1) + "\n")
+    atomic_write(out / REPORT, report_text(result, cfg, info, config, overrides))
+    atomic_write(out / RESULT, json.dumps(result_record(result, cfg, info, config, overrides), indent=1) + "\n")

@@ -89,7 +89,7 @@ def run_tune(
     result = search(probe, plan)
     if (note := horizon_note(cfg, plan)) is not None:
         result.notes.append(note)
-    write_outputs(result, cfg, info, out, config)
+    write_outputs(result, cfg, info, out, config, overrides)
     return result
 
 
