@@ -2,6 +2,7 @@
 offline: lengths equal `seqwarm plan`'s, the LR is seqwarm's `learning_rate` at the same tokens, the run stops at
 max_tokens, evaluation stays full length, and a resume from a Trainer checkpoint continues exactly."""
 
+import math
 import shutil
 
 import pytest
@@ -14,7 +15,7 @@ from seqwarm.config import load_config  # noqa: E402
 from seqwarm.errors import ConfigError  # noqa: E402
 from seqwarm.integrations import SequenceLengthWarmup  # noqa: E402
 from seqwarm.integrations.hf import SLWTrainer  # noqa: E402
-from seqwarm.plan import plan_steps  # noqa: E402
+from seqwarm.plan import plan_steps, step_plan  # noqa: E402
 from seqwarm.schedule import Clock, learning_rate  # noqa: E402
 
 SEQLEN_END, VOCAB, MICRO, ACCUM = 64, 100, 2, 2
@@ -30,7 +31,13 @@ def rows(n: int, seed: int) -> list[dict]:
 
 
 def make_trainer(
-    out_dir, widths: list | None = None, *, llama: bool = False, stability: dict | None = None, **overrides
+    out_dir,
+    widths: list | None = None,
+    *,
+    llama: bool = False,
+    stability: dict | None = None,
+    slw: SequenceLengthWarmup | None = None,
+    **overrides,
 ) -> SLWTrainer:
     torch.manual_seed(0)
     if llama:  # a Llama-style model (issue 24): rotary positions, RMSNorm, SwiGLU, grouped KV heads
@@ -68,7 +75,7 @@ def make_trainer(
         dataloader_num_workers=0,
     )
     args.update(overrides)
-    slw = SequenceLengthWarmup(**SETTINGS, max_tokens=MAX_TOKENS)
+    slw = slw or SequenceLengthWarmup(**SETTINGS, max_tokens=MAX_TOKENS)
     return SLWTrainer(
         slw=slw,
         model=model,
@@ -143,6 +150,67 @@ def test_it_trains_a_llama_for_causal_lm_at_the_same_lengths(uninterrupted, tmp_
     ]
     assert all(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items() if "proj" in k)
     assert type(trainer.model).__name__ == "LlamaForCausalLM"
+
+
+def test_a_melted_run_trains_on_the_plans_rows_and_keeps_every_target(tmp_path):
+    """`curriculum.packing: melt` (SequenceLengthWarmup.from_config) in the real Trainer: each micro-batch the model
+    sees is its MICRO rows melted into MICRO x 64 / L rows of the step's length L, as the step plan says; its
+    `shift_labels` put back together are each row's own targets, every one once (none lost at a cut); every step
+    trains the same MICRO x ACCUM x 63 targets (the model shifts: 63 of a 64-position row, at any length), at
+    seqwarm's LR for them; and the loss stays finite."""
+    overrides = [f"curriculum.{k}={SETTINGS[k]}" for k in ("seqlen_start", "seqlen_end", "duration")]
+    overrides += [f"train.{k}={SETTINGS[k]}" for k in ("lr", "min_lr", "warmup_steps")]
+    cfg = load_config(
+        None,
+        [
+            "curriculum.length=slw",
+            "curriculum.packing=melt",
+            *overrides,
+            f"model.max_seqlen={SEQLEN_END}",
+            f"train.max_tokens={MAX_TOKENS}",
+            f"train.global_batch_size={MICRO * ACCUM}",
+            f"train.micro_batch_size={MICRO}",
+        ],
+    )
+    seen: list = []
+    trainer = make_trainer(tmp_path, slw=SequenceLengthWarmup.from_config(cfg), eval_strategy="no", save_strategy="no")
+
+    def record(model, args, kwargs, output):
+        if model.training:
+            seen.append((kwargs["input_ids"], kwargs.get("shift_labels")))
+            # The loss the Trainer minimises is on those targets (not each piece's own labels shifted inside it).
+            targets = kwargs["shift_labels"] if kwargs.get("shift_labels") is not None else kwargs["labels"][:, 1:]
+            logits = output.logits if kwargs.get("shift_labels") is not None else output.logits[:, :-1]
+            ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+            assert output.loss.item() == pytest.approx(ce.item() / kwargs["num_items_in_batch"].item(), rel=1e-5)
+
+    trainer.model.register_forward_hook(record, with_kwargs=True)
+    trainer.train()
+    steps = step_rows(trainer)
+    # The step plan (`seqwarm plan`'s) driven by the tokens each step trained: its length, split and LR at each step.
+    plan, specs = step_plan(cfg), []
+    for step in sorted(steps):
+        row, spec = steps[step], plan.spec()
+        tokens = row["tokens"] - plan.clock.tokens
+        assert tokens == MICRO * ACCUM * (SEQLEN_END - 1)
+        assert (row["seqlen"], row["learning_rate"]) == (spec.seqlen, plan.lr(tokens)) and math.isfinite(row["loss"])
+        plan.tick(tokens)
+        specs.append(spec)
+    assert [s.seqlen for s in specs] == [8, 8, 16, 16, 16, 32, 32, 32, 32, 32, 64, 64]
+    assert trainer.slw.finished and plan.finished and trainer.state.global_step == plan.clock.step == len(steps)
+
+    dataset = {tuple(r["input_ids"].tolist()) for r in rows(120, seed=1)}
+    assert len(seen) == len(steps) * ACCUM
+    for i, (ids, shift_labels) in enumerate(seen):
+        spec = specs[i // ACCUM]
+        assert spec.seqlen * spec.split == SEQLEN_END and ids.shape == (MICRO * spec.split, spec.seqlen)
+        full = ids.reshape(MICRO, SEQLEN_END)  # the pieces back in order: the collated rows
+        assert all(tuple(row.tolist()) in dataset for row in full)
+        if spec.split == 1:  # full length: the rows as collated, their labels shifted by the model
+            assert shift_labels is None
+            continue
+        ignore = torch.full((MICRO, 1), -100)
+        assert torch.equal(shift_labels.reshape(MICRO, SEQLEN_END), torch.cat([full[:, 1:], ignore], dim=1))
 
 
 def test_it_stops_at_max_tokens_and_saves_there(uninterrupted):

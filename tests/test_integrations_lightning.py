@@ -3,6 +3,7 @@ layer), offline: lengths equal `seqwarm plan`'s, the tokens of a step are its mi
 seqwarm's `learning_rate` at the same tokens, the run stops at max_tokens, validation stays full length, and a resume
 from a Lightning checkpoint continues exactly."""
 
+import math
 import re
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from seqwarm.integrations import SequenceLengthWarmup  # noqa: E402
 from seqwarm.integrations.lightning import SLWCallback, SLWModuleMixin  # noqa: E402
 from seqwarm.loss import IGNORE_INDEX  # noqa: E402
 from seqwarm.model import GPT, GPTConfig  # noqa: E402
-from seqwarm.plan import plan_steps  # noqa: E402
+from seqwarm.plan import plan_steps, step_plan  # noqa: E402
 from seqwarm.schedule import Clock, learning_rate  # noqa: E402
 
 SEQLEN_END, VOCAB, MICRO, ACCUM, ROWS = 64, 100, 2, 2, 16
@@ -93,8 +94,8 @@ class LitGPT(SLWModuleMixin, L.LightningModule):
         return optimizer
 
 
-def fit(out_dir, *, widths=None, ckpt_path=None, model=None, callbacks=None, step_guard=None, **overrides):
-    slw = SequenceLengthWarmup(**SETTINGS, max_tokens=MAX_TOKENS)
+def fit(out_dir, *, widths=None, ckpt_path=None, model=None, callbacks=None, step_guard=None, slw=None, **overrides):
+    slw = slw or SequenceLengthWarmup(**SETTINGS, max_tokens=MAX_TOKENS)
     logger = Rows()
     args = dict(
         accelerator="cpu",
@@ -165,6 +166,64 @@ def test_lengths_equal_seqwarm_plan_and_the_lr_is_seqwarms_at_the_same_tokens(un
     trained = [w for training, w in widths if training]
     assert trained == [steps[s]["seqlen"] for s in sorted(steps) for _ in range(ACCUM)]
     assert {w for training, w in widths if not training} == {SEQLEN_END}
+
+
+class Shapes(LitGPT):
+    """LitGPT that keeps every training forward's (inputs, targets)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list = []
+
+    def forward(self, inputs, targets):
+        if self.training:
+            self.seen.append((inputs, targets))
+        return super().forward(inputs, targets)
+
+
+def test_a_melted_run_trains_on_the_plans_rows_at_the_full_rows_tokens(tmp_path):
+    """`curriculum.packing: melt` (SequenceLengthWarmup.from_config) in the real Lightning Trainer: each micro-batch
+    the module trains is its MICRO full-length rows melted into MICRO x 64 / L rows of the step's length L, as the
+    step plan says, with the rows' own targets (padding included, still ignored); every step counts the full rows'
+    unpadded targets (batch x seqlen_end less the padding, whatever the length), at seqwarm's LR; the loss is finite."""
+    overrides = [f"curriculum.{k}={SETTINGS[k]}" for k in ("seqlen_start", "seqlen_end", "duration")]
+    overrides += [f"train.{k}={SETTINGS[k]}" for k in ("lr", "min_lr", "warmup_steps")]
+    cfg = load_config(
+        None,
+        [
+            "curriculum.length=slw",
+            "curriculum.packing=melt",
+            *overrides,
+            f"model.max_seqlen={SEQLEN_END}",
+            f"train.max_tokens={MAX_TOKENS}",
+            f"train.global_batch_size={MICRO * ACCUM}",
+            f"train.micro_batch_size={MICRO}",
+        ],
+    )
+    module = Shapes()
+    trainer, slw, steps = fit(tmp_path, model=module, slw=SequenceLengthWarmup.from_config(cfg))
+    assert sorted(steps) == list(range(1, len(steps) + 1)) and slw.finished
+    # The step plan (`seqwarm plan`'s) driven by the tokens each step trained: its length, split and LR at each step.
+    plan, rows, specs = step_plan(cfg), data(), []
+    for step in sorted(steps):
+        row, spec = steps[step], plan.spec()
+        tokens = row["tokens"] - plan.clock.tokens
+        assert tokens == step_tokens(rows, step - 1, SEQLEN_END), step  # the full rows' targets, at every length
+        assert (row["seqlen"], row["lr"]) == (spec.seqlen, plan.lr(tokens)) and math.isfinite(row["loss_ratio"])
+        plan.tick(tokens)
+        specs.append(spec)
+    assert {s.seqlen for s in specs} == {8, 16, 32, 64} and slw.clock == plan.clock
+    assert trainer.global_step == plan.clock.step and plan.finished
+
+    assert len(module.seen) == len(steps) * ACCUM
+    for i, (inputs, targets) in enumerate(module.seen):
+        step, micro, spec = i // ACCUM, i % ACCUM, specs[i // ACCUM]
+        assert spec.seqlen * spec.split == SEQLEN_END
+        assert inputs.shape == targets.shape == (MICRO * spec.split, spec.seqlen)
+        first = (step % STEPS_PER_EPOCH) * MICRO * ACCUM + micro * MICRO  # the loader is not shuffled
+        full = rows[first : first + MICRO]
+        assert torch.equal(inputs.reshape(MICRO, SEQLEN_END), full[:, :-1])
+        assert torch.equal(targets.reshape(MICRO, SEQLEN_END), full[:, 1:])
 
 
 def test_it_stops_at_max_tokens(uninterrupted):

@@ -248,3 +248,50 @@ def test_the_loop_of_api_md_runs_warms_up_and_stops_on_tokens():
     )
     resumed.load_state_dict(scope["checkpoint"]["slw"])
     assert resumed.clock == slw.clock and resumed.finished
+
+
+def test_a_melted_run_trains_a_model_on_the_plans_rows_at_constant_tokens_per_step():
+    """`curriculum.packing: melt` through `SequenceLengthWarmup`, training seqwarm's GPT with gradient accumulation:
+    every micro-batch the model sees is its full-length rows melted into micro x seqlen_end / L rows of the step's
+    length L, as the step plan says (`seqwarm plan`'s seqlen and split); every step trains the same batch x seqlen_end
+    tokens, at `seqwarm plan`'s LR; the run stops on tokens with a finite loss that fell."""
+    from seqwarm.model import GPT, GPTConfig
+
+    cfg = load_config("tiny-slw", ["curriculum.packing=melt", "train.max_tokens=6144", "train.lr=1e-2"])
+    end, micro, batch = cfg.curriculum.seqlen_end, cfg.train.micro_batch_size, cfg.train.global_batch_size
+    slw = SequenceLengthWarmup.from_config(cfg)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, d_model=32, max_seqlen=end, vocab_size=64))
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = slw.scheduler(optimizer)
+    # Learnable rows (each token is the one before it plus one, mod 64), so the loss has somewhere to go.
+    data = (torch.randint(0, 64, (256, 1)) + torch.arange(end + 1)) % 64
+    steps = []
+    while not slw.finished:
+        spec, shapes, step_loss = slw.spec, [], 0.0
+        for _ in range(batch // micro):
+            inputs, targets = slw.truncate(data[torch.randint(0, len(data), (micro,))])
+            shapes.append(tuple(inputs.shape))
+            assert torch.equal(inputs[:, 1:], targets[:, :-1])  # each melted row is a piece of one row: shifted by one
+            loss = model(inputs, targets)[0] / targets.numel() / (batch // micro)
+            loss.backward()
+            step_loss += loss.item()
+        optimizer.step()
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        slw.observe_loss(step_loss, slw.clock.step)
+        steps.append({"seqlen": spec.seqlen, "split": spec.split, "shapes": shapes, "tokens": slw.clock.tokens})
+        steps[-1] |= {"lr": lr, "loss": step_loss}
+
+    plan = list(plan_steps(cfg))
+    assert [(s["seqlen"], s["split"], s["tokens"], s["lr"]) for s in steps] == [
+        (r["seqlen"], r["split"], r["tokens"], r["lr"]) for r in plan
+    ]
+    assert [s["seqlen"] for s in steps[:8]] == [8, 8, 16, 16, 32, 32, 32, 32] and steps[-1]["seqlen"] == end
+    for s in steps:
+        assert s["seqlen"] * s["split"] == end
+        assert s["shapes"] == [(micro * s["split"], s["seqlen"])] * (batch // micro)
+    assert {b["tokens"] - a["tokens"] for a, b in zip([{"tokens": 0}, *steps], steps)} == {batch * end}
+    assert slw.clock.tokens == 6144 and len(steps) == 6144 // (batch * end)
+    assert all(math.isfinite(s["loss"]) for s in steps) and steps[-1]["loss"] < 0.8 * steps[0]["loss"]
