@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from seqwarm.cli import main
+from seqwarm.config import load_config
 from seqwarm.errors import ConfigError, DivergedError, SeqwarmError
 from seqwarm.lifecycle import train as real_train
+from seqwarm.rundir import config_path
 from seqwarm.sweep import grid as sw
 from seqwarm.sweep import runner, state
 from seqwarm.sweep import summary as sm
@@ -171,9 +173,6 @@ def test_a_llama_grid_trains_resumes_and_reports(corpus_dir, tmp_path):
     assert state.status(sw.build_cells(sweep, out)[1]) == "resume"
     runner.run_sweep(sweep, out, train_fn=interrupted_train, progress=False, log=lambda _: None)
     assert calls == [("length=none", "llama", False), ("length=slw", "llama", False), ("length=slw", "llama", True)]
-
-    from seqwarm.config import load_config
-    from seqwarm.rundir import config_path
 
     with open(out / sm.RUNS_CSV) as f:
         table = {r["run"]: r for r in csv.DictReader(f)}
