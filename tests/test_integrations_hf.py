@@ -11,6 +11,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # the Trainer needs it
 
+from melt_config import melted_slw_config  # noqa: E402
+
 from seqwarm.config import load_config  # noqa: E402
 from seqwarm.errors import ConfigError  # noqa: E402
 from seqwarm.integrations import SequenceLengthWarmup  # noqa: E402
@@ -158,20 +160,7 @@ def test_a_melted_run_trains_on_the_plans_rows_and_keeps_every_target(tmp_path):
     `shift_labels` put back together are each row's own targets, every one once (none lost at a cut); every step
     trains the same MICRO x ACCUM x 63 targets (the model shifts: 63 of a 64-position row, at any length), at
     seqwarm's LR for them; and the loss stays finite."""
-    overrides = [f"curriculum.{k}={SETTINGS[k]}" for k in ("seqlen_start", "seqlen_end", "duration")]
-    overrides += [f"train.{k}={SETTINGS[k]}" for k in ("lr", "min_lr", "warmup_steps")]
-    cfg = load_config(
-        None,
-        [
-            "curriculum.length=slw",
-            "curriculum.packing=melt",
-            *overrides,
-            f"model.max_seqlen={SEQLEN_END}",
-            f"train.max_tokens={MAX_TOKENS}",
-            f"train.global_batch_size={MICRO * ACCUM}",
-            f"train.micro_batch_size={MICRO}",
-        ],
-    )
+    cfg = melted_slw_config(SETTINGS, seqlen_end=SEQLEN_END, max_tokens=MAX_TOKENS, micro=MICRO, accum=ACCUM)
     seen: list = []
     trainer = make_trainer(tmp_path, slw=SequenceLengthWarmup.from_config(cfg), eval_strategy="no", save_strategy="no")
 

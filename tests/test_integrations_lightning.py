@@ -16,6 +16,7 @@ L = pytest.importorskip("lightning")
 
 from lightning.pytorch.callbacks import ModelCheckpoint  # noqa: E402
 from lightning.pytorch.loggers import Logger  # noqa: E402
+from melt_config import melted_slw_config  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from seqwarm.config import load_config  # noqa: E402
@@ -186,20 +187,7 @@ def test_a_melted_run_trains_on_the_plans_rows_at_the_full_rows_tokens(tmp_path)
     the module trains is its MICRO full-length rows melted into MICRO x 64 / L rows of the step's length L, as the
     step plan says, with the rows' own targets (padding included, still ignored); every step counts the full rows'
     unpadded targets (batch x seqlen_end less the padding, whatever the length), at seqwarm's LR; the loss is finite."""
-    overrides = [f"curriculum.{k}={SETTINGS[k]}" for k in ("seqlen_start", "seqlen_end", "duration")]
-    overrides += [f"train.{k}={SETTINGS[k]}" for k in ("lr", "min_lr", "warmup_steps")]
-    cfg = load_config(
-        None,
-        [
-            "curriculum.length=slw",
-            "curriculum.packing=melt",
-            *overrides,
-            f"model.max_seqlen={SEQLEN_END}",
-            f"train.max_tokens={MAX_TOKENS}",
-            f"train.global_batch_size={MICRO * ACCUM}",
-            f"train.micro_batch_size={MICRO}",
-        ],
-    )
+    cfg = melted_slw_config(SETTINGS, seqlen_end=SEQLEN_END, max_tokens=MAX_TOKENS, micro=MICRO, accum=ACCUM)
     module = Shapes()
     trainer, slw, steps = fit(tmp_path, model=module, slw=SequenceLengthWarmup.from_config(cfg))
     assert sorted(steps) == list(range(1, len(steps) + 1)) and slw.finished
