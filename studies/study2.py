@@ -406,15 +406,17 @@ def tables(rows: list[dict]) -> str:
         out += [_table(header, table), ""]
     confirm = [r for r in rows if r["stage"] == "confirm"]
     if confirm:
-        out += ["### Paired against the baseline (confirmation)", ""]
+        out += ["### Paired by seed against the family's baseline (confirmation; plateau censored at 100)", ""]
         table = []
         for ctx in ("c128", "c512"):
-            for arm in sorted({r["arm"] for r in confirm if r["context"] == ctx} - {"baseline"}):
+            for arm in sorted({r["arm"] for r in confirm if r["context"] == ctx} - {"baseline", "llama"}):
+                base = "llama" if arm.startswith("llama") else "baseline"
                 for key in ("plateau_steps", "final_val_loss"):
-                    a, b = paired(rows, ctx, CONFIRM_LR[ctx], arm, "baseline", key)
+                    a, b = paired(rows, ctx, CONFIRM_LR[ctx], arm, base, key)
                     p = paired_comparison(a, b, alternative="less")
-                    table.append([ctx, arm, key, str(len(a)), _fmt(p.diff.mean), _fmt(p.p_value, ".4f")])
-        out += [_table(["ctx", "arm", "measure", "n", "mean diff", "one-sided p"], table), ""]
+                    table.append([ctx, arm, base, key, str(len(a)), _fmt(p.diff.mean), _fmt(p.p_value, ".4f")])
+        header = ["ctx", "arm", "against", "measure", "n", "mean diff", "one-sided p"]
+        out += [_table(header, table), ""]
     out += ["### LR sensitivity from the screen (a description, no verdict)", ""]
     out += [
         "Wortsman et al.'s LR sensitivity (docs/STABILITY.md) of each arm's final validation loss over the screen's "

@@ -157,3 +157,30 @@ def test_confirmation_means_and_the_summary_on_synthetic_rows():
     assert means["qk-norm"]["final_val_loss_mean"] == pytest.approx((6.9 + 6 * 5.3) / 7)  # diverged: initial loss
     s = study.summary(rows)
     assert s["arms"] == means and s["verdicts"]["S1 qk-norm"].startswith("supported")
+
+
+def test_the_tables_pair_each_arm_with_its_familys_baseline_and_give_every_section():
+    rows = [
+        {
+            "stage": "confirm",
+            "context": "c128",
+            "lr": "0.03",
+            "seed": str(s),
+            "arm": arm,
+            "plateau_steps": str(p),
+            "final_val_loss": "5.0",
+            "initial_loss": "6.9",
+            "diverged": "False",
+            "collapsed": "False",
+            "max_attn_logit": "10.0",
+            "min_attn_entropy": "0.5",
+        }
+        for s in range(11, 14)
+        for arm, p in [("baseline", 90), ("qk-norm", 50), ("llama", 60), ("llama-slw", 40)]
+    ]  # fmt: skip  (as the CSV reader gives them: strings)
+    text = study.tables(rows)
+    for section in ("### confirm: 12 of", "### Paired by seed", "### LR sensitivity", "### Confirmation means",
+                    "### Verdicts", "S1 on the raw plateau values"):  # fmt: skip
+        assert section in text, section
+    assert "| c128 | llama-slw | llama | plateau_steps | 3 | -20.000 |" in text
+    assert "| c128 | qk-norm | baseline | plateau_steps | 3 | -40.000 |" in text
