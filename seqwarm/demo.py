@@ -263,6 +263,7 @@ def confirmed_lines(confirmed: dict, measures: dict[str, dict]) -> list[str]:
             f"attention collapsed in {c['collapsed']}/{c['n']}, mean final val loss {c['final_val_loss_mean']:.3f}"
             + (f"; shortens the plateau (S1): {verdict}" if verdict else "")
         )
+    lines.append(confirmed_reading(confirmed, list(measures)))
     base = measures.get("baseline")
     if base is None or base["plateau_steps"] is None:
         return lines
@@ -282,6 +283,30 @@ def confirmed_lines(confirmed: dict, measures: dict[str, dict]) -> list[str]:
 
 
 _ORDER = {-1: "before", 0: "with", 1: "after"}
+_S1 = {"supported": "shortened it", "refuted": "lengthened it", "not shown": "did not shorten it by the test"}
+
+
+def confirmed_reading(confirmed: dict, names: list[str]) -> str:
+    """The confirmation's reading in one line, from its numbers and S1's verdicts alone: which arms kept attention
+    from collapsing where the baseline's collapsed, what each did to the plateau, and whether preventing the
+    collapse was enough to leave the plateau sooner."""
+    arms, verdicts = confirmed["arms"], confirmed["verdicts"]
+    base = arms["baseline"]
+    said = {a: next((w for k, w in _S1.items() if verdicts.get(f"S1 {a}", "").startswith(k)), None) for a in names}
+    parts = [f"{a} {w}" for a, w in said.items() if w]
+    kept = [a for a in names if a != "baseline" and arms[a]["collapsed"] == 0 and base["collapsed"] > base["n"] / 2]
+    text = f"Study 2's reading: the baseline's attention collapsed in {base['collapsed']}/{base['n']} seeds"
+    if kept:
+        text += f", {' and '.join(kept)}'s in none"
+    text += f"; on the plateau, {', '.join(parts)} (S1)" if parts else ""
+    if kept and all(said[a] == _S1["supported"] for a in kept):
+        text += "; preventing the collapse shortened the plateau: the attention instruments explain the failure"
+    elif kept:
+        text += (
+            "; preventing the collapse did not shorten the plateau: at this LR the collapse is not what keeps "
+            "the model on it"
+        )
+    return text
 
 
 def _sign(x: float) -> int:

@@ -156,13 +156,23 @@ def test_the_demo_prints_the_confirmed_answer_and_whether_its_seed_agrees():
         "  qk-norm: mean plateau 50.0 steps (left it within 100 in 3/7), attention collapsed in 0/7, mean final val "
         "loss 5.400; shortens the plateau (S1): supported (mean -40.0 steps, Holm p 0.0234, n=7)"
     )
+    assert lines[4] == (
+        "Study 2's reading: the baseline's attention collapsed in 7/7 seeds, qk-norm's in none; on the plateau, "
+        "qk-norm shortened it (S1); preventing the collapse shortened the plateau: the attention instruments explain "
+        "the failure"
+    )
     # slw: 121 steps here is "not within 100", a tie with the baseline's 100; on average it is later
     assert lines[-1] == (
         "this seed against the confirmation: differs, as single seeds do (slw left the plateau with the baseline "
         "here, after it on average; qk-norm left the plateau before the baseline here, before it on average)"
     )
-    agree = confirmed_lines(confirmed(baseline=90.0, slw=90.0, **{"qk-norm": 50.0}), seed)
-    assert agree[-1].startswith("this seed against the confirmation: agrees")
+    agree = confirmed(baseline=90.0, slw=90.0, **{"qk-norm": 50.0})
+    assert confirmed_lines(agree, seed)[-1].startswith("this seed against the confirmation: agrees")
+    agree["verdicts"] = {"S1 qk-norm": "not shown (mean +4.0 steps, Holm p 1.0000, n=7)", "S1 slw": "refuted (...)"}
+    assert confirmed_lines(agree, seed)[4].endswith(
+        "on the plateau, slw lengthened it, qk-norm did not shorten it by the test (S1); preventing the collapse did "
+        "not shorten the plateau: at this LR the collapse is not what keeps the model on it"
+    )
     missing = confirmed_lines(confirmed(baseline=90.0), seed)
     assert missing == ["Study 2's confirmation (seeds 11-17) has not run these arms yet (docs/STUDY2.md): this seed is "
                        "all the demo can show"]  # fmt: skip
