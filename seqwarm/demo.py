@@ -3,9 +3,10 @@ rate, and what fixes it (docs/STUDY2.md): the baseline, SLW and QK-norm at conte
 confirmation stage's runs exactly (the same overrides of the proxy, from seqwarm.study_arms, and its first seed).
 
 Every run has the stability instruments on at every step, so the demo prints beside the loss what the loss does
-not show: layer 0's max attention logit and attention entropy, and the step its attention collapsed. The reading
-line under the table is computed from the runs; single-seed numbers are one seed, and docs/RESULTS.md's Study 2
-has the answer over the confirmation's seeds.
+not show: layer 0's max attention logit and attention entropy, and the step its attention collapsed. "this seed's
+reading" is computed from the runs, one seed; under it the demo prints the confirmation's answer over its seeds
+11-17 ("Study 2's reading", from the shipped `study2_confirmed.json`, which tests/test_study2.py checks against the
+study's committed rows) and whether this seed agrees with it.
 
 On a CPU with two or more cores free, the three runs train at once, one thread and one process each: the proxy is
 too small to keep two OpenMP threads busy, so side by side gives more tokens per second than one run on every core
@@ -223,14 +224,14 @@ def reading(measures: dict[str, dict]) -> list[str]:
     clean = [a for a in measures if a not in collapsed]
     plateau = {a: m["plateau_steps"] if m["plateau_steps"] is not None else float("inf") for a, m in measures.items()}
     if not collapsed:
-        lines.append("reading: no arm's attention collapsed in this seed, so the attention instruments explain no "
+        lines.append("this seed's reading: no arm's attention collapsed in this seed, so the attention instruments explain no "
                      "difference between the arms here")  # fmt: skip
     elif not clean:
-        lines.append(f"reading: every arm's attention collapsed in this seed ({', '.join(collapsed)})")
+        lines.append(f"this seed's reading: every arm's attention collapsed in this seed ({', '.join(collapsed)})")
     elif min(plateau[a] for a in collapsed) > max(plateau[a] for a in clean):
         quiet = [a for a in collapsed if (measures[a]["max_loss_ratio"] or 0) <= SPIKE]
         lines.append(
-            f"reading: the attention instruments (max logit and entropy) explain the failure: {', '.join(collapsed)} "
+            f"this seed's reading: the attention instruments (max logit and entropy) explain the failure: {', '.join(collapsed)} "
             f"collapsed and stayed on the unigram plateau longer than {', '.join(clean)}, which did not"
             + (f"; the loss ratio, the paper's instrument, stayed under {SPIKE} in {', '.join(quiet)}" if quiet else "")
         )
@@ -238,7 +239,7 @@ def reading(measures: dict[str, dict]) -> list[str]:
         slowest = max(clean, key=plateau.get)
         early = [a for a in collapsed if plateau[a] <= plateau[slowest]]
         lines.append(
-            f"reading: in this seed collapse alone does not explain the plateau: {', '.join(early)} collapsed yet left "
+            f"this seed's reading: in this seed collapse alone does not explain the plateau: {', '.join(early)} collapsed yet left "
             f"it by step {max(plateau[a] for a in early)}, no later than {slowest} (no collapse, step "
             f"{measures[slowest]['plateau_steps']}); docs/RESULTS.md has the seeds together"
         )

@@ -30,7 +30,12 @@ def test_demo_trains_the_study_arms_and_reads_their_instruments(corpus_dir, tmp_
                   "layer 0 min attention entropy", "attention collapse"):  # fmt: skip
         assert label in printed, label
     assert "no longer the study's runs" in printed and "run length: 6 full-length steps, not the study's 100" in printed
-    assert "reading: " in printed and "One seed (11)" in printed and "docs/RESULTS.md's Study 2" in printed
+    assert (
+        "this seed's reading: " in printed
+        and "Study 2's " in printed
+        and "One seed (11)" in printed
+        and "docs/RESULTS.md's Study 2" in printed
+    )
     if jobs != "1":
         assert "side by side, 3 at a time, one thread each" in printed
     for arm in ("baseline", "slw", "qk-norm"):
@@ -112,7 +117,9 @@ def test_the_reading_names_the_attention_instruments_when_collapse_and_plateau_l
     )
     assert "its loss ratio reached 1.40; left the plateau at step 80" in lines[1]
     assert lines[2].startswith("qk-norm: no attention collapse (layer 0 max logit 6.0, min entropy 0.40)")
-    assert lines[3].startswith("reading: the attention instruments (max logit and entropy) explain the failure")
+    assert lines[3].startswith(
+        "this seed's reading: the attention instruments (max logit and entropy) explain the failure"
+    )
     assert "the loss ratio, the paper's instrument, stayed under 1.2 in baseline" in lines[3]  # slw's reached 1.4
     table = format_comparison(runs).splitlines()
     assert table[0].split() == ["baseline", "slw", "qk-norm"]
@@ -124,16 +131,16 @@ def test_the_reading_says_so_when_the_instruments_do_not_explain_it():
     from seqwarm.demo import reading
 
     none = reading({"baseline": measures(), "qk-norm": measures(plateau_steps=30)})
-    assert none[-1].startswith("reading: no arm's attention collapsed in this seed")
+    assert none[-1].startswith("this seed's reading: no arm's attention collapsed in this seed")
     crossed = reading(
         {"baseline": measures(collapse=COLLAPSE, plateau_steps=20), "qk-norm": measures(plateau_steps=30)}
     )
     assert crossed[-1] == (
-        "reading: in this seed collapse alone does not explain the plateau: baseline collapsed yet left it by step 20, "
+        "this seed's reading: in this seed collapse alone does not explain the plateau: baseline collapsed yet left it by step 20, "
         "no later than qk-norm (no collapse, step 30); docs/RESULTS.md has the seeds together"
     )
     both = reading({"baseline": measures(collapse=COLLAPSE), "slw": measures(collapse=COLLAPSE)})
-    assert both[-1] == "reading: every arm's attention collapsed in this seed (baseline, slw)"
+    assert both[-1] == "this seed's reading: every arm's attention collapsed in this seed (baseline, slw)"
 
 
 def confirmed(**plateaus):
