@@ -36,6 +36,7 @@ import numpy as np
 
 # The study script runs from the repository (python studies/study2.py), seqwarm beside it
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from seqwarm.files import atomic_write  # noqa: E402
 from seqwarm.study_arms import (  # noqa: E402
     AGGRESSIVE,
     ARMS,
@@ -49,9 +50,9 @@ from seqwarm.study_arms import (  # noqa: E402
 )
 
 HERE = Path(__file__).resolve().parent / "study2"
+FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 # The confirmation's answer at the demo's settings, shipped with the package for `seqwarm demo` to print beside
 # its one seed; rebuilt by `python studies/study2.py summary`, and tests/test_study2.py checks it against the rows.
-FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 SUMMARY = Path(__file__).resolve().parents[1] / "seqwarm" / "study2_confirmed.json"
 ROWS = HERE / "rows.csv"
 THRESHOLDS = HERE / "thresholds.json"
@@ -228,8 +229,6 @@ def complete(row: dict) -> bool:
 def append_row(row: dict) -> None:
     """One line appended. When the row has columns the file's header lacks, the file is first rewritten
     atomically with the union of the columns (earlier rows get empty cells); no recorded value changes."""
-    from seqwarm.files import atomic_write
-
     HERE.mkdir(parents=True, exist_ok=True)
     old = read_rows(every=True)
     fields = list(dict.fromkeys([k for r in old for k in r] + list(row))) if old else list(row)
@@ -308,7 +307,7 @@ def run_stage(stage: str, jobs: int, limit: int | None) -> None:
     with ThreadPoolExecutor(jobs) as pool:  # each job is a subprocess: one core each
         list(pool.map(one, todo))
     if stage == "calibration" and len([r for r in read_rows() if r["stage"] == "calibration"]) == 4:
-        THRESHOLDS.write_text(json.dumps(calibrate(read_rows()), indent=1) + "\n")
+        atomic_write(THRESHOLDS, json.dumps(calibrate(read_rows()), indent=1) + "\n")
 
 
 # --- tables and verdicts -----------------------------------------------------------------------------------
@@ -494,18 +493,25 @@ def confirmation_means(rows: list[dict]) -> dict[str, dict[str, dict]]:
     return out
 
 
-def s1_uncensored(rows: list[dict]) -> dict[str, str]:
-    """S1's test on the raw plateau values: how much the censoring rule decides (not a verdict)."""
+def s1_tests(rows: list[dict], key: str = "plateau_steps") -> tuple[dict, dict[str, float | None]]:
+    """S1's tests: each confirmed GPT-2-family arm against the baseline at C128 (one-sided, arm shorter), and
+    their Holm-adjusted p-values."""
     from seqwarm.stats import paired_comparison
 
-    raw = [r | {"plateau_raw": r["plateau_steps"]} for r in rows]
+    lr = CONFIRM_LR["c128"]
     arms = sorted({r["arm"] for r in rows if r["stage"] == "confirm" and r["context"] == "c128"})
     tests = {
-        a: paired_comparison(*paired(raw, "c128", CONFIRM_LR["c128"], a, "baseline", "plateau_raw"), alternative="less")
+        a: paired_comparison(*paired(rows, "c128", lr, a, "baseline", key), alternative="less")
         for a in arms
         if a != "baseline" and not a.startswith("llama")
     }
-    adjusted = holm({a: t.p_value for a, t in tests.items()})
+    return tests, holm({a: t.p_value for a, t in tests.items()})
+
+
+def s1_uncensored(rows: list[dict]) -> dict[str, str]:
+    """S1's test on the raw plateau values: how much the censoring rule decides (not a verdict). The raw value
+    goes under another key, which `_num` does not censor."""
+    tests, adjusted = s1_tests([r | {"plateau_raw": r["plateau_steps"]} for r in rows], "plateau_raw")
     return {a: f"mean {_fmt(t.diff.mean, '+.1f')} steps, Holm p {_fmt(adjusted[a], '.4f')}, n={t.n}"
             for a, t in tests.items()}  # fmt: skip
 
@@ -546,13 +552,7 @@ def verdicts(rows: list[dict]) -> dict[str, str]:
 
     v = {}
     # S1: GPT-2-family arms against the baseline at C128, plateau length, Holm across the confirmed arms.
-    ctx, lr = "c128", CONFIRM_LR["c128"]
-    arms = sorted({r["arm"] for r in rows if r["stage"] == "confirm" and r["context"] == ctx})
-    arms = [a for a in arms if a != "baseline" and not a.startswith("llama")]
-    tests = {
-        a: paired_comparison(*paired(rows, ctx, lr, a, "baseline", "plateau_steps"), alternative="less") for a in arms
-    }
-    adjusted = holm({a: t.p_value for a, t in tests.items()})
+    tests, adjusted = s1_tests(rows)
     for a, t in tests.items():
         if t.n < 2:
             v[f"S1 {a}"] = "not shown (no confirmation pairs yet)"
@@ -724,11 +724,9 @@ def main(argv: list[str] | None = None) -> None:
             done = sum(s.config_hash() in {r["config_hash"] for r in rows} for s in specs)
             print(f"{stage}: {len(specs)} runs, {done} recorded")
     elif args.cmd == "summary":
-        SUMMARY.write_text(json.dumps(summary(read_rows()), indent=1) + "\n")
+        atomic_write(SUMMARY, json.dumps(summary(read_rows()), indent=1) + "\n")
         print(f"wrote {SUMMARY}")
     elif args.cmd == "figures":
-        from seqwarm.files import atomic_write
-
         FIGURES.mkdir(parents=True, exist_ok=True)
         atomic_write(FIGURES / "study2_lr.png", draw_lr_curves(read_rows()))
         print(f"wrote {FIGURES / 'study2_lr.png'}")
